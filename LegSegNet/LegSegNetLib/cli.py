@@ -1,0 +1,153 @@
+"""The `legsegnet` command line (contract: ../shared/reference/contracts.md).
+
+    legsegnet segment INPUT -o OUTDIR [--engine auto|threshold|nnunet] [--slices FIRST:LAST | --auto-range] ...
+    legsegnet quantify CT LABELS -o OUTDIR
+
+Exit status 0 on success, 2 for a bad input or argument, 1 for anything else; failures print one
+`error:` line on stderr (the traceback only with --debug). The worker process (worker.py) parses the
+same arguments, so Slicer and the terminal accept exactly the same options.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Sequence
+
+from . import __version__
+from .errors import InputError, LegSegNetError
+from .progress import Progress, TerminalProgress
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints usage and exits by itself; the contract wants one `error:` line and exit 2.
+    def error(self, message: str):  # type: ignore[override]
+        raise InputError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="Lower-extremity CT tissue segmentation and body composition.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback on failure")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    seg = commands.add_parser("segment", help="segment a CT and measure the tissues")
+    seg.add_argument("input", help="NIfTI, NRRD, MetaImage, a DICOM series folder, or one 2D slice (DICOM / 8-bit PNG)")
+    seg.add_argument("-o", "--outdir", required=True, help="output folder (created; files replaced atomically)")
+    seg.add_argument("--engine", default="auto", choices=["auto", "threshold", "nnunet"])
+    seg.add_argument("--model", default=None, help="nnU-Net model folder or installed model name")
+    seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    seg.add_argument("--slices", default=None, metavar="FIRST:LAST", help="inclusive axial slice range")
+    seg.add_argument("--auto-range", action="store_true", help="analyse only the slices where legs are found")
+    seg.add_argument("--folds", default=None, type=_parse_folds, help="nnU-Net folds to ensemble, e.g. 0,1,2")
+    tta = seg.add_mutually_exclusive_group()
+    tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="mirroring test-time augmentation")
+    tta.add_argument("--no-tta", dest="tta", action="store_false")
+    seg.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (nnU-Net)")
+    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    quant = commands.add_parser("quantify", help="measure an existing (e.g. corrected) label map on its CT")
+    quant.add_argument("ct")
+    quant.add_argument("labels", help="label map on the CT's grid, values 0-4")
+    quant.add_argument("-o", "--outdir", required=True)
+    quant.add_argument("--slices", default=None, metavar="FIRST:LAST", help="default: the slices holding labels")
+    quant.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _parse_folds(text: str) -> list[int]:
+    try:
+        folds = [int(part) for part in text.split(",") if part.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--folds wants comma-separated fold numbers like 0,1,2, not '{text}'")
+    if not folds or any(f < 0 for f in folds):
+        raise argparse.ArgumentTypeError(f"--folds wants non-negative fold numbers like 0,1,2, not '{text}'")
+    return folds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"wants a whole number of at least 1, not '{text}'")
+    return value
+
+
+def run_command(args: argparse.Namespace, progress: Progress) -> dict:
+    """Carry out a parsed command; shared by the CLI and the worker."""
+    from . import pipeline
+
+    if args.command == "segment":
+        return pipeline.segment(
+            args.input,
+            args.outdir,
+            engine=args.engine,
+            model=args.model,
+            device=args.device,
+            slices=args.slices,
+            auto_range=args.auto_range,
+            folds=args.folds,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+    if args.command == "quantify":
+        return pipeline.quantify_files(args.ct, args.labels, args.outdir, slices=args.slices, progress=progress)
+    raise InputError(f"unknown command '{args.command}'")
+
+
+def error_exit_code(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the one-line message for a failure."""
+    if isinstance(exc, LegSegNetError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return 1, "interrupted"
+    if isinstance(exc, MemoryError):
+        return 1, "out of memory; analyse fewer slices with --slices FIRST:LAST"
+    return 1, f"internal error ({type(exc).__name__}: {exc}); run again with --debug and report the traceback"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    progress: Progress = Progress()
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "quiet", False):
+            progress = TerminalProgress(sys.stderr)
+        metrics = run_command(args, progress)
+        progress.finish()
+        if not getattr(args, "quiet", False):
+            _print_summary(metrics, args.outdir)
+        return 0
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one error line
+        progress.finish()
+        code, message = error_exit_code(exc)
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(message)}", file=sys.stderr)
+        return code
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _print_summary(metrics: dict, outdir: str) -> None:
+    tissues = metrics.get("tissues", {})
+    parts = []
+    for key, t in tissues.items():
+        mean = t.get("mean_hu")
+        mean_text = "n/a" if mean is None else f"{mean:.0f} HU"
+        parts.append(f"{key} {t.get('volume_cm3', 0.0):.1f} cm3 ({mean_text})")
+    first, last = metrics.get("slices", [None, None])
+    print(f"slices {first}:{last}, engine {metrics.get('engine')}: " + ", ".join(parts))
+    print(f"results in {outdir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

