@@ -2,6 +2,7 @@
 
     legsegnet segment INPUT -o OUTDIR [--engine auto|threshold|nnunet] [--slices FIRST:LAST | --auto-range] ...
     legsegnet quantify CT LABELS -o OUTDIR
+    legsegnet models list | install SOURCE [--name NAME] [--sha256 HEX] | remove NAME | default NAME
 
 Exit status 0 on success, 2 for a bad input or argument, 1 for anything else; failures print one
 `error:` line on stderr (the traceback only with --debug). The worker process (worker.py) parses the
@@ -10,6 +11,7 @@ same arguments, so Slicer and the terminal accept exactly the same options.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from typing import Sequence
@@ -52,7 +54,32 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     quant.add_argument("-o", "--outdir", required=True)
     quant.add_argument("--slices", default=None, metavar="FIRST:LAST", help="default: the slices holding labels")
     quant.add_argument("--quiet", action="store_true")
+
+    _add_models_parser(commands)
     return parser
+
+
+def _add_models_parser(commands) -> None:
+    models = commands.add_parser("models", help="list, install and remove nnU-Net models (the per-user model store)")
+    # `models` prints its own results: quiet=True keeps main() from printing a segmentation summary.
+    models.set_defaults(quiet=True)
+    actions = models.add_subparsers(
+        dest="models_command", metavar="list|install|remove|default", required=True, parser_class=_Parser
+    )
+    listing = actions.add_parser("list", help="the installed models (the store: $LEGSEGNET_MODELS_DIR or per-user)")
+    listing.add_argument("--json", action="store_true", help="machine-readable list")
+    install = actions.add_parser("install", help="install a model from a folder, a .zip, an https:// URL or hf:OWNER/REPO")
+    install.add_argument(
+        "source", help="model folder, .zip file, https:// URL of a zip, or hf:OWNER/REPO (published: hf:GogoChen/LegSegNet)"
+    )
+    install.add_argument("--name", default=None, help="name in the store (default: from the source)")
+    install.add_argument("--sha256", default=None, metavar="HEX", help="expected SHA-256 of the archive; refused on mismatch")
+    install.add_argument("--default", dest="make_default", action="store_true", help="use it for --engine auto")
+    install.add_argument("--quiet", dest="models_quiet", action="store_true", help="no progress bar")
+    remove = actions.add_parser("remove", help="remove an installed model")
+    remove.add_argument("name")
+    default = actions.add_parser("default", help="mark the installed model that --engine auto uses")
+    default.add_argument("name")
 
 
 def _parse_folds(text: str) -> list[int]:
@@ -77,6 +104,8 @@ def _positive_int(text: str) -> int:
 
 def run_command(args: argparse.Namespace, progress: Progress) -> dict:
     """Carry out a parsed command; shared by the CLI and the worker."""
+    if args.command == "models":
+        return _run_models(args, progress)
     from . import pipeline
 
     if args.command == "segment":
@@ -96,6 +125,65 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
     if args.command == "quantify":
         return pipeline.quantify_files(args.ct, args.labels, args.outdir, slices=args.slices, progress=progress)
     raise InputError(f"unknown command '{args.command}'")
+
+
+def _run_models(args: argparse.Namespace, progress: Progress) -> dict:
+    """`legsegnet models ...`: text on stdout for people; only progress events under the worker."""
+    from .models import ModelStore
+    from .progress import JsonLinesProgress
+
+    store = ModelStore()
+    for_people = not isinstance(progress, JsonLinesProgress)
+    say = print if for_people else (lambda *_a, **_k: None)
+    action = args.models_command
+    if action == "list":
+        infos = store.list()
+        listed = [info.to_dict() for info in infos]
+        if args.json and for_people:
+            print(json.dumps({"store": str(store.root), "models": listed}, indent=2))
+        elif not infos:
+            say(f"no models installed in {store.root}")
+            say("install the published weights with: legsegnet models install hf:GogoChen/LegSegNet")
+        else:
+            _print_model_table(infos, say)
+            say(f"store: {store.root}")
+        return {"command": "models list", "store": str(store.root), "models": listed}
+    if action == "install":
+        reporter = progress if not for_people or args.models_quiet else TerminalProgress(sys.stderr)
+        try:
+            info = store.install(args.source, name=args.name, sha256=args.sha256, progress=reporter,
+                                 make_default=args.make_default)
+        finally:
+            reporter.finish()
+        say(f"installed '{info.name}' from {info.source} ({info.input_format} input, folds {', '.join(map(str, info.folds))})")
+        if info.licence:
+            url = info.metadata.get("licence_url")
+            say(f"licence: {info.licence}" + (f" ({url})" if url else ""))
+        say(f"sha256 ({info.sha256_of}): {info.sha256}")
+        if info.is_default:
+            say("it is the model --engine auto uses")
+        return {"command": "models install", "model": info.to_dict()}
+    if action == "remove":
+        store.remove(args.name)
+        say(f"removed '{args.name}' from {store.root}")
+        return {"command": "models remove", "name": args.name}
+    if action == "default":
+        info = store.set_default(args.name)
+        say(f"'{info.name}' is now the model --engine auto uses")
+        return {"command": "models default", "model": info.to_dict()}
+    raise InputError(f"unknown models command '{action}'")
+
+
+def _print_model_table(infos, say) -> None:
+    rows = [("NAME", "DEFAULT", "INPUT", "FOLDS", "INSTALLED", "LICENCE", "SOURCE")]
+    for info in infos:
+        rows.append((
+            info.name, "*" if info.is_default else "", info.input_format, ",".join(map(str, info.folds)),
+            info.installed_at[:19].replace("T", " "), info.licence or "-", info.source,
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
 
 
 def error_exit_code(exc: BaseException) -> tuple[int, str]:
