@@ -68,11 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _die_with_parent()
     try:
         args = build_parser("legsegnet-worker").parse_args(argv)
-        run_command(args, progress)
-        outdir = Path(args.outdir)
-        progress.result(
-            outdir=str(outdir), labels=str(outdir / "labels.nii.gz"), metrics=str(outdir / "metrics.json")
-        )
+        result = run_command(args, progress)
+        if getattr(args, "outdir", None):
+            outdir = Path(args.outdir)
+            progress.result(
+                outdir=str(outdir), labels=str(outdir / "labels.nii.gz"), metrics=str(outdir / "metrics.json")
+            )
+        else:  # `models ...` has no output folder: report what the command returned
+            progress.result(value=result)
         return 0
     except SystemExit as exc:
         return int(exc.code or 0)
