@@ -1,0 +1,290 @@
+"""The output files of a run, written atomically: labels.nii.gz, metrics.json/.csv, profile.csv/.png, overlay.png.
+
+Every file is first written into a staging folder on the same filesystem as OUTDIR; only when all of them
+succeeded are they moved into place with `os.replace`. When OUTDIR did not exist, the staging folder itself
+is renamed to OUTDIR, so OUTDIR appears complete in one step. On any failure the staging folder (and any
+folder this call created) is removed: nothing half-written remains.
+
+Figures use matplotlib's object API with the Agg canvas, never pyplot, so no GUI backend is touched
+(this also runs inside 3D Slicer's Python).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .ct_volume import CTVolume
+from .errors import InputError, LegSegNetError
+from .progress import Progress
+from .quantify import PROFILE_COLUMNS, Measurements
+from .tissues import MAX_LABEL, TISSUES
+
+OUTPUT_FILES = ("labels.nii.gz", "metrics.json", "metrics.csv", "profile.csv", "overlay.png", "profile.png")
+SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)  # level 40, width 400
+OVERLAY_ALPHA = 0.45
+OVERLAY_SLICES = 12
+OVERLAY_MARGIN_VOXELS = 12  # around the labelled region the overlay is cropped to
+
+
+def write_outputs(
+    outdir: str | Path,
+    volume: CTVolume,
+    labels_slab: np.ndarray,
+    first: int,
+    last: int,
+    measurements: Measurements,
+    run_info: dict,
+    progress: Progress | None = None,
+) -> dict:
+    """Write the contract's six output files to OUTDIR atomically; return metrics.json's content."""
+    progress = progress or Progress()
+    outdir = Path(outdir).expanduser().absolute()
+    if labels_slab.shape[0] != last - first + 1 or (measurements.first, measurements.last) != (first, last):
+        raise ValueError(
+            f"labels ({labels_slab.shape[0]} slices) and measurements ({measurements.first}:{measurements.last}) "
+            f"do not both cover slices {first}:{last}"
+        )
+    run_info = {**run_info, "legsegnet_version": run_info.get("legsegnet_version", __version__)}
+    metrics = json_safe({**run_info, **measurements.to_dict()})
+
+    existed = outdir.is_dir()
+    if outdir.exists() and not existed:
+        raise InputError(f"the output path {outdir} is a file; give a folder for the outputs")
+    created = _make_folders(outdir.parent)
+    staging = (outdir if existed else outdir.parent) / f".{outdir.name}.partial-{uuid.uuid4().hex[:12]}"
+    try:
+        os.mkdir(staging)
+    except OSError as exc:
+        _remove_created(created)
+        raise InputError(
+            f"cannot write to {outdir} ({exc.strerror or exc}); choose an output folder you can write to"
+        ) from exc
+
+    writers: list[tuple[str, Callable[[Path], None]]] = [
+        ("labels.nii.gz", lambda p: _write_labels(p, volume, labels_slab, first)),
+        ("metrics.json", lambda p: _write_text(p, json.dumps(metrics, indent=2, allow_nan=False) + "\n")),
+        ("metrics.csv", lambda p: _write_csv(p, [_csv_run_info(run_info) | measurements.csv_row()])),
+        ("profile.csv", lambda p: _write_csv(p, measurements.profile_rows(), PROFILE_COLUMNS)),
+        ("overlay.png", lambda p: write_overlay_png(p, volume, labels_slab, first, measurements.z_mm)),
+        ("profile.png", lambda p: write_profile_png(p, measurements)),
+    ]
+    progress.stage("writing", total=len(writers))
+    try:
+        for name, write in writers:
+            write(staging / name)
+            progress.advance()
+        if existed:
+            for name, _ in writers:
+                os.replace(staging / name, outdir / name)
+            staging.rmdir()
+        else:
+            os.replace(staging, outdir)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_created(created)
+        if isinstance(exc, OSError):
+            raise LegSegNetError(
+                f"could not write the outputs to {outdir} ({exc}); check free disk space and permissions"
+            ) from exc
+        raise
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _write_labels(path: Path, volume: CTVolume, labels_slab: np.ndarray, first: int) -> None:
+    image = volume.labels_to_image(np.asarray(labels_slab, dtype=np.uint8), first)
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as exc:  # SimpleITK reports I/O failures as RuntimeError
+        raise OSError(f"writing {path.name} failed: {str(exc).strip().splitlines()[-1]}") from exc
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
+    columns = columns or tuple(rows[0])
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _csv_value(row[key]) for key in columns})
+
+
+def _csv_value(value):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""  # undefined (e.g. the mean HU of an empty tissue)
+    return value
+
+
+def _csv_run_info(run_info: dict) -> dict:
+    """Run info as CSV cells: scalars as they are, lists and dicts as JSON text."""
+    return {k: json.dumps(json_safe(v)) if isinstance(v, (list, tuple, dict)) else v for k, v in run_info.items()}
+
+
+def json_safe(value):
+    """A copy that `json.dumps(..., allow_nan=False)` accepts: NaN/inf become None, numpy scalars Python ones."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def display_orientation(volume: CTVolume) -> tuple[bool, bool, bool, float, float]:
+    """How to show a slab slice in radiological convention: patient's right on the image's left, anterior up.
+
+    Returns (transpose, flip_vertical, flip_horizontal, vertical_spacing_mm, horizontal_spacing_mm) to apply,
+    in this order, to a (rows, cols) slice. Decided from the direction cosines, not the storage order.
+    """
+    direction = np.array(volume.image.GetDirection()).reshape(3, 3)
+    spacing = volume.image.GetSpacing()
+    row_axis, col_axis = volume.inplane_axes
+    transpose = abs(direction[0, row_axis]) > abs(direction[0, col_axis])  # rows run left-right: make them columns
+    horizontal, vertical = (row_axis, col_axis) if transpose else (col_axis, row_axis)
+    flip_horizontal = direction[0, horizontal] < 0  # screen rightwards must go to LPS +x (patient's left)
+    flip_vertical = direction[1, vertical] < 0  # screen downwards must go to LPS +y (posterior)
+    return transpose, flip_vertical, flip_horizontal, float(spacing[vertical]), float(spacing[horizontal])
+
+
+def orient_for_display(slice_2d: np.ndarray, orientation: tuple[bool, bool, bool, float, float]) -> np.ndarray:
+    transpose, flip_vertical, flip_horizontal, _, _ = orientation
+    out = slice_2d.T if transpose else slice_2d
+    if flip_vertical:
+        out = out[::-1, :]
+    if flip_horizontal:
+        out = out[:, ::-1]
+    return out
+
+
+def overlay_slices(n_slices: int, count: int = OVERLAY_SLICES) -> np.ndarray:
+    """Up to `count` slab indices spread evenly from the first to the last slice."""
+    return np.unique(np.round(np.linspace(0, n_slices - 1, min(count, n_slices))).astype(int))
+
+
+def write_overlay_png(
+    path: Path, volume: CTVolume, labels_slab: np.ndarray, first: int, z_mm: np.ndarray
+) -> None:
+    """A grid of axial slices, labels semi-transparent over the CT in a soft-tissue window, with a legend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    picks = overlay_slices(labels_slab.shape[0])
+    hu = volume.slab(first, first + labels_slab.shape[0] - 1)
+    orientation = display_orientation(volume)
+    spacing_v, spacing_h = orientation[3], orientation[4]
+    shown_labels = [orient_for_display(np.asarray(labels_slab[k]), orientation) for k in picks]
+    crop_v, crop_h = _crop_box(np.any(np.stack(shown_labels) > 0, axis=0))
+
+    colours = np.zeros((MAX_LABEL + 1, 4))
+    for t in TISSUES:
+        colours[t.value] = (*t.rgb_float, OVERLAY_ALPHA)
+
+    n_cols = min(4, len(picks))
+    n_rows = math.ceil(len(picks) / n_cols)
+    height_mm = (crop_v.stop - crop_v.start) * spacing_v
+    width_mm = (crop_h.stop - crop_h.start) * spacing_h
+    panel_w = 3.2
+    panel_h = float(np.clip(panel_w * height_mm / max(width_mm, 1e-6), 1.0, 6.0)) + 0.35
+    fig = Figure(figsize=(n_cols * panel_w, n_rows * panel_h + 0.7), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    extent = (0.0, width_mm, height_mm, 0.0)  # in mm, so anisotropic pixels keep their true shape
+    for i, k in enumerate(picks):
+        ax = fig.add_subplot(n_rows, n_cols, i + 1)
+        ct = orient_for_display(np.asarray(hu[k]), orientation)[crop_v, crop_h]
+        ax.imshow(ct, cmap="gray", vmin=SOFT_TISSUE_WINDOW_HU[0], vmax=SOFT_TISSUE_WINDOW_HU[1], extent=extent)
+        ax.imshow(colours[shown_labels[i][crop_v, crop_h]], interpolation="nearest", extent=extent)
+        ax.set_title(f"slice {first + k}   z {z_mm[k]:.1f} mm", fontsize=9)
+        ax.set_axis_off()
+        for x, y, letter in ((0.02, 0.5, "R"), (0.98, 0.5, "L"), (0.5, 0.97, "A"), (0.5, 0.03, "P")):
+            ax.text(x, y, letter, transform=ax.transAxes, color="yellow", fontsize=8, ha="center", va="center")
+    handles = [Patch(facecolor=t.rgb_float, edgecolor="none", label=f"{t.key}: {t.name}") for t in TISSUES]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(TISSUES), fontsize=8, frameon=False)
+    fig.suptitle("LegSegNet labels (radiological view: patient's right on the left)", fontsize=10)
+    fig.savefig(path, format="png")
+
+
+def _crop_box(labelled: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns around the labelled pixels (plus a margin); everything when nothing is labelled."""
+    rows, cols = np.nonzero(labelled.any(axis=1))[0], np.nonzero(labelled.any(axis=0))[0]
+    if rows.size == 0:
+        return slice(0, labelled.shape[0]), slice(0, labelled.shape[1])
+    m = OVERLAY_MARGIN_VOXELS
+    return (
+        slice(max(0, rows[0] - m), min(labelled.shape[0], rows[-1] + m + 1)),
+        slice(max(0, cols[0] - m), min(labelled.shape[1], cols[-1] + m + 1)),
+    )
+
+
+def write_profile_png(path: Path, measurements: Measurements) -> None:
+    """Tissue cross-sectional area against the slices' z position (superior to the right)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    few_points = measurements.z_mm.size <= 30
+    for j, t in enumerate(TISSUES):
+        ax.plot(
+            measurements.z_mm,
+            measurements.areas_cm2[:, j],
+            color=t.rgb_float,
+            label=t.key,
+            linewidth=1.5,
+            marker="o" if few_points else None,
+            markersize=3,
+        )
+    ax.set_xlabel("z (mm, patient superior/inferior; larger is superior)")
+    ax.set_ylabel("cross-sectional area (cm²)")
+    ax.set_title(f"Tissue area per slice, slices {measurements.first}-{measurements.last}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, format="png")
+
+
+# ---------------------------------------------------------------------------------------------- folders
+def _make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and missing parents; return those created, deepest first (for clean-up)."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _remove_created([m for m in missing if m.exists()])
+        raise InputError(f"cannot create the output folder {folder} ({exc.strerror or exc}); choose another") from exc
+    return missing
+
+
+def _remove_created(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; only empty ones, so nothing of anyone else is touched
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
