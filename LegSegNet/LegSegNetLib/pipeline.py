@@ -32,6 +32,7 @@ def segment(
     progress = progress or Progress()
     progress.stage("reading")
     volume = volume_io.read_ct(input_path)
+    _report_notes(volume, progress)
     first, last = axial_range.choose_range(volume, slices=slices, auto=auto_range)
     if auto_range:
         progress.note(f"legs found on slices {first}:{last}")
@@ -61,6 +62,7 @@ def quantify_files(
     progress = progress or Progress()
     progress.stage("reading")
     volume = volume_io.read_ct(ct_path)
+    _report_notes(volume, progress)
     labels_image = volume_io.read_labels(labels_path, volume)
     if slices is None:
         first, last = axial_range.labelled_range(volume, labels_image)
@@ -73,3 +75,9 @@ def quantify_files(
     metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress)
     progress.finish()
     return metrics
+
+
+def _report_notes(volume, progress: Progress) -> None:
+    # What the reader decided on the user's behalf (series chosen, padding, PNG geometry) must be visible.
+    for note in volume.notes:
+        progress.note(note)

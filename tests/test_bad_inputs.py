@@ -1,0 +1,208 @@
+"""Bad inputs through the real `legsegnet` command (a subprocess), one table row each.
+
+Every row must end with exit status 2, exactly one line on stderr that starts with `error:` and says what
+is wrong (no traceback), and nothing left in the output folder (absent or empty).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import writers as w
+
+Builder = Callable[[Path, pytest.FixtureRequest], list]
+
+
+def _legs_file(tmp: Path, name: str = "ct.nii.gz") -> Path:
+    return w.write_image(w.leg_image(), tmp / name)
+
+
+def _segment(input_path, *extra) -> Callable[[Path], list]:
+    return lambda out: ["segment", input_path, "-o", out, "--engine", "threshold", "--quiet", *extra]
+
+
+# --------------------------------------------------------------------- how each bad input is made
+def missing_file(tmp, request):
+    return _segment(tmp / "no_such_scan.nii.gz")
+
+
+def unknown_extension(tmp, request):
+    path = tmp / "scan.xyz"
+    path.write_bytes(b"not an image")
+    return _segment(path)
+
+
+def empty_file(tmp, request):
+    path = tmp / "empty.nii.gz"
+    path.write_bytes(b"")
+    return _segment(path)
+
+
+def truncated_nifti_gz(tmp, request):
+    return _segment(w.truncate_file(_legs_file(tmp), 0.5))
+
+
+def corrupt_dicom_file(tmp, request):
+    path = w.write_dicom_series(w.leg_image()[:, :, :1], tmp / "one")[0]
+    return _segment(w.truncate_file(path, 0.7))
+
+
+def corrupt_dicom_folder(tmp, request):
+    paths = w.write_dicom_series(w.leg_image(), tmp / "series")
+    rng = np.random.default_rng(5)
+    for path in paths:
+        data = path.read_bytes()
+        path.write_bytes(data[:132] + rng.bytes(len(data) - 132))  # the preamble survives, nothing else
+    return _segment(tmp / "series")
+
+
+def folder_without_dicom(tmp, request):
+    folder = tmp / "photos"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no scans here")
+    w.write_png(np.zeros((8, 8), np.uint8), folder / "picture.png")
+    return _segment(folder)
+
+
+def real_mr_series(tmp, request):
+    return _segment(request.getfixturevalue("mr_series_dir"))
+
+
+def real_head_ct_auto_range(tmp, request):
+    return _segment(request.getfixturevalue("visible_human_head_dir"), "--auto-range")
+
+
+def slices_reversed(tmp, request):
+    return _segment(_legs_file(tmp), "--slices", "8:2")
+
+
+def slices_out_of_bounds(tmp, request):
+    return _segment(_legs_file(tmp), "--slices", "0:999")
+
+
+def slices_negative(tmp, request):
+    return _segment(_legs_file(tmp), "--slices=-3:4")  # "=" so argparse does not take -3:4 for an option
+
+
+def slices_malformed(tmp, request):
+    return _segment(_legs_file(tmp), "--slices", "first:last")
+
+
+def slices_without_colon(tmp, request):
+    return _segment(_legs_file(tmp), "--slices", "5")
+
+
+def nan_volume(tmp, request):
+    hu = sitk.GetArrayFromImage(w.leg_image()).astype(np.float32)
+    hu[3, 10:20, 10:20] = np.nan
+    return _segment(w.write_image(w.lps_image(hu), tmp / "nan.nrrd"))
+
+
+def four_d_image(tmp, request):
+    hu = np.transpose(sitk.GetArrayFromImage(w.leg_image()), (2, 1, 0))
+    nib.save(nib.Nifti1Image(np.stack([hu, hu], axis=-1), np.eye(4)), tmp / "4d.nii.gz")
+    return _segment(tmp / "4d.nii.gz")
+
+
+def rgb_image(tmp, request):
+    legs = w.leg_image()
+    return _segment(w.write_image(sitk.Compose([legs, legs, legs]), tmp / "rgb.nrrd"))
+
+
+def colour_png(tmp, request):
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[..., 0] = 200  # red
+    return _segment(w.write_png(pixels, tmp / "colour.png"))
+
+
+def oblique_30_degrees(tmp, request):
+    return _segment(w.write_image(w.rotated(w.leg_image(), 30.0), tmp / "oblique.nii.gz"))
+
+
+def png_16_bit(tmp, request):
+    return _segment(w.write_png(np.full((64, 64), 1200, np.uint16), tmp / "slice16.png"))
+
+
+def huge_header(tmp, request):
+    return _segment(w.write_header_only_mhd(tmp / "huge.mhd", (100000, 100000, 100000)))
+
+
+def non_hu_intensities(tmp, request):
+    raw = np.random.default_rng(2).integers(0, 4096, size=(8, 48, 48)).astype(np.uint16)  # all positive
+    return _segment(w.write_image(w.lps_image(raw), tmp / "raw.nii.gz"))
+
+
+def _labels_of(legs: sitk.Image, bad_value: int | None = None) -> sitk.Image:
+    hu = sitk.GetArrayViewFromImage(legs)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[hu == w.MUSCLE_HU] = 2
+    labels[hu >= w.MARROW_HU] = 4
+    if bad_value is not None:
+        labels[hu == w.IAT_HU] = bad_value
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(legs)
+    return image
+
+
+def quantify_label_seven(tmp, request):
+    legs = w.leg_image()
+    ct = w.write_image(legs, tmp / "ct.nii.gz")
+    labels = w.write_image(_labels_of(legs, bad_value=7), tmp / "labels.nii.gz")
+    return lambda out: ["quantify", ct, labels, "-o", out, "--quiet"]
+
+
+def quantify_labels_on_another_grid(tmp, request):
+    legs = w.leg_image()
+    ct = w.write_image(legs, tmp / "ct.nii.gz")
+    labels = _labels_of(legs)[::2, ::2, :]  # half the in-plane resolution
+    return lambda out: ["quantify", ct, w.write_image(labels, tmp / "labels.nrrd"), "-o", out, "--quiet"]
+
+
+# --------------------------------------------------------------------- the table
+CASES = [
+    pytest.param(missing_file, r"not found", id="missing-file"),
+    pytest.param(unknown_extension, r"unknown file type", id="unknown-extension"),
+    pytest.param(empty_file, r"empty", id="empty-file"),
+    pytest.param(truncated_nifti_gz, r"truncated", id="truncated-nii-gz"),
+    pytest.param(corrupt_dicom_file, r"corrupt or truncated", id="corrupt-dicom-file"),
+    pytest.param(corrupt_dicom_folder, r"none could be read|corrupt", id="corrupt-dicom-folder"),
+    pytest.param(folder_without_dicom, r"no DICOM files", id="folder-without-dicom"),
+    pytest.param(real_mr_series, r"no CT series .*MR", id="real-mr-series"),
+    pytest.param(real_head_ct_auto_range, r"(?i)leg", id="real-head-ct-auto-range", marks=pytest.mark.slow),
+    pytest.param(slices_reversed, r"(?i)slice", id="slices-reversed"),
+    pytest.param(slices_out_of_bounds, r"(?i)slice", id="slices-out-of-bounds"),
+    pytest.param(slices_negative, r"(?i)slice", id="slices-negative"),
+    pytest.param(slices_malformed, r"(?i)slice", id="slices-malformed"),
+    pytest.param(slices_without_colon, r"(?i)slice", id="slices-without-colon"),
+    pytest.param(nan_volume, r"not numbers", id="nan-volume"),
+    pytest.param(four_d_image, r"4D image", id="4d-image"),
+    pytest.param(rgb_image, r"3 values per voxel", id="rgb-image"),
+    pytest.param(colour_png, r"colour PNG", id="colour-png"),
+    pytest.param(oblique_30_degrees, r"oblique", id="oblique-30-degrees"),
+    pytest.param(png_16_bit, r"not an 8-bit greyscale PNG", id="png-16-bit"),
+    pytest.param(huge_header, r"too large", id="huge-header"),
+    pytest.param(non_hu_intensities, r"no air", id="non-hu-intensities"),
+    pytest.param(quantify_label_seven, r"values 7 that are not LegSegNet labels", id="quantify-label-7"),
+    pytest.param(quantify_labels_on_another_grid, r"does not lie on the CT's voxel grid", id="quantify-wrong-grid"),
+]
+
+
+@pytest.mark.parametrize("make, message", CASES)
+def test_bad_input_gives_one_error_line_and_no_output(tmp_path, request, make: Builder, message: str):
+    argv = make(tmp_path, request)(tmp_path / "out")
+    result = w.run_legsegnet(*argv, timeout=180)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, f"exit {result.returncode}, stderr: {result.stderr}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"stderr was: {result.stderr!r}"
+    assert "Traceback" not in result.stderr
+    assert re.search(message, lines[0]), f"message does not say what is wrong: {lines[0]}"
+    assert result.stdout.strip() == ""
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir()), f"left in the output folder: {list(out.iterdir())}"
+
