@@ -87,7 +87,7 @@ def slices_out_of_bounds(tmp, request):
 
 
 def slices_negative(tmp, request):
-    return _segment(_legs_file(tmp), "--slices=-3:4")  # "=" so argparse does not take -3:4 for an option
+    return _segment(_legs_file(tmp), "--slices", "-3:4")  # the CLI must not mistake -3:4 for an option
 
 
 def slices_malformed(tmp, request):

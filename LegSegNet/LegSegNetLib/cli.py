@@ -197,8 +197,23 @@ def error_exit_code(exc: BaseException) -> tuple[int, str]:
     return 1, f"internal error ({type(exc).__name__}: {exc}); run again with --debug and report the traceback"
 
 
+def join_option_values(argv: list[str], options=("--slices",)) -> list[str]:
+    """`--slices -3:4` → `--slices=-3:4`: argparse would take a value starting with '-' for an option,
+    and the user deserves the range check's message, not "expected one argument"."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = join_option_values(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv
     progress: Progress = Progress()
     try:
