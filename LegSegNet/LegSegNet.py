@@ -1,0 +1,475 @@
+"""3D Slicer module LegSegNet: lower-leg CT tissue segmentation (SAT, SM, IAT, Bone) and body composition.
+
+This file keeps only what needs Slicer's GUI: the module description, the widget, the parameter node
+and the self-test entry. Everything that can run without Qt lives in LegSegNetLib (logic.py,
+slicer_io.py, slicer_tables.py, worker_process.py, dependencies.py, selftest.py) and is tested there.
+"""
+import logging
+import os
+import tempfile
+from typing import Annotated, Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, Minimum, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
+from LegSegNetLib import dependencies
+from LegSegNetLib.logic import LegSegNetLogic as LegSegNetCoreLogic
+
+PUBLISHED_MODEL_NOTICE = (
+    "The published LegSegNet weights (Chen et al. 2026, Hugging Face {repo}) are licensed {licence}: "
+    "non-commercial use only, with attribution ({url}). About 100 MB are downloaded from the Hugging Face hub "
+    "and PyTorch is needed to verify them."
+)
+POLL_INTERVAL_MS = 100
+
+
+#
+# LegSegNet
+#
+
+
+class LegSegNet(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("LegSegNet")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LegSegNet contributors"]
+        self.parent.helpText = _("""
+Segments lower-leg CT into subcutaneous adipose tissue (SAT), skeletal muscle (SM), inter/intramuscular
+adipose tissue (IAT) and bone, and measures volumes, mean and SD of HU, derived ratios, per-leg numbers and
+a profile along the leg. Choose the slices to analyse, press Apply, correct the segments in Segment Editor,
+then press Update measurements.
+See <a href="https://github.com/legsegnet/SlicerLegSegNet">the documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Method: Chen et al., "LegSegNet: A Public Deep Learning System for Lower Extremity CT Tissue Segmentation
+and Quantification" (2026). Test data: NLM Visible Human Project.
+""")
+
+
+#
+# LegSegNetParameterNode
+#
+
+
+@parameterNodeWrapper
+class LegSegNetParameterNode:
+    """The module's GUI state, saved with the scene.
+
+    firstSlice/lastSlice - inclusive range of slice indices along the volume's superior/inferior axis.
+    engine/device/tta - worker options; folds: comma-separated nnU-Net folds ("" = all in the model).
+    batchSize - slices per forward pass (0 = engine default).
+    outputSegmentation - segmentation to overwrite (None: a new one named after the volume).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    firstSlice: Annotated[int, Minimum(0)] = 0
+    lastSlice: Annotated[int, Minimum(0)] = 0
+    showRange: bool = True
+    engine: Annotated[str, Choice(["auto", "threshold", "nnunet"])] = "auto"
+    model: str = ""
+    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
+    folds: str = ""
+    tta: Annotated[str, Choice(["default", "on", "off"])] = "default"
+    batchSize: Annotated[int, Minimum(0)] = 0
+    outputSegmentation: vtkMRMLSegmentationNode
+
+
+#
+# LegSegNetWidget
+#
+
+
+class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._handle = None  # the running segmentation (logic.ProcessHandle)
+        self._rangeROI = None
+        self._rangeVolumeID = None
+        self._modelNames = []
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.timeout.connect(self._pollWorker)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LegSegNet.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LegSegNetLogic()
+        self.logic.registerTerminology()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.autoRangeButton.connect("clicked(bool)", self.onAutoRange)
+        self.ui.fullRangeButton.connect("clicked(bool)", self.onFullRange)
+        self.ui.firstFromViewButton.connect("clicked(bool)", lambda: self.onRangeFromView(first=True))
+        self.ui.lastFromViewButton.connect("clicked(bool)", lambda: self.onRangeFromView(first=False))
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
+        self.ui.installPublishedModelButton.connect("clicked(bool)", self.onInstallPublishedModel)
+        self.ui.installModelFromFileButton.connect("clicked(bool)", self.onInstallModelFromFile)
+        self.ui.checkDeviceButton.connect("clicked(bool)", self.onCheckDevice)
+        self.ui.updateMeasurementsButton.connect("clicked(bool)", self.onUpdateMeasurements)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.showResultsButton.connect("clicked(bool)", self.onShowResults)
+        self.ui.progressBar.hide()
+
+        self.refreshModels()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._cancelRun()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._cancelRun()  # closing the scene kills the worker tree; nothing is added afterwards
+        self._rangeROI = None
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ parameter node
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Optional[LegSegNetParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # .ui widgets carry a "SlicerParameterName" dynamic property naming their parameter
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        volume = p.inputVolume if p else None
+        running = self._handle is not None and self._handle.running
+        valid = False
+        if volume is not None and volume.GetImageData() is not None:
+            try:
+                n = self.logic.sliceCount(volume)
+                for spinBox in (self.ui.firstSliceSpinBox, self.ui.lastSliceSpinBox):
+                    spinBox.maximum = n - 1
+                if volume.GetID() != self._rangeVolumeID:
+                    # a newly chosen volume starts with all its slices, unless a saved range fits it
+                    self._rangeVolumeID = volume.GetID()
+                    if p.lastSlice == 0 or p.lastSlice >= n:
+                        with slicer.util.NodeModify(p):
+                            p.firstSlice, p.lastSlice = 0, n - 1
+                first, last = min(p.firstSlice, n - 1), min(p.lastSlice, n - 1)
+                self.ui.firstSlicePositionLabel.text = f"S {self.logic.slicePositionMm(volume, first):.1f} mm"
+                self.ui.lastSlicePositionLabel.text = f"S {self.logic.slicePositionMm(volume, last):.1f} mm"
+                valid = first <= last
+                self.ui.rangeInfoLabel.text = (
+                    _("{count} of {total} slices").format(count=last - first + 1, total=n) if valid
+                    else _("the first slice comes after the last")
+                )
+                self._updateRangeDisplay(volume, first, last, valid and p.showRange)
+            except Exception as exc:  # an oblique or non-CT volume: say why Apply is disabled
+                self.ui.rangeInfoLabel.text = str(exc)
+        else:
+            self.ui.rangeInfoLabel.text = _("select a CT volume")
+            self._updateRangeDisplay(None, 0, 0, False)
+        self.ui.applyButton.enabled = running or valid
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.applyButton.toolTip = _("Stop the segmentation") if running else _("Segment the chosen slices")
+        segmentation = p.outputSegmentation if p else None
+        hasResults = segmentation is not None and volume is not None and not running
+        for button in (self.ui.updateMeasurementsButton, self.ui.exportButton, self.ui.showResultsButton):
+            button.enabled = hasResults
+
+    def _updateRangeDisplay(self, volume, first: int, last: int, visible: bool) -> None:
+        if volume is None or not visible:
+            if self._rangeROI is not None and self._rangeROI.GetDisplayNode():
+                self._rangeROI.GetDisplayNode().SetVisibility(False)
+            return
+        if self._rangeROI is not None and self._rangeROI.GetScene() is None:
+            self._rangeROI = None
+        self._rangeROI = self.logic.updateRangeROI(volume, first, last, self._rangeROI)
+        self._rangeROI.GetDisplayNode().SetVisibility(True)
+
+    # ------------------------------------------------------------------ range
+    def onFullRange(self) -> None:
+        volume = self._parameterNode.inputVolume
+        if volume:
+            with slicer.util.NodeModify(self._parameterNode):
+                self._parameterNode.firstSlice = 0
+                self._parameterNode.lastSlice = self.logic.sliceCount(volume) - 1
+
+    def onAutoRange(self) -> None:
+        volume = self._parameterNode.inputVolume
+        with slicer.util.tryWithErrorDisplay(_("Could not find the legs."), waitCursor=True):
+            first, last = self.logic.detectLegRange(volume)
+            with slicer.util.NodeModify(self._parameterNode):
+                self._parameterNode.firstSlice = first
+                self._parameterNode.lastSlice = last
+
+    def onRangeFromView(self, first: bool) -> None:
+        """Take the slice shown in the red (axial) view as the first or last slice."""
+        volume = self._parameterNode.inputVolume
+        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        sliceToRAS = sliceNode.GetSliceToRAS()
+        ras = [sliceToRAS.GetElement(r, 3) for r in range(3)]
+        index = self.logic.sliceIndexAtRAS(volume, ras)
+        if first:
+            self._parameterNode.firstSlice = index
+        else:
+            self._parameterNode.lastSlice = index
+
+    # ------------------------------------------------------------------ models and device
+    def refreshModels(self) -> None:
+        try:
+            names = self.logic.installedModels()
+        except Exception as exc:  # an unreadable store must not break the module: threshold still works
+            logging.warning(f"LegSegNet: could not list models: {exc}")
+            names = []
+        self._modelNames = names
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(_("(none: threshold engine)"), "")
+        for name in names:
+            combo.addItem(name, name)
+        current = self._parameterNode.model if self._parameterNode else ""
+        combo.currentIndex = max(0, combo.findData(current))
+        combo.blockSignals(wasBlocked)
+
+    def onModelChanged(self, index: int) -> None:
+        if self._parameterNode:
+            self._parameterNode.model = self.ui.modelComboBox.itemData(index) or ""
+
+    def onInstallPublishedModel(self) -> None:
+        from LegSegNetLib import models
+
+        notice = PUBLISHED_MODEL_NOTICE.format(repo=models.PUBLISHED_REPO, licence=models.PUBLISHED_LICENCE,
+                                               url=models.LICENCE_URLS.get(models.PUBLISHED_LICENCE, ""))
+        if not slicer.util.confirmOkCancelDisplay(notice + "\n\n" + _("Download and install them?")):
+            return
+        self._runModelsCommand(["install", models.PUBLISHED_SOURCE])
+
+    def onInstallModelFromFile(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("nnU-Net model (zip or folder)"), "",
+                                              _("Model archives (*.zip);;All files (*)"))
+        if path:
+            self._runModelsCommand(["install", path])
+
+    def _runModelsCommand(self, arguments) -> None:
+        if not self._ensureDependencies("nnunet"):  # installing verifies the checkpoints with torch
+            return
+        with slicer.util.tryWithErrorDisplay(_("Installing the model failed."), waitCursor=True):
+            output = self.logic.runModelsCommand(arguments)
+            self.ui.statusLabel.text = output.strip().splitlines()[-1] if output.strip() else _("model installed")
+        self.refreshModels()
+
+    def onCheckDevice(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not check the GPU."), waitCursor=True):
+            self.ui.deviceStatusLabel.text = self.logic.deviceReport()
+
+    # ------------------------------------------------------------------ run
+    def onApplyButton(self) -> None:
+        if self._handle is not None and self._handle.running:
+            self._cancelRun()
+            return
+        p = self._parameterNode
+        # "auto" runs nnU-Net when a model is chosen or installed (engines.make_engine), else threshold
+        usesNnunet = p.engine == "nnunet" or (p.engine == "auto" and (p.model or self._modelNames))
+        if not self._ensureDependencies("nnunet" if usesNnunet else "threshold"):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
+            folds = [int(f) for f in p.folds.split(",") if f.strip()] or None
+            tta = {"default": None, "on": True, "off": False}[p.tta]
+            self._handle = self.logic.processAsync(
+                p.inputVolume, p.firstSlice, p.lastSlice, engine=p.engine, device=p.device, model=p.model or None,
+                segmentation=p.outputSegmentation, onProgress=self._onProgress, onFinished=self._onFinished,
+                folds=folds, tta=tta, batchSize=p.batchSize or None,
+            )
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self.ui.statusLabel.text = _("starting the worker...")
+            self._timer.start()
+        self._onParameterNodeModified()
+
+    def _pollWorker(self) -> None:
+        if self._handle is None or not self._handle.poll():
+            self._timer.stop()
+
+    def _cancelRun(self) -> None:
+        if self._handle is not None and self._handle.running:
+            self._handle.cancel()
+        self._timer.stop()
+
+    def _onProgress(self, handle) -> None:
+        progress = handle.progress
+        self.ui.progressBar.value = int(100 * progress.get("fraction", 0.0))
+        text = progress.get("stage", "")
+        if progress.get("total"):
+            text += f" {progress['done']}/{progress['total']}"
+        left = progress.get("seconds_left")
+        if left is not None:
+            text += _(", about {seconds} s left").format(seconds=int(round(left)))
+        if handle.notes:
+            text += " - " + handle.notes[-1]
+        self.ui.statusLabel.text = text
+
+    def _onFinished(self, handle) -> None:
+        self._timer.stop()
+        self.ui.progressBar.hide()
+        if handle.state == "succeeded":
+            result = handle.result
+            self._parameterNode.outputSegmentation = result.segmentation
+            seconds = handle.progress.get("elapsed") or 0.0
+            self.ui.statusLabel.text = _("done in {seconds:.0f} s").format(seconds=seconds)
+            self._showResults(result.segmentation)
+        elif handle.state == "cancelled":
+            self.ui.statusLabel.text = _("cancelled; the scene was left as it was")
+        else:
+            self.ui.statusLabel.text = _("failed")
+            slicer.util.errorDisplay(handle.errorMessage)  # the worker's own error line, no traceback
+        self._onParameterNodeModified()
+
+    def _ensureDependencies(self, engine: str) -> bool:
+        """One dialog listing what the engine still needs; install only after the user agrees."""
+        pytorchUtils = hasattr(slicer.modules, "pytorchutils")
+        plan = dependencies.plan_install(engine, pytorch_utils_available=pytorchUtils)
+        if plan.is_empty:
+            return True
+        if plan.blocked:
+            slicer.util.errorDisplay(plan.message())
+            return False
+        if not slicer.util.confirmOkCancelDisplay(plan.message(), _("LegSegNet needs Python packages")):
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Installing the packages failed."), waitCursor=True):
+            if plan.torch_via_pytorch_utils:
+                import PyTorchUtils
+
+                PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=False, torchVersionRequirement=f">={dependencies.TORCH_MINIMUM}")
+            if plan.pip_requirements:
+                with tempfile.TemporaryDirectory() as folder:
+                    constraints = plan.write_constraints(os.path.join(folder, "constraints.txt"))
+                    slicer.util.pip_install(plan.pip_install_arguments(constraints))
+            if plan.restart_needed and slicer.util.confirmYesNoDisplay(_("Restart Slicer now to finish?")):
+                slicer.util.restart()
+            return not plan.restart_needed
+        return False
+
+    # ------------------------------------------------------------------ results
+    def onUpdateMeasurements(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Measuring failed."), waitCursor=True):
+            self.logic.quantify(p.outputSegmentation, p.inputVolume)
+            self._showResults(p.outputSegmentation)
+            self.ui.statusLabel.text = _("measurements updated")
+
+    def onExport(self) -> None:
+        p = self._parameterNode
+        folder = self.ui.exportDirectoryButton.directory
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            written = self.logic.exportResults(p.outputSegmentation, p.inputVolume, folder)
+            self.ui.statusLabel.text = _("wrote {count} files to {folder}").format(count=len(written), folder=folder)
+
+    def onShowResults(self) -> None:
+        self._showResults(self._parameterNode.outputSegmentation)
+
+    def _showResults(self, segmentation) -> None:
+        """Segments over the CT, the tissue table and the profile plot in a four-up layout."""
+        nodes = self.logic.resultNodes(segmentation)
+        volume = nodes["inputVolume"] or self._parameterNode.inputVolume
+        if volume is not None:
+            slicer.util.setSliceViewerLayers(background=volume)
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        if nodes["tissueTable"] is not None:
+            selection = slicer.app.applicationLogic().GetSelectionNode()
+            selection.SetActiveTableID(nodes["tissueTable"].GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
+        if nodes["chart"] is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(nodes["chart"])
+
+
+#
+# LegSegNetLogic
+#
+
+
+class LegSegNetLogic(ScriptedLoadableModuleLogic, LegSegNetCoreLogic):
+    """The library logic (LegSegNetLib/logic.py) plus Slicer's parameter node and application services."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        LegSegNetCoreLogic.__init__(self)
+
+    def getParameterNode(self):
+        return LegSegNetParameterNode(super().getParameterNode())
+
+    def registerTerminology(self) -> None:
+        """Make the segments' terminology entries browsable in Slicer's terminology selector."""
+        from LegSegNetLib.slicer_io import TERMINOLOGY_FILE
+
+        terminologies = slicer.modules.terminologies.logic()
+        if not terminologies.LoadTerminologyFromFile(str(TERMINOLOGY_FILE)):
+            logging.warning(f"LegSegNet: could not load terminology {TERMINOLOGY_FILE}")
+
+
+#
+# LegSegNetTest
+#
+
+
+class LegSegNetTest(ScriptedLoadableModuleTest):
+    """Runs LegSegNetLib.selftest, the same checks the pytest suite runs with slicer-core."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_LegSegNet_selftest()
+
+    def test_LegSegNet_selftest(self):
+        from LegSegNetLib import selftest
+
+        self.delayDisplay("Starting the LegSegNet self-test")
+        summary = selftest.run_selftest(slicer.mrmlScene, log=self.delayDisplay, logic=LegSegNetLogic())
+        self.delayDisplay(f"Test passed: Dice {summary['dice']}")
