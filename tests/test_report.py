@@ -260,3 +260,29 @@ def test_real_calf_ct_outputs_are_fast(visible_human_dir, tmp_path):
     read_back = sitk.ReadImage(str(tmp_path / "out" / "labels.nii.gz"))
     check_same_grid(volume.image, read_back)
     assert int((sitk.GetArrayViewFromImage(read_back) == SM).sum()) == metrics["tissues"]["SM"]["voxels"]
+
+
+def test_without_matplotlib_the_numbers_are_still_written(tmp_path):
+    # Slicer's Python ships no matplotlib: a run there must still give labels and measurements.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "import numpy as np\n"
+        "from LegSegNetLib.phantom import make_leg_phantom\n"
+        "from LegSegNetLib.quantify import quantify\n"
+        "from LegSegNetLib.report import write_outputs\n"
+        "from LegSegNetLib.progress import Progress\n"
+        "p = make_leg_phantom(shape=(4, 96, 128), seed=1)\n"
+        "volume, _ = p.to_volume()\n"
+        "progress = Progress()\n"
+        "m = quantify(volume, p.labels, 0, 3)\n"
+        f"write_outputs({str(tmp_path / 'out')!r}, volume, p.labels, 0, 3, m, {{'input': 'x'}}, progress)\n"
+        "print(progress.notes)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "matplotlib is not installed" in done.stdout
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["labels.nii.gz", "metrics.csv", "metrics.json", "profile.csv"]

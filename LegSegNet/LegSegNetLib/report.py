@@ -75,9 +75,14 @@ def write_outputs(
         ("metrics.json", lambda p: _write_text(p, json.dumps(metrics, indent=2, allow_nan=False) + "\n")),
         ("metrics.csv", lambda p: _write_csv(p, [_csv_run_info(run_info) | measurements.csv_row()])),
         ("profile.csv", lambda p: _write_csv(p, measurements.profile_rows(), PROFILE_COLUMNS)),
-        ("overlay.png", lambda p: write_overlay_png(p, volume, labels_slab, first, measurements.z_mm)),
-        ("profile.png", lambda p: write_profile_png(p, measurements)),
     ]
+    if _have_matplotlib():
+        writers += [
+            ("overlay.png", lambda p: write_overlay_png(p, volume, labels_slab, first, measurements.z_mm)),
+            ("profile.png", lambda p: write_profile_png(p, measurements)),
+        ]
+    else:  # Slicer does not ship matplotlib; the numbers matter more than the pictures there
+        progress.note("matplotlib is not installed: overlay.png and profile.png were not drawn")
     progress.stage("writing", total=len(writers))
     try:
         for name, write in writers:
@@ -177,6 +182,14 @@ def orient_for_display(slice_2d: np.ndarray, orientation: tuple[bool, bool, bool
     if flip_horizontal:
         out = out[:, ::-1]
     return out
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def overlay_slices(n_slices: int, count: int = OVERLAY_SLICES) -> np.ndarray:
