@@ -1,0 +1,140 @@
+"""The threshold engine: classical HU windows plus anatomy, no model, CPU only.
+
+Method, slice by slice (vectorised over chunks of slices, cropped to the body's bounding box):
+
+1. Body: HU > -500 (the skin's 50 % partial-volume point), opened with a 3 mm disk so that the couch shell,
+   blankets, clothing, cables and skin markers fall away; components smaller than 6 cm^2 or thinner than 12 mm are
+   dropped; air inside the body (e.g. trapped between touching legs) stays background.
+2. Legs: `legs.split_legs` (touching legs are cut along the power line of their two inscribed circles).
+3. Bone: the cortical shell (>= 150 HU, small gaps closed) with at least 8 mm^2 of dense bone (>= 500 HU) plus
+   everything it encloses (marrow, trabecular bone), the outer rings trimmed at the adaptive 50 % edge.
+   Contrast-filled vessels (< ~450 HU), tendons and small calcifications are not bone.
+4. Muscle compartment of each leg (inside the deep fascia): soft tissue (>= -29 HU) at least 2.5 mm under the skin,
+   opened with a 1.2 mm disk (cuts thin strands such as the fascia line over fat), without islands under 80 mm^2
+   (superficial veins, lymph nodes, fibrous septa of the SAT), plus the leg's bone; closed with a 15 mm disk and
+   hole-filled. This bridges the fat between muscle groups, the fat wedges where septa meet the fascia and the
+   popliteal fossa, which are all inside the fascia.
+5. Labels: bone -> Bone; inside the compartment: HU >= -29 -> SM (muscle, fascia, vessels, tendons, calcifications),
+   lower -> IAT; outside it: a 1 mm band along the compartment's edge with HU >= -29 -> SM (the fascia line),
+   everything else -> SAT (skin, subcutaneous fat, superficial veins). The windows -190..-30 (fat) and -29..150
+   (muscle) are the classical body-composition ones; their common edge is the fat/muscle 50 % point.
+
+Known weaknesses:
+- The fascia is inferred from the shape of the muscle, not traced: where the true fascia is concave over more than
+  ~15 mm (rare in the calf, more common at the proximal thigh) SAT in the concavity is called IAT; conversely a fat
+  pocket wider than ~30 mm that opens onto the fascia (a large popliteal fossa) is partly called SAT.
+- A superficial vein, lymph node or scar lying on the fascia is taken into the compartment with the fat around it.
+- Partial-volume voxels and noise decide thin structures: septa thinner than a voxel and small intramuscular fat
+  are under-counted; IAT is the least accurate tissue (as for every method).
+- Soft tissue under the skin where the SAT is thinner than ~2.5 mm (anterior tibia, patella) may be called SAT.
+- Touching legs pressed together over a long contact (heavy thighs) may not be split; both legs then share one
+  compartment search (labels are still right if the two compartments stay apart).
+- Edema, hematoma, muscle atrophy with fat replacement, metal implants (streaks) and contrast-filled vessels
+  touching the cortex are not modelled; a bone whose cortex is broken (fracture, nutrient canal larger than a
+  voxel) may lose its marrow.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import anatomy
+from ..legs import split_legs
+from ..progress import Progress
+from ..tissues import BONE, IAT, SAT, SM
+
+CHUNK_SLICES = 24  # slices processed together: bounds memory, drives the progress bar
+SKIN_MM = 2.5  # depth under the body surface that never counts as muscle compartment
+CORE_OPEN_MM = 1.2  # opening of the soft tissue: cuts thin strands (the fascia over fat, skin bridges)
+CORE_MIN_MM2 = 80.0  # smaller soft-tissue islands are not muscle groups (superficial veins, nodes, strands)
+COMPARTMENT_CLOSE_MM = 15.0  # closing that bridges inter-group fat up to ~30 mm wide
+FASCIA_MM = 1.0  # band outside the compartment where soft tissue is the fascia (SM)
+
+
+class ThresholdEngine:
+    """HU windows + anatomy. See the module docstring for the method and its weaknesses."""
+
+    name = "threshold"
+
+    def __init__(self, chunk_slices: int = CHUNK_SLICES) -> None:
+        self.chunk_slices = max(1, int(chunk_slices))
+
+    def info(self) -> dict:
+        return {
+            "engine": self.name,
+            "model": None,
+            "device": "cpu",
+            "method": "HU windows (fat -190..-30, muscle -29..150) inside the body; bone = cortical shell + "
+            "enclosed; SAT/IAT split by the muscle compartment (closed muscle outline)",
+        }
+
+    def segment(self, slab: np.ndarray, spacing: tuple[float, float, float], progress: Progress | None = None
+                ) -> np.ndarray:
+        """uint8 labels (0-4) of the slab (n_slices, rows, cols) in HU; spacing (slice, row, col) mm."""
+        progress = progress or Progress()
+        slab = np.asarray(slab) if not isinstance(slab, np.ndarray) else slab
+        if slab.ndim != 3:
+            raise ValueError(f"the threshold engine needs a (slices, rows, cols) slab, not shape {slab.shape}")
+        n = slab.shape[0]
+        labels = np.zeros(slab.shape, dtype=np.uint8)
+        progress.stage("segmenting", n)
+        box = _body_box(slab, spacing)
+        if box is None:  # nothing but air (or no body at all)
+            progress.advance(n)
+            return labels
+        for k0 in range(0, n, self.chunk_slices):
+            k1 = min(n, k0 + self.chunk_slices)
+            hu = np.asarray(slab[k0:k1, box[0], box[1]])
+            if hu.dtype == np.float64:
+                hu = hu.astype(np.float32)
+            labels[k0:k1, box[0], box[1]] = segment_chunk(hu, spacing)
+            progress.advance(k1 - k0)
+        return labels
+
+
+def segment_chunk(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Labels of a stack of slices (the whole method, steps 1-5)."""
+    spacing_rc = (float(spacing[1]), float(spacing[2]))
+    out = np.zeros(hu.shape, dtype=np.uint8)
+    body = anatomy.body_mask(hu, spacing)
+    if not body.any():
+        return out
+    bone = anatomy.bone_mask(hu, body, spacing)
+    soft = hu >= anatomy.MUSCLE_HU[0]
+    interior = anatomy.erode(body, SKIN_MM, spacing_rc)
+    leg_ids = split_legs(body, spacing)
+    compartment = np.zeros(hu.shape, dtype=bool)
+    for leg in range(1, int(leg_ids.max()) + 1):
+        mine = leg_ids == leg
+        box = anatomy.bounding_box(mine)
+        if box is None:
+            continue
+        sub = (slice(None), box[0], box[1])
+        core = anatomy.open_(soft[sub] & interior[sub] & mine[sub], CORE_OPEN_MM, spacing_rc)
+        core = anatomy.remove_small(core, CORE_MIN_MM2, spacing_rc)
+        core |= bone[sub] & mine[sub]
+        comp = anatomy.fill_holes(anatomy.close(core, COMPARTMENT_CLOSE_MM, spacing_rc))
+        compartment[sub] |= comp & mine[sub]
+    fascia = anatomy.dilate(compartment, FASCIA_MM, spacing_rc) & ~compartment
+    out[body] = SAT
+    out[body & compartment & ~soft] = IAT
+    out[body & (compartment | fascia) & soft] = SM
+    out[bone] = BONE
+    return out
+
+
+def _body_box(slab: np.ndarray, spacing: tuple[float, float, float]) -> tuple[slice, slice] | None:
+    """In-plane bounding box of the body over all slices, found on a coarse (about 4 mm) copy: cheap."""
+    sr, sc = float(spacing[1]), float(spacing[2])
+    step_r, step_c = max(1, int(4.0 // sr)), max(1, int(4.0 // sc))
+    coarse = slab[:, ::step_r, ::step_c]
+    body = anatomy.body_mask(coarse, (spacing[0], sr * step_r, sc * step_c), open_mm=max(3.0, sr * step_r))
+    box = anatomy.bounding_box(body)
+    if box is None:
+        return None
+    margin_r, margin_c = 2 * step_r + 4, 2 * step_c + 4
+    rows, cols = slab.shape[1], slab.shape[2]
+    r0 = max(0, box[0].start * step_r - margin_r)
+    r1 = min(rows, box[0].stop * step_r + margin_r)
+    c0 = max(0, box[1].start * step_c - margin_c)
+    c1 = min(cols, box[1].stop * step_c + margin_c)
+    return slice(r0, r1), slice(c0, c1)
