@@ -25,21 +25,54 @@ ENGINE_NAMES = ("auto", "threshold", "nnunet")
 
 
 def make_engine(name: str = "auto", **options) -> Engine:
-    """The engine the user asked for. `auto` is nnU-Net when a model is given or installed, else threshold."""
+    """The engine the user asked for. `auto` is nnU-Net when a model is given or installed, else threshold.
+
+    Options (all optional): model (folder or installed name), device, folds, tta, batch_size, checkpoint
+    ("best" or "final"), progress (for notes such as a CPU fallback), store (a models.ModelStore).
+    """
     from ..errors import InputError
 
     if name not in ENGINE_NAMES:
         raise InputError(f"unknown engine '{name}'; choose one of {', '.join(ENGINE_NAMES)}")
+    progress = options.get("progress")
     if name == "auto":
-        name = "nnunet" if options.get("model") or _installed_model_available() else "threshold"
+        name = "nnunet" if options.get("model") or _installed_model_available(options.get("store"), progress) else "threshold"
     if name == "threshold":
         from .threshold import ThresholdEngine
 
         return ThresholdEngine()
-    raise InputError(
-        "the nnunet engine is not available in this version yet; use --engine threshold"
+    from .nnunet import NnUNetEngine
+
+    return NnUNetEngine(
+        options.get("model"),
+        device=options.get("device") or "auto",
+        folds=options.get("folds"),
+        tta=options.get("tta"),
+        batch_size=options.get("batch_size"),
+        checkpoint=options.get("checkpoint") or "best",
+        progress=progress,
+        store=options.get("store"),
     )
 
 
-def _installed_model_available() -> bool:
-    return False
+def _installed_model_available(store=None, progress: Progress | None = None) -> bool:
+    """True when the model store has a default model and the nnU-Net packages are importable."""
+    import importlib.util
+
+    from ..models import ModelStore
+
+    try:
+        default = (store or ModelStore()).default()
+    except OSError:
+        return False
+    if default is None:
+        return False
+    missing = [m for m in ("torch", "nnunetv2") if importlib.util.find_spec(m) is None]
+    if missing:
+        if progress is not None:
+            progress.note(
+                f"model '{default.name}' is installed but {' and '.join(missing)} is not; using the threshold engine "
+                "(install the nnU-Net extra: pip install 'legsegnet[nnunet]')"
+            )
+        return False
+    return True
