@@ -1,13 +1,19 @@
 """Shared fixtures: the real Visible Human calf CT (cached download), temporary folders."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Tests must not see (or change) the user's own model store: a model installed on this machine would
+# turn `--engine auto` into nnU-Net. Set before any test starts, so subprocesses inherit it too.
+os.environ["LEGSEGNET_MODELS_DIR"] = tempfile.mkdtemp(prefix="legsegnet-test-models-store-")
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import fetch_visible_human  # noqa: E402
