@@ -86,3 +86,16 @@ def test_grid_mismatch_names_what_differs():
     b.SetSpacing((1, 1, 2))
     with pytest.raises(InputError, match="spacing"):
         check_same_grid(a, b)
+
+
+def test_views_keep_their_image_alive():
+    # A slab of a temporary image must stay valid after the image object is gone (it segfaulted once).
+    import gc
+
+    volume = CTVolume.from_array(np.full((6, 64, 64), 7, np.int16))
+    labels = volume.slab_from_image(volume.labels_to_image(np.full((6, 64, 64), 3, np.uint8)))
+    slab = CTVolume.from_array(np.full((6, 64, 64), -5, np.int16)).slab(1, 4)
+    gc.collect()
+    _ = [np.ones((64, 64, 64), np.int16) for _ in range(20)]  # reuse freed memory if it was freed
+    assert (labels == 3).all() and (slab == -5).all()
+    assert not labels.flags.writeable and not slab.flags.writeable

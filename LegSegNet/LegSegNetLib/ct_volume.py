@@ -78,7 +78,7 @@ class CTVolume:
     # ------------------------------------------------------------------ voxels
     def hu_array(self) -> np.ndarray:
         """The whole image as a read-only numpy view in SimpleITK order (k, j, i)."""
-        return sitk.GetArrayViewFromImage(self.image)
+        return image_array_view(self.image)
 
     def slab(self, first: int = 0, last: int | None = None) -> np.ndarray:
         """Slices first..last (inclusive) as a (n, rows, cols) view of the image buffer (no copy)."""
@@ -102,7 +102,7 @@ class CTVolume:
         """The slab of another image on the same grid (e.g. corrected labels), as a view."""
         check_same_grid(self.image, labels)
         last = self.n_slices - 1 if last is None else last
-        full = np.transpose(sitk.GetArrayViewFromImage(labels), self._numpy_axes())
+        full = np.transpose(image_array_view(labels), self._numpy_axes())
         return full[first : last + 1]
 
     def slab_index_to_lps(self, z, r, c) -> np.ndarray:
@@ -132,6 +132,24 @@ class CTVolume:
 
 
 # ---------------------------------------------------------------------- helpers
+class _ImageBuffer:
+    """Owns the image whose pixel buffer a numpy view points into.
+
+    SimpleITK's GetArrayViewFromImage does not keep the image alive: a view that outlives its image
+    reads freed memory (a segfault, seen with `volume.slab_from_image(sitk.ReadImage(...))`). A numpy
+    array built from this object keeps it, and so the image, as its `base`.
+    """
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.image = image
+        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
+
+
+def image_array_view(image: sitk.Image) -> np.ndarray:
+    """A read-only numpy view (k, j, i) of the image's pixels that keeps the image alive. No copy."""
+    return np.asarray(_ImageBuffer(image))
+
+
 AXIAL_TOLERANCE_DEG = 10.0
 
 
