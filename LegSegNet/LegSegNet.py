@@ -15,7 +15,7 @@ import vtk
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, Minimum, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, Maximum, Minimum, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -27,6 +27,7 @@ from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 from LegSegNetLib import dependencies
+from LegSegNetLib.annotation_logic import AnnotationLogic
 from LegSegNetLib.logic import LegSegNetLogic as LegSegNetCoreLogic
 
 PUBLISHED_MODEL_NOTICE = (
@@ -53,7 +54,8 @@ class LegSegNet(ScriptedLoadableModule):
 Segments lower-leg CT into subcutaneous adipose tissue (SAT), skeletal muscle (SM), inter/intramuscular
 adipose tissue (IAT) and bone, and measures volumes, mean and SD of HU, derived ratios, per-leg numbers and
 a profile along the leg. Choose the slices to analyse, press Apply, correct the segments in Segment Editor,
-then press Update measurements.
+then press Update measurements. Under Review and training, review a few sampled slices per scan, add them to
+a training set and train the next round's model (model-in-the-loop annotation).
 See <a href="https://github.com/legsegnet/SlicerLegSegNet">the documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -75,6 +77,9 @@ class LegSegNetParameterNode:
     engine/device/tta - worker options; folds: comma-separated nnU-Net folds ("" = all in the model).
     batchSize - slices per forward pass (0 = engine default).
     outputSegmentation - segmentation to overwrite (None: a new one named after the volume).
+    reviewSlicesPerScan/reviewSeed - slices sampled per scan for review (1-50) and the sampling seed.
+    datasetFolder/patientId/annotationRound - where reviewed slices go, whose they are, which round.
+    trainEpochs/trainModelName - settings of "Train next round".
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -88,6 +93,13 @@ class LegSegNetParameterNode:
     tta: Annotated[str, Choice(["default", "on", "off"])] = "default"
     batchSize: Annotated[int, Minimum(0)] = 0
     outputSegmentation: vtkMRMLSegmentationNode
+    reviewSlicesPerScan: Annotated[int, Minimum(1), Maximum(50)] = 3
+    reviewSeed: Annotated[int, Minimum(0)] = 0
+    datasetFolder: str = ""
+    patientId: str = ""
+    annotationRound: Annotated[int, Minimum(0)] = 1
+    trainEpochs: Annotated[int, Minimum(1)] = 200
+    trainModelName: str = ""
 
 
 #
@@ -109,6 +121,11 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.timeout.connect(self._pollWorker)
+        self.annotationLogic = None
+        self._trainingHandle = None  # the running training (annotation_logic.TrainingHandle)
+        self._trainingTimer = qt.QTimer()
+        self._trainingTimer.setInterval(500)
+        self._trainingTimer.timeout.connect(self._pollTraining)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -137,11 +154,23 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showResultsButton.connect("clicked(bool)", self.onShowResults)
         self.ui.progressBar.hide()
 
+        self.annotationLogic = AnnotationLogic()
+        self.ui.sampleSlicesButton.connect("clicked(bool)", self.onSampleSlices)
+        self.ui.nextUnreviewedButton.connect("clicked(bool)", self.onNextUnreviewed)
+        self.ui.markReviewedButton.connect("clicked(bool)", self.onMarkReviewed)
+        self.ui.browseDatasetButton.connect("clicked(bool)", self.onBrowseDataset)
+        self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainNextRound)
+        self.ui.trainProgressBar.hide()
+
         self.refreshModels()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self._cancelRun()
+        if self._trainingHandle is not None and self._trainingHandle.running:
+            self._trainingHandle.cancel()  # the worker keeps a checkpoint; training again can resume it
+        self._trainingTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -218,6 +247,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasResults = segmentation is not None and volume is not None and not running
         for button in (self.ui.updateMeasurementsButton, self.ui.exportButton, self.ui.showResultsButton):
             button.enabled = hasResults
+        self._updateReviewDisplay()
 
     def _updateRangeDisplay(self, volume, first: int, last: int, visible: bool) -> None:
         if volume is None or not visible:
@@ -426,6 +456,162 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.app.applicationLogic().PropagateTableSelection()
         if nodes["chart"] is not None:
             slicer.modules.plots.logic().ShowChartInLayout(nodes["chart"])
+
+
+    # ------------------------------------------------------------------ review and training
+    def _updateReviewDisplay(self) -> None:
+        p = self._parameterNode
+        segmentation = p.outputSegmentation if p else None
+        volume = p.inputVolume if p else None
+        ready = segmentation is not None and volume is not None
+        state = None
+        if ready:
+            self.ui.reviewStatusLabel.text = self.annotationLogic.reviewSummary(segmentation)
+            try:
+                state = self.annotationLogic.reviewState(segmentation)
+            except Exception:
+                state = None
+        else:
+            self.ui.reviewStatusLabel.text = _("segment a volume (Apply) or choose an output segmentation to review")
+        self.ui.sampleSlicesButton.enabled = ready
+        self.ui.nextUnreviewedButton.enabled = state is not None and not state.complete
+        self.ui.markReviewedButton.enabled = state is not None
+        self.ui.addToTrainingSetButton.enabled = state is not None and state.done > 0 and bool(p.datasetFolder)
+        training = self._trainingHandle is not None and self._trainingHandle.running
+        self.ui.trainButton.enabled = training or bool(p and p.datasetFolder)
+        self.ui.trainButton.text = _("Stop training") if training else _("Train next round")
+
+    def _redSliceIndex(self, volume) -> int:
+        sliceToRAS = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode().GetSliceToRAS()
+        return self.logic.sliceIndexAtRAS(volume, [sliceToRAS.GetElement(r, 3) for r in range(3)])
+
+    def onSampleSlices(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not sample the slices."), waitCursor=True):
+            state = self.annotationLogic.startReview(p.outputSegmentation, p.inputVolume, p.reviewSlicesPerScan,
+                                                     p.reviewSeed)
+            if state.slices:
+                self._jumpTo(state.slices[0])
+        self._updateReviewDisplay()
+
+    def onNextUnreviewed(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not find the next slice."), waitCursor=True):
+            index = self.annotationLogic.nextUnreviewedSlice(p.outputSegmentation, self._redSliceIndex(p.inputVolume))
+            if index is not None:
+                self._jumpTo(index)
+        self._updateReviewDisplay()
+
+    def _jumpTo(self, sliceIndex: int) -> None:
+        p = self._parameterNode
+        slicer.util.setSliceViewerLayers(background=p.inputVolume)
+        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        self.annotationLogic.jumpToSlice(p.inputVolume, sliceIndex, sliceNode)
+
+    def onMarkReviewed(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not mark the slice."), waitCursor=True):
+            self.annotationLogic.markReviewed(p.outputSegmentation, self._redSliceIndex(p.inputVolume))
+        self._updateReviewDisplay()
+
+    def onBrowseDataset(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Training set folder"), self._parameterNode.datasetFolder)
+        if folder:
+            self._parameterNode.datasetFolder = folder
+
+    def onAddToTrainingSet(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Adding the slices to the training set failed."), waitCursor=True):
+            result = self.annotationLogic.addReviewedSlices(
+                p.outputSegmentation, p.inputVolume, p.datasetFolder, patient=p.patientId or None,
+                trainingRound=p.annotationRound,
+                inputFormat=self.annotationLogic.modelInputFormat(self.annotationLogic.modelToRefine(p.model)))
+            self.ui.trainStatusLabel.text = _(
+                "{added} added, {replaced} replaced, {unchanged} unchanged; the training set holds {total} slices"
+            ).format(added=len(result.added), replaced=len(result.replaced), unchanged=len(result.unchanged),
+                     total=result.total_cases)
+        self._updateReviewDisplay()
+
+    def onTrainNextRound(self) -> None:
+        if self._trainingHandle is not None and self._trainingHandle.running:
+            self._trainingHandle.cancel()
+            self.ui.trainStatusLabel.text = _("stopping after the current iteration (a checkpoint is kept)...")
+            return
+        p = self._parameterNode
+        if not self._ensureDependencies("nnunet"):
+            return
+        runs = self.annotationLogic.interruptedRuns(p.datasetFolder)
+        name = p.trainModelName or None
+        resume = False
+        if runs and slicer.util.confirmYesNoDisplay(
+                _("An interrupted training run exists: {name}. Continue it?").format(name=runs[-1])):
+            name, resume = runs[-1], True
+        if not resume and not self._confirmCpuTraining(p):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not start the training."), waitCursor=True):
+            self._trainingHandle = self.annotationLogic.trainAsync(
+                p.datasetFolder, fromModel=self.annotationLogic.modelToRefine(p.model), epochs=p.trainEpochs, device=p.device, name=name,
+                resume=resume, onProgress=self._onTrainingProgress, onFinished=self._onTrainingFinished)
+            self.ui.trainProgressBar.value = 0
+            self.ui.trainProgressBar.show()
+            self.ui.trainStatusLabel.text = _("starting the training process...")
+            self._trainingTimer.start()
+        self._updateReviewDisplay()
+
+    def _confirmCpuTraining(self, p) -> bool:
+        """On a CPU, say how long training will roughly take before starting it."""
+        if p.device in ("cuda", "mps"):
+            return True
+        with slicer.util.WaitCursor():
+            gpu = p.device == "auto" and self.annotationLogic.gpuAvailable()
+        if gpu:
+            return True
+        seconds = self.annotationLogic.expectedTrainingSeconds(self.annotationLogic.modelToRefine(p.model), p.trainEpochs)
+        from LegSegNetLib.training import format_duration
+
+        expected = (_("roughly {time}").format(time=format_duration(seconds)) if seconds is not None
+                    else _("many hours to days (training from scratch)"))
+        return slicer.util.confirmOkCancelDisplay(
+            _("No GPU is available: training runs on the CPU, which is slow: {expected} for {epochs} epochs. "
+              "The progress bar shows the time left once training runs; Stop training keeps a checkpoint "
+              "from which training can continue later. Start?").format(expected=expected, epochs=p.trainEpochs))
+
+    def _pollTraining(self) -> None:
+        if self._trainingHandle is None or not self._trainingHandle.poll():
+            self._trainingTimer.stop()
+
+    def _onTrainingProgress(self, handle) -> None:
+        progress = handle.progress
+        self.ui.trainProgressBar.value = int(100 * progress.get("fraction", 0.0))
+        text = progress.get("stage", "")
+        if progress.get("total"):
+            text += f" {progress['done']}/{progress['total']}"
+        left = progress.get("seconds_left")
+        if left is not None:
+            from LegSegNetLib.training import format_duration
+
+            text += _(", about {time} left").format(time=format_duration(left))
+        if handle.notes:
+            text += " - " + handle.notes[-1]
+        self.ui.trainStatusLabel.text = text
+
+    def _onTrainingFinished(self, handle) -> None:
+        self._trainingTimer.stop()
+        self.ui.trainProgressBar.hide()
+        if handle.state == "succeeded":
+            model = handle.result.get("model")
+            self.refreshModels()
+            if model:
+                self._parameterNode.model = model
+                self.ui.modelComboBox.currentIndex = max(0, self.ui.modelComboBox.findData(model))
+            self.ui.trainStatusLabel.text = _("model {name} (round {round}) installed and selected").format(
+                name=model, round=handle.result.get("round"))
+        elif handle.state == "cancelled":
+            self.ui.trainStatusLabel.text = _("training stopped; Train next round offers to continue it")
+        else:
+            self.ui.trainStatusLabel.text = _("training failed")
+            slicer.util.errorDisplay(handle.errorMessage)
+        self._updateReviewDisplay()
 
 
 #

@@ -3,6 +3,8 @@
     legsegnet segment INPUT -o OUTDIR [--engine auto|threshold|nnunet] [--slices FIRST:LAST | --auto-range] ...
     legsegnet quantify CT LABELS -o OUTDIR
     legsegnet models list | install SOURCE [--name NAME] [--sha256 HEX] | remove NAME | default NAME
+    legsegnet dataset add CT LABELS --dataset DIR --slices LIST [--patient ID] [--round N] [--format png|hu]
+    legsegnet train DATASET [--from MODEL] [--epochs N] [--device ...] [--name NAME] [--folds 0] [--resume]
 
 Exit status 0 on success, 2 for a bad input or argument, 1 for anything else; failures print one
 `error:` line on stderr (the traceback only with --debug). The worker process (worker.py) parses the
@@ -56,7 +58,53 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     quant.add_argument("--quiet", action="store_true")
 
     _add_models_parser(commands)
+    _add_dataset_parser(commands)
+    _add_train_parser(commands)
     return parser
+
+
+def _add_dataset_parser(commands) -> None:
+    data = commands.add_parser("dataset", help="training sets of corrected slices (model-in-the-loop annotation)")
+    actions = data.add_subparsers(dest="dataset_command", metavar="add", required=True, parser_class=_Parser)
+    add = actions.add_parser("add", help="add corrected slices of a CT to an nnU-Net v2 training set")
+    add.add_argument("ct", help="the CT (NIfTI, NRRD, MetaImage, DICOM series folder)")
+    add.add_argument("labels", help="its corrected label map on the CT's grid, values 0-4")
+    add.add_argument("--dataset", required=True, metavar="DIR", help="the training set folder (created if missing)")
+    add.add_argument("--slices", required=True, metavar="LIST",
+                     help="the reviewed slices, e.g. 12,40,77 (ranges as FIRST:LAST), counted along the S/I voxel axis")
+    add.add_argument("--patient", default=None, metavar="ID",
+                     help="pseudonymous patient ID: slices of one patient stay on one side of the train/validation split "
+                          "(default: the scan counts as its own patient)")
+    add.add_argument("--round", dest="training_round", type=_non_negative_int, default=0, metavar="N",
+                     help="annotation round these corrections belong to (default 0)")
+    add.add_argument("--format", dest="input_format", choices=["png", "hu"], default=None,
+                     help="input format of the model to refine: png (the published weights) or hu; "
+                          "default: the dataset's, png for a new one")
+    add.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_train_parser(commands) -> None:
+    train = commands.add_parser("train", help="train the next round's nnU-Net model on a training set and install it")
+    train.add_argument("dataset", help="the training set folder (made with 'legsegnet dataset add')")
+    train.add_argument("--from", dest="from_model", default=None, metavar="MODEL",
+                       help="installed model name or model folder to fine-tune (default: train from scratch)")
+    train.add_argument("--epochs", type=_positive_int, default=None,
+                       help="epochs (default: 1000 from scratch, 200 when fine-tuning)")
+    train.add_argument("--iterations", type=_positive_int, default=None, metavar="N",
+                       help="iterations per epoch (default 250; validation runs a fifth as many, at most 50)")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    train.add_argument("--name", default=None, help="name of the new model (default: DATASET-roundN)")
+    train.add_argument("--folds", default=None, type=_parse_train_folds,
+                       help="patient-level folds to train, e.g. 0 or 0,1,2,3,4, or 'all' (no validation); default 0")
+    train.add_argument("--round", dest="training_round", type=_non_negative_int, default=None, metavar="N",
+                       help="round number of the new model (default: the --from model's round + 1)")
+    train.add_argument("--learning-rate", type=float, default=None, metavar="LR",
+                       help="initial learning rate (default: 0.01 from scratch, 0.001 when fine-tuning)")
+    train.add_argument("--batch-size", type=_positive_int, default=None, help="slices per iteration (default: the plans')")
+    train.add_argument("--resume", action="store_true", help="continue the interrupted run --name from its last checkpoint")
+    train.add_argument("--default", dest="make_default", action="store_true", help="make the new model the one --engine auto uses")
+    train.add_argument("--workdir", default=None, metavar="DIR", help="run folder (default: DATASET/training-runs/NAME)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_models_parser(commands) -> None:
@@ -92,6 +140,22 @@ def _parse_folds(text: str) -> list[int]:
     return folds
 
 
+def _parse_train_folds(text: str) -> list[int] | str:
+    if text.strip().lower() == "all":
+        return "all"
+    return _parse_folds(text)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"wants a whole number of 0 or more, not '{text}'")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -106,6 +170,10 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
     """Carry out a parsed command; shared by the CLI and the worker."""
     if args.command == "models":
         return _run_models(args, progress)
+    if args.command == "dataset":
+        return _run_dataset(args, progress)
+    if args.command == "train":
+        return _run_train(args, progress)
     from . import pipeline
 
     if args.command == "segment":
@@ -174,11 +242,55 @@ def _run_models(args: argparse.Namespace, progress: Progress) -> dict:
     raise InputError(f"unknown models command '{action}'")
 
 
+def _for_people(progress: Progress) -> bool:
+    from .progress import JsonLinesProgress
+
+    return not isinstance(progress, JsonLinesProgress)
+
+
+def _run_dataset(args: argparse.Namespace, progress: Progress) -> dict:
+    """`legsegnet dataset add`: a summary line on stdout for people; the result event under the worker."""
+    from . import dataset
+
+    if args.dataset_command != "add":
+        raise InputError(f"unknown dataset command '{args.dataset_command}'")
+    result = dataset.add_files(args.dataset, args.ct, args.labels, args.slices, patient=args.patient,
+                               training_round=args.training_round, input_format=args.input_format, progress=progress)
+    if _for_people(progress) and not args.quiet:
+        progress.finish()
+        parts = [f"{len(result.added)} added", f"{len(result.replaced)} replaced (labels changed)",
+                 f"{len(result.unchanged)} unchanged (already in the set)"]
+        print(f"slices: {', '.join(parts)}; the training set now holds {result.total_cases} slices "
+              f"({result.input_format} format) in {result.dataset}")
+    return result.to_dict()
+
+
+def _run_train(args: argparse.Namespace, progress: Progress) -> dict:
+    """`legsegnet train`: trains, installs the model, prints its name for people."""
+    from . import training
+
+    options = training.TrainOptions(
+        from_model=args.from_model, epochs=args.epochs, device=args.device, name=args.name, folds=args.folds,
+        training_round=args.training_round, learning_rate=args.learning_rate, batch_size=args.batch_size,
+        make_default=args.make_default, workdir=args.workdir,
+    )
+    if args.iterations:
+        options.iterations_per_epoch = args.iterations
+        options.val_iterations_per_epoch = max(1, min(training.DEFAULT_VAL_ITERATIONS, args.iterations // 5))
+    result = training.train(args.dataset, options, resume=args.resume, progress=progress)
+    if _for_people(progress) and not args.quiet:
+        progress.finish()
+        print(f"model '{result.model_name}' (round {result.training_round}) trained in "
+              f"{training.format_duration(result.seconds)} and installed; use it with --model {result.model_name}")
+    return result.to_dict()
+
+
 def _print_model_table(infos, say) -> None:
-    rows = [("NAME", "DEFAULT", "INPUT", "FOLDS", "INSTALLED", "LICENCE", "SOURCE")]
+    rows = [("NAME", "DEFAULT", "INPUT", "ROUND", "FOLDS", "INSTALLED", "LICENCE", "SOURCE")]
     for info in infos:
         rows.append((
-            info.name, "*" if info.is_default else "", info.input_format, ",".join(map(str, info.folds)),
+            info.name, "*" if info.is_default else "", info.input_format,
+            "-" if info.round is None else str(info.round), ",".join(map(str, info.folds)),
             info.installed_at[:19].replace("T", " "), info.licence or "-", info.source,
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -222,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress = TerminalProgress(sys.stderr)
         metrics = run_command(args, progress)
         progress.finish()
-        if not getattr(args, "quiet", False):
+        if not getattr(args, "quiet", False) and getattr(args, "outdir", None):
             _print_summary(metrics, args.outdir)
         return 0
     except SystemExit as exc:  # --help / --version

@@ -1,0 +1,649 @@
+"""Corrected slices become nnU-Net v2 training data (model-in-the-loop annotation, paper section 3.3).
+
+    legsegnet dataset add CT LABELS --dataset DIR --slices 12,40,77 [--patient ID] [--round N] [--format png|hu]
+
+DIR is an nnU-Net v2 raw dataset (`imagesTr/<case>_0000.<ext>`, `labelsTr/<case>.<ext>`, `dataset.json`)
+plus LegSegNet's manifest, `legsegnet-manifest.json`, which is the dataset's source of truth.
+
+Formats (fixed when the dataset is created; it must be the input format of the model being refined):
+
+- `png`: the published model's input, exactly: each slice goes through published_preprocessing (HU window,
+  truncating cast, OpenCV bicubic to 256 x 256), the very function the nnU-Net engine uses at inference, so a
+  model trained here sees at training time what it will see in use. Labels are resized to the same 256 x 256
+  grid by nearest neighbour (see `resize_labels_nearest`).
+- `hu`: the HU slice on its native grid as a 2D NIfTI with the pixel spacing kept; the nnU-Net engine feeds
+  HU-format models the same slice with the same spacing.
+
+Each slice is a case. A case is identified by the scan's content hash (`scan_sha256`: voxels and size, not
+the file, so a DICOM folder, its NIfTI copy and the Slicer volume are one scan) and the slice index.
+Exporting a slice again never duplicates it: unchanged labels are skipped; changed labels (a later, better
+correction) replace the case, under a new file name, and the manifest keeps the previous version's checksum,
+round and date in the entry's `history`.
+
+Nothing is half-written. Under a lock: every slice is checked (label values 0-4, grid = the CT's) before
+anything is written; new files are written to a staging folder and renamed into imagesTr/labelsTr under
+names no manifest entry uses yet; then the manifest is replaced atomically (the commit), dataset.json is
+regenerated from it, and the files of replaced cases are deleted. Files that no manifest entry names
+(leftovers of an export that crashed before its commit) are removed by the next export; training reads
+only what the manifest lists and checks every file's checksum.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .ct_volume import CTVolume
+from .errors import InputError
+from .progress import Progress
+from .tissues import MAX_LABEL, TISSUES
+
+FORMAT_PNG = "png"
+FORMAT_HU = "hu"
+FORMATS = (FORMAT_PNG, FORMAT_HU)
+FILE_ENDINGS = {FORMAT_PNG: ".png", FORMAT_HU: ".nii.gz"}
+# nnU-Net normalises by channel name: "CT" selects its CT normalisation (dataset-wide HU statistics); any
+# other name gets per-image z-scoring, which is what an 8-bit natural image wants.
+CHANNEL_NAMES = {FORMAT_PNG: "grey", FORMAT_HU: "CT"}
+LABELS = {"background": 0, **{t.key: t.value for t in TISSUES}}
+
+MANIFEST_FILE = "legsegnet-manifest.json"
+MANIFEST_VERSION = 1
+DATASET_JSON = "dataset.json"
+IMAGES_DIR = "imagesTr"
+LABELS_DIR = "labelsTr"
+STAGING_PREFIX = ".staging-"
+LOCK_FILE = ".legsegnet.lock"
+# files and folders LegSegNet itself keeps in a dataset folder besides the nnU-Net layout
+_OWN_ENTRIES = {MANIFEST_FILE, DATASET_JSON, IMAGES_DIR, LABELS_DIR, LOCK_FILE, "training-runs"}
+
+_PATIENT_RE = re.compile(r"^[\w][\w .@+:-]{0,63}$")
+
+
+# ====================================================================== the manifest
+@dataclass
+class Manifest:
+    """legsegnet-manifest.json: the dataset's format and one entry per case (see `_entry`)."""
+
+    input_format: str
+    entries: list[dict] = field(default_factory=list)
+    created_at: str = ""
+    encoding: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": MANIFEST_VERSION,
+            "written_by": f"legsegnet {__version__}",
+            "created_at": self.created_at,
+            "input_format": self.input_format,
+            "file_ending": FILE_ENDINGS[self.input_format],
+            "labels": LABELS,
+            "encoding": self.encoding,
+            "entries": self.entries,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, where: Path) -> "Manifest":
+        try:
+            input_format = data["input_format"]
+            entries = list(data["entries"])
+            if input_format not in FORMATS or not all(isinstance(e, dict) and "case" in e for e in entries):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{where} is not a LegSegNet dataset manifest (damaged or from another tool)") from None
+        return cls(input_format, entries, str(data.get("created_at", "")), dict(data.get("encoding") or {}))
+
+    def by_slice(self) -> dict[tuple[str, int], dict]:
+        return {(e["ct_sha256"], int(e["slice_index"])): e for e in self.entries}
+
+    def patients(self) -> dict[str, int]:
+        """Patient -> number of cases."""
+        counts: dict[str, int] = {}
+        for e in self.entries:
+            counts[e["patient"]] = counts.get(e["patient"], 0) + 1
+        return counts
+
+    def rounds(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for e in self.entries:
+            counts[int(e["round"])] = counts.get(int(e["round"]), 0) + 1
+        return dict(sorted(counts.items()))
+
+    def summary(self) -> dict:
+        return {
+            "input_format": self.input_format,
+            "cases": len(self.entries),
+            "scans": len({e["ct_sha256"] for e in self.entries}),
+            "patients": len(self.patients()),
+            "rounds": {str(r): n for r, n in self.rounds().items()},
+        }
+
+
+def manifest_path(dataset_dir: str | Path) -> Path:
+    return Path(dataset_dir) / MANIFEST_FILE
+
+
+def read_manifest(dataset_dir: str | Path) -> Manifest | None:
+    """The dataset's manifest, or None when the folder holds none."""
+    path = manifest_path(dataset_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError(f"cannot read {path} ({exc.strerror or exc}); check the dataset folder") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise InputError(f"{path} is not valid JSON; the dataset's manifest is damaged") from None
+    return Manifest.from_dict(data, path)
+
+
+def load_dataset(dataset_dir: str | Path, verify: bool = True) -> Manifest:
+    """The manifest of an existing dataset; with `verify`, every listed file must exist with its checksum."""
+    folder = Path(dataset_dir).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"dataset folder '{folder}' does not exist; create it with 'legsegnet dataset add'")
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise InputError(
+            f"'{folder}' holds no {MANIFEST_FILE}; it is not a LegSegNet training set — create one with "
+            "'legsegnet dataset add CT LABELS --dataset DIR --slices ...'"
+        )
+    if not manifest.entries:
+        raise InputError(f"the dataset '{folder}' holds no slices yet; add corrected slices with 'legsegnet dataset add'")
+    if verify:
+        for entry in manifest.entries:
+            for key in ("image", "label"):
+                path = folder / entry[key]
+                if not path.is_file():
+                    raise InputError(
+                        f"dataset '{folder}': {entry[key]} (case {entry['case']}) is missing; restore it or export "
+                        "that slice again with 'legsegnet dataset add'"
+                    )
+                if sha256_file(path) != entry[f"{key}_sha256"]:
+                    raise InputError(
+                        f"dataset '{folder}': {entry[key]} (case {entry['case']}) was changed after export (checksum "
+                        "differs from the manifest); export that slice again with 'legsegnet dataset add'"
+                    )
+    return manifest
+
+
+def dataset_json(manifest: Manifest, name: str) -> dict:
+    """nnU-Net v2's dataset.json for the manifest's cases."""
+    return {
+        "channel_names": {"0": CHANNEL_NAMES[manifest.input_format]},
+        "labels": LABELS,
+        "numTraining": len(manifest.entries),
+        "file_ending": FILE_ENDINGS[manifest.input_format],
+        "name": name,
+        "description": "LegSegNet model-in-the-loop annotations (see legsegnet-manifest.json for provenance)",
+    }
+
+
+# ====================================================================== results
+@dataclass
+class AddResult:
+    dataset: Path
+    input_format: str
+    patient: str
+    training_round: int
+    added: list[int] = field(default_factory=list)  # slice indices written for the first time
+    replaced: list[int] = field(default_factory=list)  # slices whose labels changed since their last export
+    unchanged: list[int] = field(default_factory=list)  # already in the dataset with the same labels: skipped
+    cases: list[str] = field(default_factory=list)  # case identifiers written
+    total_cases: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "command": "dataset add", "dataset": str(self.dataset), "input_format": self.input_format,
+            "patient": self.patient, "round": self.training_round, "added": self.added, "replaced": self.replaced,
+            "unchanged": self.unchanged, "cases": self.cases, "total_cases": self.total_cases, "notes": self.notes,
+        }
+
+
+# ====================================================================== encodings
+def resize_labels_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Labels (n, rows, cols) resampled to (n, *size) by nearest neighbour with half-pixel centres.
+
+    Nearest neighbour because labels are categories: any interpolation would mix values and invent labels
+    that nobody drew (halfway between SAT=1 and IAT=3 is SM=2). Half-pixel centres (output pixel j samples
+    source position (j + 0.5) * src / dst - 0.5, rounded) because that is the grid OpenCV's bicubic resize of
+    the image uses, so label pixel j describes the same spot of the leg as image pixel j; the engine maps
+    the model's 256 x 256 output back to the scan with the same alignment.
+    """
+    labels = np.asarray(labels)
+    n, rows, cols = labels.shape
+
+    def taps(src: int, dst: int) -> np.ndarray:
+        centre = (np.arange(dst) + 0.5) * (src / dst)  # source coordinate of the output pixel's centre
+        return np.clip(np.floor(centre).astype(np.int64), 0, src - 1)
+
+    r, c = taps(rows, size[0]), taps(cols, size[1])
+    return labels[:, r[:, None], c[None, :]]
+
+
+def encode_slices(hu_slices: np.ndarray, label_slices: np.ndarray, input_format: str) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays written for each slice: (images, labels), both (n, H, W) on the model's grid."""
+    if input_format == FORMAT_PNG:
+        from .engines import published_preprocessing as published
+
+        size = (published.IMAGE_SIZE, published.IMAGE_SIZE)
+        return published.published_input_images(hu_slices), resize_labels_nearest(label_slices, size).astype(np.uint8)
+    if input_format == FORMAT_HU:
+        return _hu_storage_dtype(hu_slices), np.asarray(label_slices, dtype=np.uint8)
+    raise InputError(f"unknown dataset format '{input_format}'; choose one of {', '.join(FORMATS)}")
+
+
+def _hu_storage_dtype(hu: np.ndarray) -> np.ndarray:
+    """int16 when every value is a whole number in its range (CT as scanners store it), else float32."""
+    hu = np.asarray(hu)
+    if hu.dtype.kind in "iu" and hu.size and hu.min() >= -32768 and hu.max() <= 32767:
+        return hu.astype(np.int16)
+    as_float = hu.astype(np.float32)
+    if np.all(np.isfinite(as_float)) and np.array_equal(as_float, np.rint(as_float)) and as_float.size \
+            and as_float.min() >= -32768 and as_float.max() <= 32767:
+        return as_float.astype(np.int16)
+    return as_float
+
+
+def encoding_description(input_format: str) -> dict:
+    if input_format == FORMAT_PNG:
+        from .engines import published_preprocessing as published
+
+        return {
+            "image": f"HU clipped to [{published.HU_LO:g}, {published.HU_HI:g}], scaled to 0..255, truncated to uint8, "
+                     f"bicubic to {published.IMAGE_SIZE} x {published.IMAGE_SIZE} (published_preprocessing)",
+            "resize": published.resize_backend(),
+            "labels": "nearest neighbour with half-pixel centres to the image's grid",
+        }
+    return {"image": "HU on the native grid, 2D NIfTI, pixel spacing kept", "labels": "native grid"}
+
+
+def _write_2d(array: np.ndarray, path: Path, spacing_rc: tuple[float, float] | None) -> None:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))  # numpy axis 0 = rows = ITK y
+    if spacing_rc is not None:
+        image.SetSpacing((float(spacing_rc[1]), float(spacing_rc[0])))  # ITK order: (columns, rows)
+    sitk.WriteImage(image, str(path), useCompression=path.name.endswith(".gz"))
+
+
+# ====================================================================== helpers
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scan_sha256(volume: CTVolume) -> str:
+    """Content hash of a scan: its voxel values (HU) and size, independent of the file format it came in."""
+    values = volume.hu_array()
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"size": list(volume.size_ijk), "dtype": str(values.dtype)}).encode())
+    digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
+
+
+def parse_slice_list(text: str | Sequence[int], n_slices: int) -> list[int]:
+    """'12,40,77' or '10:12,20' (inclusive ranges) → sorted distinct indices inside 0..n_slices-1."""
+    if isinstance(text, str):
+        indices: list[int] = []
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if ":" in part:
+                    a, b = (int(v) for v in part.split(":"))
+                    if b < a:
+                        raise InputError(f"--slices: range '{part}' is reversed; write FIRST:LAST with FIRST <= LAST")
+                    indices.extend(range(a, b + 1))
+                else:
+                    indices.append(int(part))
+            except ValueError:
+                raise InputError(
+                    f"--slices wants slice numbers separated by commas (ranges as FIRST:LAST), e.g. 12,40,77, not '{text}'"
+                ) from None
+    else:
+        indices = [int(v) for v in text]
+    if not indices:
+        raise InputError("no slices given; list the reviewed slices with --slices, e.g. --slices 12,40,77")
+    bad = sorted({i for i in indices if not 0 <= i < n_slices})
+    if bad:
+        raise InputError(
+            f"slice {bad[0]} does not exist: the CT has slices 0:{n_slices - 1} along its superior/inferior axis"
+        )
+    return sorted(set(indices))
+
+
+def check_patient(patient: str) -> str:
+    text = str(patient).strip()
+    if not _PATIENT_RE.match(text):
+        raise InputError(
+            f"--patient '{patient}' is not a usable identifier: use 1-64 letters, digits, spaces or . _ - @ + : "
+            "(a pseudonym, not a name: it is stored in the manifest)"
+        )
+    return text
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+@contextlib.contextmanager
+def dataset_lock(folder: Path) -> Iterator[None]:
+    """Exclusive lock on the dataset folder (two exports at once would race on the manifest)."""
+    path = folder / LOCK_FILE
+    with open(path, "a+") as handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            unlock = lambda: fcntl.flock(handle, fcntl.LOCK_UN)  # noqa: E731
+        except ImportError:  # Windows
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+            unlock = lambda: msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)  # noqa: E731
+        try:
+            yield
+        finally:
+            unlock()
+
+
+def _remove_leftovers(folder: Path, manifest: Manifest | None) -> list[str]:
+    """Delete files of exports that crashed before their commit: staging folders and unlisted case files."""
+    removed = []
+    for child in folder.iterdir():
+        if child.name.startswith(STAGING_PREFIX) and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+    listed = set()
+    for e in manifest.entries if manifest else []:
+        listed.update((e["image"], e["label"]))
+    for sub in (IMAGES_DIR, LABELS_DIR):
+        if not (folder / sub).is_dir():
+            continue
+        for path in (folder / sub).iterdir():
+            rel = f"{sub}/{path.name}"
+            if path.is_file() and rel not in listed:
+                path.unlink()
+                removed.append(rel)
+    return removed
+
+
+def _check_dataset_folder(folder: Path) -> Manifest | None:
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--dataset '{folder}' is a file; give a folder (it is created if missing)")
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    if manifest is None and folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in _OWN_ENTRIES and not p.name.startswith("."))
+        case_files = [p for sub in (IMAGES_DIR, LABELS_DIR) if (folder / sub).is_dir() for p in (folder / sub).iterdir()]
+        if foreign or case_files or (folder / DATASET_JSON).exists():
+            raise InputError(
+                f"'{folder}' already holds files but no {MANIFEST_FILE}, so LegSegNet cannot tell where they came "
+                "from; give an empty or new folder for the training set"
+            )
+    return manifest
+
+
+# ====================================================================== adding slices
+def add_slices(
+    dataset_dir: str | Path,
+    volume: CTVolume,
+    labels: sitk.Image | np.ndarray,
+    slices: str | Sequence[int],
+    *,
+    patient: str | None = None,
+    training_round: int = 0,
+    input_format: str | None = None,
+    source: str | None = None,
+    progress: Progress | None = None,
+) -> AddResult:
+    """Add the given slices of `volume` with their `labels` to the dataset (see the module docstring).
+
+    labels: a label image on the CT's grid, or the whole slab (n_slices, rows, cols) in the slab convention.
+    input_format: png or hu; None keeps the dataset's format, or png (the published model's) for a new one.
+    Raises InputError, leaving the dataset as it was, for a bad label value, grid, slice, format or folder.
+    """
+    progress = progress or Progress()
+    folder = Path(dataset_dir).expanduser()
+    if training_round is None or int(training_round) != training_round or int(training_round) < 0:
+        raise InputError(f"--round must be a whole number 0 or more, not {training_round}")
+    training_round = int(training_round)
+    if input_format is not None and input_format not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, not '{input_format}'")
+    indices = parse_slice_list(slices, volume.n_slices)
+    slab_labels = _labels_slab(volume, labels)
+    _check_label_values(slab_labels, indices)
+
+    progress.stage("checking")
+    ct_sha = scan_sha256(volume)
+    notes: list[str] = []
+    if patient is None or str(patient).strip() == "":
+        patient = f"scan-{ct_sha[:12]}"
+        notes.append(
+            f"no patient given: this scan counts as its own patient '{patient}'; give every scan of one person the "
+            "same --patient so that training keeps that person on one side of the train/validation split"
+        )
+    patient = check_patient(patient)
+
+    _check_dataset_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with dataset_lock(folder):
+        manifest = read_manifest(folder)  # again, under the lock
+        if manifest is None:
+            fmt = input_format or FORMAT_PNG
+            manifest = Manifest(fmt, [], _now(), encoding_description(fmt))
+        elif input_format is not None and input_format != manifest.input_format:
+            raise InputError(
+                f"the dataset '{folder}' holds {manifest.input_format.upper()}-format slices; it cannot take "
+                f"{input_format.upper()} slices (a model is trained on one input format): use --format "
+                f"{manifest.input_format} or another --dataset"
+            )
+        removed = _remove_leftovers(folder, manifest)
+        if removed:
+            notes.append(f"removed {len(removed)} file(s) left by an interrupted export")
+        result = AddResult(folder, manifest.input_format, patient, training_round, notes=notes)
+        _add_under_lock(folder, manifest, volume, slab_labels, indices, ct_sha, patient, training_round,
+                        source or volume.source, result, progress)
+    for note in notes:
+        progress.note(note)
+    return result
+
+
+def _labels_slab(volume: CTVolume, labels: sitk.Image | np.ndarray) -> np.ndarray:
+    if isinstance(labels, sitk.Image):
+        return volume.slab_from_image(labels)  # InputError unless on the CT's grid
+    array = np.asarray(labels)
+    expected = (volume.n_slices, *volume.slab(0, 0).shape[1:])
+    if array.shape != expected:
+        raise InputError(
+            f"the label array has shape {array.shape}, but the CT's slab is {expected} (slices, rows, columns); "
+            "give labels on the CT's voxel grid"
+        )
+    return array
+
+
+def _check_label_values(slab_labels: np.ndarray, indices: list[int]) -> None:
+    """InputError naming the slices whose labels are not whole numbers 0-4."""
+    chosen = np.asarray(slab_labels[indices])
+    problems = []
+    for index, values in zip(indices, chosen):
+        if values.dtype.kind == "f" and (not np.all(np.isfinite(values)) or not np.array_equal(values, np.rint(values))):
+            problems.append(f"slice {index} holds fractional or non-finite values")
+            continue
+        if values.size and (values.min() < 0 or values.max() > MAX_LABEL):
+            bad = np.unique(values[(values < 0) | (values > MAX_LABEL)])
+            problems.append(f"slice {index} holds {', '.join(f'{v:g}' for v in bad[:5].astype(float))}")
+    if problems:
+        raise InputError(
+            f"labels outside 0-{MAX_LABEL} ({'; '.join(problems)}): a training slice may hold only 0 (background), "
+            f"1 (SAT), 2 (SM), 3 (IAT) and {MAX_LABEL} (Bone); fix those voxels in the segmentation and export again. "
+            "Nothing was added"
+        )
+
+
+def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_labels: np.ndarray, indices: list[int],
+                    ct_sha: str, patient: str, training_round: int, source: str, result: AddResult,
+                    progress: Progress) -> None:
+    existing = manifest.by_slice()
+    to_write: list[tuple[int, dict | None, str]] = []  # (slice, previous entry, label content hash)
+    for index in indices:
+        content = _label_content_sha256(slab_labels[index])
+        previous = existing.get((ct_sha, index))
+        if previous is not None and previous.get("label_content_sha256") == content:
+            result.unchanged.append(index)
+            continue
+        to_write.append((index, previous, content))
+    result.total_cases = len(manifest.entries)
+    if not to_write:
+        return
+
+    fmt = manifest.input_format
+    ending = FILE_ENDINGS[fmt]
+    chosen = [i for i, _, _ in to_write]
+    progress.stage("encoding", total=len(chosen))
+    images, labels = encode_slices(volume.slab()[chosen], np.asarray(slab_labels[chosen]), fmt)
+    resize = encoding_description(fmt).get("resize", "native grid")  # OpenCV or its numpy port (may differ by 1 grey level)
+    _, row_mm, col_mm = volume.slab_spacing
+    spacing_rc = (row_mm, col_mm) if fmt == FORMAT_HU else None
+    z_mm = volume.slice_z_mm()
+    used_names = {e["case"] for e in manifest.entries}
+
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+    moved: list[Path] = []
+    try:
+        new_entries: dict[int, dict] = {}
+        for (index, previous, content), image, label in zip(to_write, images, labels):
+            version = int(previous.get("version", 1)) + 1 if previous else 1
+            case = _case_name(ct_sha, index, version, used_names)
+            used_names.add(case)
+            image_rel, label_rel = f"{IMAGES_DIR}/{case}_0000{ending}", f"{LABELS_DIR}/{case}{ending}"
+            _write_2d(image, staging / Path(image_rel).name, spacing_rc)
+            _write_2d(label, staging / Path(label_rel).name, spacing_rc)
+            entry = {
+                "case": case, "image": image_rel, "label": label_rel,
+                "source": source, "ct_sha256": ct_sha, "slice_index": index, "n_slices": volume.n_slices,
+                "patient": patient, "round": training_round, "added_at": _now(), "version": version,
+                "image_sha256": sha256_file(staging / Path(image_rel).name),
+                "label_sha256": sha256_file(staging / Path(label_rel).name),
+                "label_content_sha256": content,
+                "native_shape": list(slab_labels.shape[1:]), "spacing_mm": [row_mm, col_mm],
+                "z_mm": round(float(z_mm[index]), 4),
+                "encoding": resize,
+                "history": [],
+            }
+            if previous is not None:
+                entry["history"] = list(previous.get("history", [])) + [{
+                    k: previous.get(k) for k in ("case", "version", "round", "added_at", "patient", "label_content_sha256")
+                }]
+            new_entries[index] = entry
+            progress.advance()
+
+        progress.stage("writing")
+        for sub in (IMAGES_DIR, LABELS_DIR):
+            (folder / sub).mkdir(exist_ok=True)
+        for entry in new_entries.values():
+            for key in ("image", "label"):
+                target = folder / entry[key]
+                os.replace(staging / target.name, target)  # a name no manifest entry uses: nothing is overwritten
+                moved.append(target)
+
+        replaced_files = []
+        entries = []
+        for e in manifest.entries:
+            key = (e["ct_sha256"], int(e["slice_index"]))
+            if key[0] == ct_sha and key[1] in new_entries:
+                replaced_files += [folder / e["image"], folder / e["label"]]
+                continue
+            entries.append(e)
+        entries += [new_entries[i] for i in chosen]
+        committed = Manifest(manifest.input_format, entries, manifest.created_at or _now(), manifest.encoding)
+        _atomic_write_text(manifest_path(folder), json.dumps(committed.to_dict(), indent=1) + "\n")  # the commit
+    except BaseException:
+        for path in moved:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    _atomic_write_text(folder / DATASET_JSON, json.dumps(dataset_json(committed, _dataset_name(folder)), indent=2) + "\n")
+    for path in replaced_files:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    for index, previous, _ in to_write:
+        (result.replaced if previous is not None else result.added).append(index)
+    result.cases = [new_entries[i]["case"] for i in chosen]
+    result.total_cases = len(committed.entries)
+
+
+def _label_content_sha256(labels_2d: np.ndarray) -> str:
+    values = np.ascontiguousarray(labels_2d, dtype=np.uint8)
+    digest = hashlib.sha256(f"{values.shape}".encode())
+    digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+def _case_name(ct_sha: str, index: int, version: int, used: set[str]) -> str:
+    base = f"leg_{ct_sha[:12]}_s{index:04d}"
+    name = base if version == 1 else f"{base}_v{version}"
+    while name in used:  # never reuse a name (a hash-prefix collision or a hand-edited manifest)
+        version += 1
+        name = f"{base}_v{version}"
+    return name
+
+
+def _dataset_name(folder: Path) -> str:
+    return folder.resolve().name
+
+
+def add_files(
+    dataset_dir: str | Path,
+    ct_path: str | Path,
+    labels_path: str | Path,
+    slices: str,
+    *,
+    patient: str | None = None,
+    training_round: int = 0,
+    input_format: str | None = None,
+    progress: Progress | None = None,
+) -> AddResult:
+    """`legsegnet dataset add`: read the CT and its corrected label map (checked: values 0-4, the CT's grid)."""
+    from . import volume_io
+
+    progress = progress or Progress()
+    progress.stage("reading")
+    volume = volume_io.read_ct(ct_path)
+    labels = volume_io.read_labels(labels_path, volume)
+    return add_slices(dataset_dir, volume, labels, slices, patient=patient, training_round=training_round,
+                      input_format=input_format, source=str(Path(ct_path).expanduser().resolve()), progress=progress)

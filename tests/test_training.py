@@ -1,0 +1,371 @@
+"""Training the next round's model (`legsegnet train`, training.py) with real nnU-Net on the CPU.
+
+- patient-level splits: no patient on both sides of any fold, every slice validated once, balanced folds;
+- refusals before anything heavy runs: not a training set, one patient, a fold that does not exist, a model of
+  the other input format, a model whose checkpoint does not fit its plans, a name in use, a run to resume
+  that does not exist;
+- (slow) one round end to end: the round-0 tiny model (tests/nnunet_fixtures.py) predicts phantom scans, the
+  phantom's exact labels correct sampled slices, `legsegnet dataset add` exports them, `legsegnet train
+  --from round0` fine-tunes, is interrupted with SIGTERM, resumed with --resume, and installs round 1, which
+  scores a higher mean Dice than round 0 on held-out phantom scans;
+- (slow) training from scratch on HU slices through the Python API;
+- (slow) the Slicer logic: training in the worker process with progress, Cancel keeping a checkpoint, resume,
+  the new model listed.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+# Spinning OpenMP threads stall PyTorch on busy shared CPUs (see training.py); before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+from LegSegNetLib import dataset, review, training  # noqa: E402
+from LegSegNetLib.errors import CancelledError, InputError  # noqa: E402
+from LegSegNetLib.models import ModelStore, load_checkpoint  # noqa: E402
+from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
+from LegSegNetLib.progress import Progress  # noqa: E402
+from LegSegNetLib.training import TrainOptions, make_patient_splits, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PHANTOM_SHAPE = (12, 192, 256)  # slices, rows, columns: a 300 mm calf field of view
+TRAIN_SEEDS = (21, 22, 23, 24)  # one patient each
+HELD_OUT_SEEDS = (31, 32, 33)
+SLICES_PER_SCAN = 4
+
+
+# ---------------------------------------------------------------------- patient-level splits (no nnU-Net needed)
+def _cases(counts: dict[str, int]) -> dict[str, str]:
+    return {f"{patient}_s{i:03d}": patient for patient, n in counts.items() for i in range(n)}
+
+
+@pytest.mark.parametrize("counts, n_splits", [
+    ({"A": 3, "B": 3, "C": 3, "D": 3, "E": 3}, 5),
+    ({"A": 12, "B": 1, "C": 4, "D": 4, "E": 7, "F": 2, "G": 9}, 5),
+    ({"A": 2, "B": 5}, 2),
+    ({f"P{i}": 1 + i % 4 for i in range(40)}, 5),
+])
+def test_patient_level_splits_never_put_a_patient_on_both_sides(counts, n_splits):
+    cases = _cases(counts)
+    splits = make_patient_splits(cases, n_splits)
+    assert len(splits) == n_splits
+    validated = []
+    for split in splits:
+        train_patients = {cases[c] for c in split["train"]}
+        val_patients = {cases[c] for c in split["val"]}
+        assert split["val"] and split["train"]
+        assert not train_patients & val_patients
+        assert sorted(split["train"] + split["val"]) == sorted(cases)
+        validated += split["val"]
+    assert sorted(validated) == sorted(cases)  # every slice is validated exactly once
+    sizes = [len(s["val"]) for s in splits]
+    assert max(sizes) - min(sizes) <= max(counts.values())  # greedy balance: off by at most one patient
+    assert make_patient_splits(cases, n_splits) == splits  # reproducible
+
+
+def test_a_split_needs_as_many_patients_as_folds():
+    with pytest.raises(InputError, match="2 patient"):
+        make_patient_splits(_cases({"A": 3, "B": 3}), 5)
+    assert training.number_of_splits(3) == 3 and training.number_of_splits(40) == 5
+
+
+def test_training_time_estimate_scales_with_the_network():
+    tiny = {"patch_size": [112, 256], "batch_size": 8, "architecture": {"arch_kwargs": {
+        "features_per_stage": [8, 16, 32, 64], "strides": [[1, 1]] + [[2, 2]] * 3, "kernel_sizes": [[3, 3]] * 4,
+        "n_conv_per_stage": [2] * 4, "n_conv_per_stage_decoder": [2] * 3}}}
+    published_like = {"patch_size": [160, 256], "batch_size": 12, "architecture": {"arch_kwargs": {
+        "features_per_stage": [32, 64, 128, 256, 512, 512], "strides": [[1, 1]] + [[2, 2]] * 5,
+        "kernel_sizes": [[3, 3]] * 6, "n_conv_per_stage": [2] * 6, "n_conv_per_stage_decoder": [2] * 5}}}
+    # data.md measured 17.8 GFLOP per 160 x 256 crop for the default 2D U-Net; this count is within 15 %
+    assert training.network_gflop_per_patch(published_like) == pytest.approx(17.8, rel=0.15)
+    cpu = training.estimate_seconds_per_iteration(published_like, "cpu", cpu_cores=2)
+    assert cpu > 20 * training.estimate_seconds_per_iteration(tiny, "cpu", cpu_cores=2)
+    assert cpu > 20 * training.estimate_seconds_per_iteration(published_like, "cuda")
+    assert training.format_duration(5400) == "1.5 h" and training.format_duration(40) == "40 s"
+
+
+# ---------------------------------------------------------------------- fixtures with nnU-Net
+torch = pytest.importorskip("torch")
+pytest.importorskip("nnunetv2")
+
+@pytest.fixture(scope="module")
+def round0_model() -> Path:
+    """The round-0 model: the suite's tiny PNG-format nnU-Net (trained once and cached by nnunet_fixtures)."""
+    import nnunet_fixtures
+
+    return nnunet_fixtures.get_model("png")
+
+
+@pytest.fixture()
+def store(tmp_path, round0_model, monkeypatch) -> ModelStore:
+    root = tmp_path / "store"
+    monkeypatch.setenv("LEGSEGNET_MODELS_DIR", str(root))  # the CLI and worker subprocesses use it too
+    models = ModelStore(root)
+    models.install(str(round0_model), name="round0", training_round=0)
+    return models
+
+
+def _phantom_files(folder: Path, seed: int, shape=PHANTOM_SHAPE):
+    phantom = make_leg_phantom(shape=shape, seed=seed)
+    volume, labels = phantom.to_volume()
+    ct = folder / f"ct{seed}.nii.gz"
+    sitk.WriteImage(volume.image, str(ct))
+    labels_path = folder / f"labels{seed}.nii.gz"
+    sitk.WriteImage(labels, str(labels_path))
+    return phantom, volume, ct, labels_path
+
+
+def _small_dataset(folder: Path, seeds=(41, 42), input_format: str = "png", slices=(2, 5, 8)) -> Path:
+    data = folder / "legs"
+    for i, seed in enumerate(seeds):
+        phantom = make_leg_phantom(shape=(10, 192, 256), seed=seed)
+        volume, labels = phantom.to_volume()
+        dataset.add_slices(data, volume, labels, list(slices), patient=f"P{i}", training_round=1,
+                           input_format=input_format)
+    return data
+
+
+def _cli(*args: str, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def _group_gone(pgid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _mean_dice(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, list[float]]:
+    per_tissue = []
+    for value in (1, 2, 3, 4):
+        p, t = predicted == value, truth == value
+        per_tissue.append(float(2 * (p & t).sum() / max(p.sum() + t.sum(), 1)))
+    return float(np.mean(per_tissue)), per_tissue
+
+
+# ---------------------------------------------------------------------- refusals
+def test_bad_training_requests_are_refused_before_anything_heavy(tmp_path, store):
+    data = _small_dataset(tmp_path, seeds=(41, 42))
+    with pytest.raises(InputError, match="holds no legsegnet-manifest.json"):
+        train(tmp_path / "store", TrainOptions(), store=store)
+    with pytest.raises(InputError, match="fold 2 does not exist: 2 patients give 2"):
+        train(data, TrainOptions(from_model="round0", folds=[2]), store=store)
+    with pytest.raises(InputError, match="'round0' is already installed"):
+        train(data, TrainOptions(from_model="round0", name="round0"), store=store)
+    with pytest.raises(InputError, match="no training run to resume"):
+        train(data, TrainOptions(name="nothing"), resume=True, store=store)
+    one_patient = _small_dataset(tmp_path / "one", seeds=(43,))
+    with pytest.raises(InputError, match="one patient only.*--folds all"):
+        train(one_patient, TrainOptions(from_model="round0"), store=store)
+    hu = _small_dataset(tmp_path / "hu", seeds=(44, 45), input_format="hu")
+    with pytest.raises(InputError, match="takes PNG input but the dataset holds HU"):
+        train(hu, TrainOptions(from_model="round0"), store=store)
+    assert [i.name for i in store.list()] == ["round0"]
+    assert not (data / training.RUNS_DIR).exists()  # nothing was started
+
+    refused = _cli("train", str(data), "--from", "round0", "--folds", "x", env=dict(os.environ))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_model_whose_checkpoint_does_not_fit_its_plans_cannot_be_fine_tuned(tmp_path, round0_model):
+    broken = tmp_path / "broken"
+    shutil.copytree(round0_model, broken)
+    plans = json.loads((broken / "plans.json").read_text())
+    plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] = [8, 16, 32, 96]
+    (broken / "plans.json").write_text(json.dumps(plans))
+    from LegSegNetLib.models import inspect_model_folder
+
+    with pytest.raises(InputError, match=r"do not fit the network its plans.json describes \(.* is \(64,"):
+        training.check_fine_tunable(inspect_model_folder(broken))
+    training.check_fine_tunable(inspect_model_folder(round0_model))  # the intact model passes
+
+
+# ---------------------------------------------------------------------- one round, end to end (CLI)
+def _run_dir_checkpoint(run_dir: Path, name: str) -> Path | None:
+    found = list(run_dir.glob(f"nnUNet_results/*/nnUNetTrainer__*__2d/fold_0/{name}"))
+    return found[0] if found else None
+
+
+@pytest.mark.slow
+def test_one_annotation_round_fine_tunes_a_better_model_and_survives_an_interruption(tmp_path, store, round0_model):
+    from LegSegNetLib.engines.nnunet import NnUNetEngine
+
+    env = dict(os.environ)
+    data = tmp_path / "legs"
+    round0 = NnUNetEngine("round0", device="cpu", store=store)
+    corrected_dice = []
+    for patient, seed in enumerate(TRAIN_SEEDS):
+        phantom, volume, ct, _ = _phantom_files(tmp_path, seed)
+        predicted = round0.segment(volume.slab(), volume.slab_spacing, Progress())  # round 0's pseudo-masks
+        sampled = review.sample_slices(0, volume.n_slices - 1, SLICES_PER_SCAN, seed=seed)
+        corrected = predicted.copy()
+        corrected[sampled] = phantom.labels[sampled]  # the annotator's corrections: the exact anatomy
+        corrected_dice.append(_mean_dice(predicted[sampled], phantom.labels[sampled])[0])
+        labels_path = tmp_path / f"corrected{seed}.nii.gz"
+        sitk.WriteImage(volume.labels_to_image(corrected), str(labels_path))
+        added = _cli("dataset", "add", str(ct), str(labels_path), "--dataset", str(data), "--slices",
+                     ",".join(map(str, sampled)), "--patient", f"P{patient}", "--round", "1", env=env)
+        assert added.returncode == 0, added.stderr
+    assert max(corrected_dice) < 0.95  # there was something to correct
+    manifest = dataset.load_dataset(data)
+    assert len(manifest.entries) == len(TRAIN_SEEDS) * SLICES_PER_SCAN and len(manifest.patients()) == 4
+
+    # training, interrupted by SIGTERM in the middle of an epoch
+    command = [sys.executable, "-m", "LegSegNetLib.cli", "train", str(data), "--from", "round0", "--epochs", "5",
+               "--iterations", "12", "--batch-size", "4", "--device", "cpu", "--name", "round1"]
+    run_dir = data / training.RUNS_DIR / "round1"
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 400
+        while _run_dir_checkpoint(run_dir, "checkpoint_latest.pth") is None:  # the first epoch is done
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 400 s"
+            time.sleep(0.2)
+        time.sleep(1.0)  # into the second epoch
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training stopped (SIGTERM) at fold 0, epoch ") and "--resume" in last, last
+    assert "round1" not in [i.name for i in store.list()]
+    assert _run_dir_checkpoint(run_dir, "checkpoint_latest.pth") is not None
+    assert _run_dir_checkpoint(run_dir, "checkpoint_final.pth") is None
+
+    resumed = _cli("train", str(data), "--name", "round1", "--resume", "--device", "cpu", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at epoch" in resumed.stderr and "preparing" not in resumed.stderr  # no second preprocessing
+    assert "model 'round1' (round 1)" in resumed.stdout
+
+    # the new model is registered as round 1 with its training data
+    info = store.get("round1")
+    assert info.round == 1 and info.input_format == "png" and info.metadata["training"]["cases"] == 16
+    assert info.metadata["training"]["from_model"]["name"] == "round0"
+    trained_on = json.loads((info.path / "training-manifest.json").read_text())["entries"]
+    assert sorted(e["case"] for e in trained_on) == sorted(e["case"] for e in manifest.entries)
+    splits = json.loads((info.path / "training-splits.json").read_text())
+    patient_of = {e["case"]: e["patient"] for e in trained_on}
+    for split in splits:
+        assert not {patient_of[c] for c in split["train"]} & {patient_of[c] for c in split["val"]}
+    final = load_checkpoint(info.path / "fold_0" / "checkpoint_final.pth")
+    assert final["current_epoch"] == 5 and len(final["logging"]["train_losses"]) == 5  # every epoch, once
+    assert final["trainer_name"] == "nnUNetTrainer"
+
+    # round 1 against round 0 on held-out phantom scans
+    round1 = NnUNetEngine("round1", device="cpu", store=store)
+    scores = {"round0": [], "round1": []}
+    for seed in HELD_OUT_SEEDS:
+        phantom = make_leg_phantom(shape=(6, 192, 256), seed=seed)
+        volume, _ = phantom.to_volume()
+        for name, engine in (("round0", round0), ("round1", round1)):
+            labels = engine.segment(volume.slab(), volume.slab_spacing, Progress())
+            scores[name].append(_mean_dice(labels, phantom.labels)[1])
+    mean0, mean1 = (float(np.mean(scores[n])) for n in ("round0", "round1"))
+    print(f"\nheld-out mean Dice: round 0 {mean0:.4f}, round 1 {mean1:.4f} (+{mean1 - mean0:.4f}); per tissue "
+          f"round 0 {np.round(np.mean(scores['round0'], 0), 3)}, round 1 {np.round(np.mean(scores['round1'], 0), 3)}")
+    assert mean1 > mean0 + 0.02
+
+
+# ---------------------------------------------------------------------- from scratch (Python API, HU slices)
+TINY_NETWORK = {"batch_size": 2, "architecture": {"arch_kwargs": {
+    "n_stages": 4, "features_per_stage": [8, 16, 32, 64], "kernel_sizes": [[3, 3]] * 4,
+    "strides": [[1, 1]] + [[2, 2]] * 3, "n_conv_per_stage": [2] * 4, "n_conv_per_stage_decoder": [2] * 3}}}
+
+
+@pytest.mark.slow
+def test_training_from_scratch_on_hu_slices_with_an_in_process_stop_and_resume(tmp_path, store):
+    data = _small_dataset(tmp_path, seeds=(51, 52, 53), input_format="hu", slices=(1, 4, 7))
+    stop = training.StopRequest()
+
+    class StopAfterTwo(Progress):
+        def advance(self, n: int = 1) -> None:
+            super().advance(n)
+            if self.stage_name.startswith("training") and self.done >= 2:
+                stop.set("test")
+
+    options = TrainOptions(epochs=2, iterations_per_epoch=4, val_iterations_per_epoch=1, device="cpu",
+                           name="scratch", configuration_overrides=TINY_NETWORK)
+    with pytest.raises(CancelledError, match="stopped \\(test\\) at fold 0, epoch 0, iteration 2"):
+        train(data, options, store=store, progress=StopAfterTwo(), stop=stop)
+    run_dir = data / training.RUNS_DIR / "scratch"
+    marker = json.loads(next(run_dir.rglob(training.RESUME_FILE)).read_text())
+    assert (marker["epoch"], marker["iteration"]) == (0, 2)
+    splits = json.loads((run_dir / "splits_final.json").read_text())
+    assert len(splits) == 3  # three patients: three patient-level folds
+
+    progress = Progress()
+    result = train(data, TrainOptions(name="scratch", device="cpu"), resume=True, store=store, progress=progress)
+    assert any("resuming at epoch 0, iteration 2 of 4" in n for n in progress.notes)
+    info = store.get("scratch")
+    assert info.input_format == "hu" and info.round == 1 and result.training_round == 1
+    record = json.loads((info.path / "training.json").read_text())
+    assert record["fine_tuned"] is False and record["epochs"] == 2 and record["patients"] == 3
+    plans = json.loads((info.path / "plans.json").read_text())
+    assert plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] == [8, 16, 32, 64]
+    assert not (run_dir / "nnUNet_preprocessed").exists()  # bulky copies removed after installation
+
+    from LegSegNetLib.engines.nnunet import NnUNetEngine
+
+    phantom = make_leg_phantom(shape=(2, 192, 256), seed=60)
+    volume, _ = phantom.to_volume()
+    labels = NnUNetEngine("scratch", device="cpu", store=store).segment(volume.slab(), volume.slab_spacing, Progress())
+    assert labels.shape == volume.slab().shape and labels.max() <= 4  # an installed, usable HU-format model
+
+
+# ---------------------------------------------------------------------- in Slicer: the worker process
+@pytest.mark.slow
+def test_slicer_logic_trains_in_the_worker_with_progress_cancel_and_resume(tmp_path, store, monkeypatch):
+    pytest.importorskip("slicer")
+    from LegSegNetLib.annotation_logic import AnnotationLogic
+    from LegSegNetLib.logic import LegSegNetLogic
+
+    # augmentation in worker processes, as on a GPU: Cancel signals the whole process group, workers included
+    monkeypatch.setenv("nnUNet_n_proc_DA", "2")
+
+    data = _small_dataset(tmp_path, seeds=(61, 62))
+    logic = AnnotationLogic(python=[sys.executable], store=store)
+    seconds = logic.expectedTrainingSeconds("round0", epochs=3, iterations=10)
+    assert seconds is not None and seconds > 0
+    events = []
+    handle = logic.trainAsync(data, fromModel="round0", epochs=3, iterations=10, batchSize=2, device="cpu",
+                              name="slicer-round1", onProgress=lambda h: events.append(dict(h.progress)))
+    deadline = time.monotonic() + 400
+    while handle.poll():
+        if handle.progress["stage"].startswith("training fold 0") and handle.progress["done"] >= 3:
+            handle.cancel()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert handle.state == "cancelled", handle.errorMessage
+    assert "--resume" in handle.errorMessage and "Traceback" not in "\n".join(handle.worker.log)
+    assert _group_gone(handle.worker.pid, within_s=10.0)  # nothing of the worker's process group is left
+    assert logic.interruptedRuns(data) == ["slicer-round1"]
+    assert any(e["stage"] == "preparing" for e in events)
+    assert any(e["stage"] == "training fold 0" and e["seconds_left"] is not None for e in events)
+
+    handle = logic.trainAsync(data, device="cpu", name="slicer-round1", resume=True)
+    result = handle.wait(timeout=400)
+    assert handle.state == "succeeded" and result["model"] == "slicer-round1" and result["round"] == 1
+    assert any("resuming at epoch 0" in n for n in handle.notes)
+    assert "slicer-round1" in LegSegNetLogic().installedModels()  # the model list the widget shows
+    assert logic.interruptedRuns(data) == []
