@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from .cli import _one_line, build_parser, error_exit_code, join_option_values, run_command
+from .cli import _one_line, build_parser, error_exit_code, join_option_values, run_command, use_passive_openmp_threads
 from .errors import CancelledError
 from .progress import JsonLinesProgress
 
@@ -61,6 +61,7 @@ def _die_with_parent() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    use_passive_openmp_threads()
     argv = join_option_values(list(sys.argv[1:] if argv is None else argv))
     progress = JsonLinesProgress(sys.stdout)
     signal.signal(signal.SIGTERM, _raise_cancelled)
