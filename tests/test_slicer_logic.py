@@ -45,8 +45,25 @@ def _image(array_kji, spacing=(0.8, 0.9, 2.5), origin=(10.0, -20.0, 30.0), direc
     return image
 
 
+_CHILDREN_BEFORE_TEST: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _children_before_test():
+    # Earlier tests in the same pytest process may leave long-lived helpers of their own (e.g. the
+    # multiprocessing resource tracker that nnU-Net's in-process code starts); a test here only answers for
+    # the processes its own run started.
+    _CHILDREN_BEFORE_TEST.clear()
+    _CHILDREN_BEFORE_TEST.update(worker_process.descendants(os.getpid()))
+    yield
+
+
 def _descendant_pids() -> list[int]:
-    return [p for p in worker_process.descendants(os.getpid()) if worker_process.is_alive(p)]
+    """Processes started during this test that are still alive."""
+    return [
+        p for p in worker_process.descendants(os.getpid())
+        if p not in _CHILDREN_BEFORE_TEST and worker_process.is_alive(p)
+    ]
 
 
 def _temp_runs() -> set[str]:
