@@ -120,3 +120,12 @@ def test_worker_exits_when_its_parent_dies(tmp_path):
         time.sleep(0.2)
     assert not _alive(worker_pid), "worker outlived its parent"
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_threshold_engine_says_it_ignores_a_gpu_device(tmp_path):
+    src = _phantom_file(tmp_path, n_slices=3)
+    done = subprocess.run([*WORKER, "segment", str(src), "-o", str(tmp_path / "o"), "--engine", "threshold",
+                           "--device", "cuda"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    notes = [e["text"] for e in _events(done.stdout) if e["event"] == "note"]
+    assert any("runs on the CPU" in n and "cuda" in n for n in notes)

@@ -40,6 +40,9 @@ def make_engine(name: str = "auto", **options) -> Engine:
     if name == "threshold":
         from .threshold import ThresholdEngine
 
+        device = options.get("device")
+        if device not in (None, "auto", "cpu") and progress is not None:
+            progress.note(f"the threshold engine runs on the CPU; --device {device} applies to nnU-Net only")
         return ThresholdEngine()
     from .nnunet import NnUNetEngine
 
