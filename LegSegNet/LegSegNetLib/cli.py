@@ -324,18 +324,9 @@ def join_option_values(argv: list[str], options=("--slices",)) -> list[str]:
     return out
 
 
-def use_passive_openmp_threads() -> None:
-    """Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise).
-
-    Must run before torch is imported. On a small shared CPU, spinning threads of PyTorch made the
-    network up to 6x slower with 2 threads than with 1; only our own processes get this setting.
-    """
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    from .engines import use_passive_openmp_threads
+
     use_passive_openmp_threads()
     argv = join_option_values(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv

@@ -461,10 +461,9 @@ def train(dataset_dir: str | Path, options: TrainOptions | None = None, *, resum
     """
     from . import models
 
-    # OpenMP threads that spin while they wait slow PyTorch on CPUs shared with other work by up to 6x (measured
-    # on a busy 2-core machine); passive waiting costs nothing measurable on an idle one. It must be set before
-    # torch is first imported, which in the CLI and the worker process happens below.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .engines import use_passive_openmp_threads
+
+    use_passive_openmp_threads()  # before torch is first imported, which happens below
     options = copy.deepcopy(options) if options is not None else TrainOptions()
     progress = progress or Progress()
     stop = stop or StopRequest()

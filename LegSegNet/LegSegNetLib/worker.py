@@ -23,7 +23,8 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from .cli import _one_line, build_parser, error_exit_code, join_option_values, run_command, use_passive_openmp_threads
+from .cli import _one_line, build_parser, error_exit_code, join_option_values, run_command
+from .engines import use_passive_openmp_threads
 from .errors import CancelledError
 from .progress import JsonLinesProgress
 
