@@ -26,9 +26,9 @@ from slicer.util import VTKObservationMixin
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-from LegSegNetLib import dependencies
-from LegSegNetLib.annotation_logic import AnnotationLogic
-from LegSegNetLib.logic import LegSegNetLogic as LegSegNetCoreLogic
+from LegSegNetLib.slicer_logic import dependencies
+from LegSegNetLib.slicer_logic.annotation_logic import AnnotationLogic
+from LegSegNetLib.slicer_logic.logic import LegSegNetLogic as LegSegNetCoreLogic
 
 PUBLISHED_MODEL_NOTICE = (
     "The published LegSegNet weights (Chen et al. 2026, Hugging Face {repo}) are licensed {licence}: "
@@ -310,7 +310,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.model = self.ui.modelComboBox.itemData(index) or ""
 
     def onInstallPublishedModel(self) -> None:
-        from LegSegNetLib import models
+        from LegSegNetLib.models import store as models
 
         notice = PUBLISHED_MODEL_NOTICE.format(repo=models.PUBLISHED_REPO, licence=models.PUBLISHED_LICENCE,
                                                url=models.LICENCE_URLS.get(models.PUBLISHED_LICENCE, ""))
@@ -567,7 +567,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if gpu:
             return True
         seconds = self.annotationLogic.expectedTrainingSeconds(self.annotationLogic.modelToRefine(p.model), p.trainEpochs)
-        from LegSegNetLib.training import format_duration
+        from LegSegNetLib.annotation.training import format_duration
 
         expected = (_("roughly {time}").format(time=format_duration(seconds)) if seconds is not None
                     else _("many hours to days (training from scratch)"))
@@ -588,7 +588,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text += f" {progress['done']}/{progress['total']}"
         left = progress.get("seconds_left")
         if left is not None:
-            from LegSegNetLib.training import format_duration
+            from LegSegNetLib.annotation.training import format_duration
 
             text += _(", about {time} left").format(time=format_duration(left))
         if handle.notes:
@@ -631,7 +631,7 @@ class LegSegNetLogic(ScriptedLoadableModuleLogic, LegSegNetCoreLogic):
 
     def registerTerminology(self) -> None:
         """Make the segments' terminology entries browsable in Slicer's terminology selector."""
-        from LegSegNetLib.slicer_io import TERMINOLOGY_FILE
+        from LegSegNetLib.slicer_logic.scene import TERMINOLOGY_FILE
 
         terminologies = slicer.modules.terminologies.logic()
         if not terminologies.LoadTerminologyFromFile(str(TERMINOLOGY_FILE)):
@@ -644,7 +644,7 @@ class LegSegNetLogic(ScriptedLoadableModuleLogic, LegSegNetCoreLogic):
 
 
 class LegSegNetTest(ScriptedLoadableModuleTest):
-    """Runs LegSegNetLib.selftest, the same checks the pytest suite runs with slicer-core."""
+    """Runs LegSegNetLib.slicer_logic.selftest, the same checks the pytest suite runs with slicer-core."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -654,7 +654,7 @@ class LegSegNetTest(ScriptedLoadableModuleTest):
         self.test_LegSegNet_selftest()
 
     def test_LegSegNet_selftest(self):
-        from LegSegNetLib import selftest
+        from LegSegNetLib.slicer_logic import selftest
 
         self.delayDisplay("Starting the LegSegNet self-test")
         summary = selftest.run_selftest(slicer.mrmlScene, log=self.delayDisplay, logic=LegSegNetLogic())

@@ -82,7 +82,7 @@ def published_size_model(dest: Path) -> Path:
 def load_slices(n: int) -> tuple[np.ndarray, tuple[float, float, float], str]:
     try:
         import fetch_visible_human
-        from LegSegNetLib import volume_io
+        from LegSegNetLib.scan import volume_io
 
         volume = volume_io.read_ct(fetch_visible_human.fetch())
         first = max(0, volume.n_slices // 2 - n // 2)
@@ -112,7 +112,7 @@ class Clock:
 
 def time_ours(engine, slab, spacing) -> tuple[Clock, Clock, np.ndarray]:
     """(clock at 256 x 256, clock on the native grid, masks at 256 x 256)."""
-    from LegSegNetLib.progress import Progress
+    from LegSegNetLib.core.progress import Progress
 
     with Clock() as grid:
         masks = np.concatenate([engine.segment_model_grid(slab[s : s + engine.batch_size], spacing)

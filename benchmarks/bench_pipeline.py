@@ -38,9 +38,12 @@ def run_cli(input_path: Path, engine: str, extra: list[str]) -> tuple[float, flo
 
 
 def stage_breakdown(input_path: Path, engine_name: str) -> dict[str, float]:
-    from LegSegNetLib import axial_range, quantify, report, volume_io
+    from LegSegNetLib.anatomy import axial_range
+    from LegSegNetLib.measurement import quantify
+    from LegSegNetLib.measurement import report
+    from LegSegNetLib.scan import volume_io
     from LegSegNetLib.engines import make_engine
-    from LegSegNetLib.progress import Progress
+    from LegSegNetLib.core.progress import Progress
 
     times: dict[str, float] = {}
     t = time.perf_counter()

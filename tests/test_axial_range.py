@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LegSegNetLib import axial_range
-from LegSegNetLib.ct_volume import CTVolume
-from LegSegNetLib.errors import InputError
+from LegSegNetLib.anatomy import axial_range
+from LegSegNetLib.scan.ct_volume import CTVolume
+from LegSegNetLib.core.errors import InputError
 from LegSegNetLib.phantom import PHANTOM_DIRECTION, make_leg_phantom
 
 
@@ -125,7 +125,7 @@ def test_no_legs_in_air_or_in_a_block_of_soft_tissue():
 # ------------------------------------------------------------------------------------------- real CT
 @pytest.fixture(scope="module")
 def real_knee(visible_human_dir):
-    from LegSegNetLib import volume_io
+    from LegSegNetLib.scan import volume_io
 
     return volume_io.read_ct(visible_human_dir)
 
@@ -139,7 +139,7 @@ def test_visible_human_calves_are_all_legs(real_knee):
 
 @pytest.mark.slow
 def test_head_ct_has_no_legs(visible_human_head_dir):
-    from LegSegNetLib import volume_io
+    from LegSegNetLib.scan import volume_io
 
     head = volume_io.read_ct(visible_human_head_dir)
     with pytest.raises(InputError, match="no legs found"):

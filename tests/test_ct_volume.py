@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LegSegNetLib.ct_volume import CTVolume, check_same_grid, find_axial_axis
-from LegSegNetLib.errors import InputError
+from LegSegNetLib.scan.ct_volume import CTVolume, check_same_grid, find_axial_axis
+from LegSegNetLib.core.errors import InputError
 
 
 def _direction_with_si_on(axis: int, flip: bool) -> np.ndarray:

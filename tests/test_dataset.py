@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LegSegNetLib import dataset
+from LegSegNetLib.annotation import dataset
 from LegSegNetLib.engines import published_preprocessing as published
-from LegSegNetLib.errors import InputError
+from LegSegNetLib.core.errors import InputError
 from LegSegNetLib.phantom import make_leg_phantom
 
 ROOT = Path(__file__).resolve().parents[1]

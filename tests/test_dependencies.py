@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from LegSegNetLib import dependencies
-from LegSegNetLib.dependencies import TORCH, plan_install, version_tuple
+from LegSegNetLib.slicer_logic import dependencies
+from LegSegNetLib.slicer_logic.dependencies import TORCH, plan_install, version_tuple
 
 SLICER_SHIPS = {"numpy": "1.26.4", "scipy": "1.13.1", "SimpleITK": "2.4.0", "vtk": "9.3.1", "requests": "2.32.3",
                 "pydicom": "2.4.4"}

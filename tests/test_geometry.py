@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 
 import writers as w
-from LegSegNetLib.tissues import BONE, TISSUE_KEYS
+from LegSegNetLib.core.tissues import BONE, TISSUE_KEYS
 
 AS_MADE = "as-made"  # the phantom's own storage order (rows posterior, columns left, slices inferior)
 CASES = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from LegSegNetLib.legs import split_legs
+from LegSegNetLib.anatomy.legs import split_legs
 from LegSegNetLib.phantom import make_leg_phantom
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from LegSegNetLib import models
-from LegSegNetLib.errors import InputError, LegSegNetError
-from LegSegNetLib.models import (
+from LegSegNetLib.models import store as models
+from LegSegNetLib.core.errors import InputError, LegSegNetError
+from LegSegNetLib.models.store import (
     INPUT_HU,
     INPUT_PNG,
     ModelStore,
@@ -43,7 +43,7 @@ from LegSegNetLib.models import (
     plan_hf_download,
     resolve_model,
 )
-from LegSegNetLib.progress import Progress
+from LegSegNetLib.core.progress import Progress
 
 torch = pytest.importorskip("torch")
 

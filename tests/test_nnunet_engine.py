@@ -28,8 +28,8 @@ from nnunet_fixtures import HELD_OUT_SEEDS, leg_slice  # noqa: E402
 from writers import reorient, run_legsegnet, truncate_file, write_image  # noqa: E402
 
 from LegSegNetLib.engines import published_preprocessing as pp  # noqa: E402
-from LegSegNetLib.errors import InputError  # noqa: E402
-from LegSegNetLib.progress import Progress  # noqa: E402
+from LegSegNetLib.core.errors import InputError  # noqa: E402
+from LegSegNetLib.core.progress import Progress  # noqa: E402
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("nnunetv2")
@@ -414,7 +414,7 @@ def test_cli_labels_land_in_the_input_geometry(tmp_path, png_model, orientation)
 def test_cli_uses_an_installed_model_with_engine_auto(tmp_path, png_model):
     from LegSegNetLib.engines import make_engine
     from LegSegNetLib.engines.nnunet import NnUNetEngine
-    from LegSegNetLib.models import ModelStore
+    from LegSegNetLib.models.store import ModelStore
 
     store = ModelStore(tmp_path / "store")
     assert make_engine("auto", store=store).name == "threshold"

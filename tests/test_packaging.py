@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from LegSegNetLib.tissues import TISSUES
+from LegSegNetLib.core.tissues import TISSUES
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTENSION = "LegSegNet"
@@ -174,7 +174,7 @@ def check_module_classes(root: Path) -> list[str]:
     problems = [f"class {name}({base}) missing" for name, base in expected.items() if base not in classes.get(name, [])]
     test_source = ast.unparse(next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{EXTENSION}Test"))
     if "selftest.run_selftest" not in test_source:
-        problems.append(f"{EXTENSION}Test does not run LegSegNetLib.selftest")
+        problems.append(f"{EXTENSION}Test does not run LegSegNetLib.slicer_logic.selftest")
     return problems
 
 
@@ -339,8 +339,8 @@ def test_a_new_python_file_missing_from_cmake_is_caught(repo_copy):
 
 
 def test_a_listed_file_that_is_gone_is_caught(repo_copy):
-    (repo_copy / EXTENSION / f"{EXTENSION}Lib" / "slicer_tables.py").unlink()
-    assert any("slicer_tables.py, which does not exist" in p for p in check_module_files(repo_copy))
+    (repo_copy / EXTENSION / f"{EXTENSION}Lib" / "slicer_logic" / "tables.py").unlink()
+    assert any("slicer_logic/tables.py, which does not exist" in p for p in check_module_files(repo_copy))
 
 
 def test_an_unlisted_resource_is_caught(repo_copy):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from LegSegNetLib import tissues
+from LegSegNetLib.core import tissues
 from LegSegNetLib.phantom import make_leg_phantom
 
 

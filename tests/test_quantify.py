@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from LegSegNetLib import quantify as quantify_module
-from LegSegNetLib.ct_volume import CTVolume
-from LegSegNetLib.errors import InputError
-from LegSegNetLib.quantify import quantify
+from LegSegNetLib.measurement import quantify as quantify_module
+from LegSegNetLib.scan.ct_volume import CTVolume
+from LegSegNetLib.core.errors import InputError
+from LegSegNetLib.measurement.quantify import quantify
 
 SAT, SM, IAT, BONE = 1, 2, 3, 4
 FLIP_X = (-1, 0, 0, 0, 1, 0, 0, 0, 1)  # index i runs toward the patient's RIGHT (LPS -x)
@@ -308,7 +308,7 @@ def test_real_calf_ct_is_fast_and_plausible(visible_human_dir):
     
     import SimpleITK as sitk
 
-    from LegSegNetLib.ct_volume import find_axial_axis
+    from LegSegNetLib.scan.ct_volume import find_axial_axis
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(visible_human_dir)))

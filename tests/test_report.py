@@ -12,11 +12,11 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from LegSegNetLib.ct_volume import CTVolume, check_same_grid, find_axial_axis
-from LegSegNetLib.errors import InputError
-from LegSegNetLib.progress import Progress
-from LegSegNetLib.quantify import quantify
-from LegSegNetLib.report import OUTPUT_FILES, display_orientation, orient_for_display, write_outputs
+from LegSegNetLib.scan.ct_volume import CTVolume, check_same_grid, find_axial_axis
+from LegSegNetLib.core.errors import InputError
+from LegSegNetLib.core.progress import Progress
+from LegSegNetLib.measurement.quantify import quantify
+from LegSegNetLib.measurement.report import OUTPUT_FILES, display_orientation, orient_for_display, write_outputs
 
 SAT, SM, IAT, BONE = 1, 2, 3, 4
 RUN_INFO = {"input": "/data/calf.nii.gz", "engine": "threshold", "model": None}
@@ -271,9 +271,9 @@ def test_without_matplotlib_the_numbers_are_still_written(tmp_path):
         "import sys; sys.modules['matplotlib'] = None\n"
         "import numpy as np\n"
         "from LegSegNetLib.phantom import make_leg_phantom\n"
-        "from LegSegNetLib.quantify import quantify\n"
-        "from LegSegNetLib.report import write_outputs\n"
-        "from LegSegNetLib.progress import Progress\n"
+        "from LegSegNetLib.measurement.quantify import quantify\n"
+        "from LegSegNetLib.measurement.report import write_outputs\n"
+        "from LegSegNetLib.core.progress import Progress\n"
         "p = make_leg_phantom(shape=(4, 96, 128), seed=1)\n"
         "volume, _ = p.to_volume()\n"
         "progress = Progress()\n"

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LegSegNetLib import review
-from LegSegNetLib.errors import InputError
-from LegSegNetLib.review import ReviewState, sample_slices
+from LegSegNetLib.annotation import review
+from LegSegNetLib.core.errors import InputError
+from LegSegNetLib.annotation.review import ReviewState, sample_slices
 
 
 # ---------------------------------------------------------------------- sampling
@@ -106,8 +106,8 @@ def test_attributes_round_trip_and_damaged_ones_are_reported():
 # ---------------------------------------------------------------------- in a MRML scene
 slicer = pytest.importorskip("slicer")
 
-from LegSegNetLib import slicer_io  # noqa: E402
-from LegSegNetLib.annotation_logic import AnnotationLogic  # noqa: E402
+from LegSegNetLib.slicer_logic import scene as slicer_io  # noqa: E402
+from LegSegNetLib.slicer_logic.annotation_logic import AnnotationLogic  # noqa: E402
 from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 
 
@@ -189,7 +189,7 @@ def test_review_state_survives_saving_and_loading_the_scene_as_mrb(tmp_path):
 
 
 def test_reviewed_slices_go_to_the_training_set_with_their_current_labels(tmp_path):
-    from LegSegNetLib import dataset
+    from LegSegNetLib.annotation import dataset
 
     scene, volume_node, segmentation, labels = _scene_with_segmentation("2:12")
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)

@@ -21,11 +21,14 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from LegSegNetLib import selftest, slicer_io, slicer_tables, worker_process  # noqa: E402
-from LegSegNetLib.errors import CancelledError, InputError  # noqa: E402
-from LegSegNetLib.logic import LegSegNetLogic, ProcessHandle  # noqa: E402
+from LegSegNetLib.slicer_logic import selftest  # noqa: E402
+from LegSegNetLib.slicer_logic import scene as slicer_io  # noqa: E402
+from LegSegNetLib.slicer_logic import tables as slicer_tables  # noqa: E402
+from LegSegNetLib.worker import launcher as worker_process  # noqa: E402
+from LegSegNetLib.core.errors import CancelledError, InputError  # noqa: E402
+from LegSegNetLib.slicer_logic.logic import LegSegNetLogic, ProcessHandle  # noqa: E402
 from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
-from LegSegNetLib.tissues import TISSUE_BY_KEY, TISSUE_KEYS, TISSUES  # noqa: E402
+from LegSegNetLib.core.tissues import TISSUE_BY_KEY, TISSUE_KEYS, TISSUES  # noqa: E402
 
 RANGE = (3, 12)
 
@@ -522,7 +525,7 @@ def test_selftest_passes_on_slicer_core():
 # ---------------------------------------------------------------------- real data
 @pytest.mark.slow
 def test_visible_human_calf_in_a_scene(visible_human_dir):
-    from LegSegNetLib import volume_io
+    from LegSegNetLib.scan import volume_io
 
     volume = volume_io.read_ct(visible_human_dir)
     scene = slicer.vtkMRMLScene()

@@ -6,12 +6,13 @@ import time
 import numpy as np
 import pytest
 
-from LegSegNetLib import anatomy, tissues
+from LegSegNetLib.anatomy import primitives as anatomy
+from LegSegNetLib.core import tissues
 from LegSegNetLib.engines import make_engine
 from LegSegNetLib.engines.threshold import ThresholdEngine
-from LegSegNetLib.legs import split_legs
+from LegSegNetLib.anatomy.legs import split_legs
 from LegSegNetLib.phantom import make_leg_phantom
-from LegSegNetLib.progress import Progress
+from LegSegNetLib.core.progress import Progress
 
 REQUIRED_DICE = {"SAT": 0.93, "SM": 0.93, "IAT": 0.70, "Bone": 0.97}
 
@@ -179,7 +180,7 @@ def test_morphology_acts_per_slice_and_in_millimetres():
 # ------------------------------------------------------------------------------------------- real CT
 @pytest.fixture(scope="module")
 def real_calves(visible_human_dir):
-    from LegSegNetLib import volume_io
+    from LegSegNetLib.scan import volume_io
 
     volume = volume_io.read_ct(visible_human_dir)
     slab = volume.slab()

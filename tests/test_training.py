@@ -31,12 +31,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from LegSegNetLib import dataset, review, training  # noqa: E402
-from LegSegNetLib.errors import CancelledError, InputError  # noqa: E402
-from LegSegNetLib.models import ModelStore, load_checkpoint  # noqa: E402
+from LegSegNetLib.annotation import dataset  # noqa: E402
+from LegSegNetLib.annotation import review  # noqa: E402
+from LegSegNetLib.annotation import training  # noqa: E402
+from LegSegNetLib.core.errors import CancelledError, InputError  # noqa: E402
+from LegSegNetLib.models.store import ModelStore, load_checkpoint  # noqa: E402
 from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
-from LegSegNetLib.progress import Progress  # noqa: E402
-from LegSegNetLib.training import TrainOptions, make_patient_splits, train  # noqa: E402
+from LegSegNetLib.core.progress import Progress  # noqa: E402
+from LegSegNetLib.annotation.training import TrainOptions, make_patient_splits, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -192,7 +194,7 @@ def test_a_model_whose_checkpoint_does_not_fit_its_plans_cannot_be_fine_tuned(tm
     plans = json.loads((broken / "plans.json").read_text())
     plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] = [8, 16, 32, 96]
     (broken / "plans.json").write_text(json.dumps(plans))
-    from LegSegNetLib.models import inspect_model_folder
+    from LegSegNetLib.models.store import inspect_model_folder
 
     with pytest.raises(InputError, match=r"do not fit the network its plans.json describes \(.* is \(64,"):
         training.check_fine_tunable(inspect_model_folder(broken))
@@ -337,8 +339,8 @@ def test_training_from_scratch_on_hu_slices_with_an_in_process_stop_and_resume(t
 @pytest.mark.slow
 def test_slicer_logic_trains_in_the_worker_with_progress_cancel_and_resume(tmp_path, store, monkeypatch):
     pytest.importorskip("slicer")
-    from LegSegNetLib.annotation_logic import AnnotationLogic
-    from LegSegNetLib.logic import LegSegNetLogic
+    from LegSegNetLib.slicer_logic.annotation_logic import AnnotationLogic
+    from LegSegNetLib.slicer_logic.logic import LegSegNetLogic
 
     # augmentation in worker processes, as on a GPU: Cancel signals the whole process group, workers included
     monkeypatch.setenv("nnUNet_n_proc_DA", "2")

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LegSegNetLib import tissues, volume_io
-from LegSegNetLib.ct_volume import check_same_grid
-from LegSegNetLib.legs import split_legs
+from LegSegNetLib.core import tissues
+from LegSegNetLib.scan import volume_io
+from LegSegNetLib.scan.ct_volume import check_same_grid
+from LegSegNetLib.anatomy.legs import split_legs
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 import writers as w
-from LegSegNetLib import volume_io
-from LegSegNetLib.ct_volume import AXIAL_TOLERANCE_DEG, CTVolume
-from LegSegNetLib.errors import InputError
+from LegSegNetLib.scan import volume_io
+from LegSegNetLib.scan.ct_volume import AXIAL_TOLERANCE_DEG, CTVolume
+from LegSegNetLib.core.errors import InputError
 
 
 # ---------------------------------------------------------------------- helpers

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from LegSegNetLib import worker_process
-from LegSegNetLib.worker_process import WorkerProcess, is_alive, make_workdir, parse_line, segment_command
+from LegSegNetLib.worker import launcher as worker_process
+from LegSegNetLib.worker.launcher import WorkerProcess, is_alive, make_workdir, parse_line, segment_command
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group tests are written for POSIX")
 
@@ -173,4 +173,4 @@ def test_default_python_outside_slicer_is_this_interpreter():
 def test_environment_makes_the_library_importable():
     env = worker_process.worker_environment({"PYTHONPATH": "/somewhere"})
     parts = env["PYTHONPATH"].split(os.pathsep)
-    assert parts[0] == str(Path(worker_process.__file__).resolve().parent.parent) and "/somewhere" in parts
+    assert parts[0] == str(Path(worker_process.__file__).resolve().parents[2]) and "/somewhere" in parts

@@ -19,8 +19,8 @@ import traceback
 from typing import Sequence
 
 from . import __version__
-from .errors import InputError, LegSegNetError
-from .progress import Progress, TerminalProgress
+from .core.errors import InputError, LegSegNetError
+from .core.progress import Progress, TerminalProgress
 
 
 class _Parser(argparse.ArgumentParser):
@@ -197,8 +197,8 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
 
 def _run_models(args: argparse.Namespace, progress: Progress) -> dict:
     """`legsegnet models ...`: text on stdout for people; only progress events under the worker."""
-    from .models import ModelStore
-    from .progress import JsonLinesProgress
+    from .models.store import ModelStore
+    from .core.progress import JsonLinesProgress
 
     store = ModelStore()
     for_people = not isinstance(progress, JsonLinesProgress)
@@ -243,14 +243,14 @@ def _run_models(args: argparse.Namespace, progress: Progress) -> dict:
 
 
 def _for_people(progress: Progress) -> bool:
-    from .progress import JsonLinesProgress
+    from .core.progress import JsonLinesProgress
 
     return not isinstance(progress, JsonLinesProgress)
 
 
 def _run_dataset(args: argparse.Namespace, progress: Progress) -> dict:
     """`legsegnet dataset add`: a summary line on stdout for people; the result event under the worker."""
-    from . import dataset
+    from .annotation import dataset
 
     if args.dataset_command != "add":
         raise InputError(f"unknown dataset command '{args.dataset_command}'")
@@ -267,7 +267,7 @@ def _run_dataset(args: argparse.Namespace, progress: Progress) -> dict:
 
 def _run_train(args: argparse.Namespace, progress: Progress) -> dict:
     """`legsegnet train`: trains, installs the model, prints its name for people."""
-    from . import training
+    from .annotation import training
 
     options = training.TrainOptions(
         from_model=args.from_model, epochs=args.epochs, device=args.device, name=args.name, folds=args.folds,

@@ -36,8 +36,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from . import tissues
-from .ct_volume import CTVolume
+from .core import tissues
+from .scan.ct_volume import CTVolume
 
 # ITK direction (row-major 3x3, column a = LPS direction of index axis a): i (slab rows) -> posterior,
 # j (slab columns) -> patient left, k (slices) -> inferior. Right-handed (determinant +1).

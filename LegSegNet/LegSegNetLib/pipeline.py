@@ -8,9 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from . import axial_range, quantify, report, volume_io
+from .anatomy import axial_range
+from .measurement import quantify
+from .measurement import report
+from .scan import volume_io
 from .engines import Engine, make_engine
-from .progress import Progress
+from .core.progress import Progress
 
 
 def segment(

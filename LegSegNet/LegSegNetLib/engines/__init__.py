@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..progress import Progress
+from ..core.progress import Progress
 
 
 class Engine(Protocol):
@@ -42,7 +42,7 @@ def make_engine(name: str = "auto", **options) -> Engine:
     Options (all optional): model (folder or installed name), device, folds, tta, batch_size, checkpoint
     ("best" or "final"), progress (for notes such as a CPU fallback), store (a models.ModelStore).
     """
-    from ..errors import InputError
+    from ..core.errors import InputError
 
     if name not in ENGINE_NAMES:
         raise InputError(f"unknown engine '{name}'; choose one of {', '.join(ENGINE_NAMES)}")
@@ -74,7 +74,7 @@ def _installed_model_available(store=None, progress: Progress | None = None) -> 
     """True when the model store has a default model and the nnU-Net packages are importable."""
     import importlib.util
 
-    from ..models import ModelStore
+    from ..models.store import ModelStore
 
     try:
         default = (store or ModelStore()).default()

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ..errors import InputError, LegSegNetError
-from ..progress import Progress
+from ..core.errors import InputError, LegSegNetError
+from ..core.progress import Progress
 from . import published_preprocessing as published
 
 if TYPE_CHECKING:
-    from ..models import ModelFolder, ModelStore
+    from ..models.store import ModelFolder, ModelStore
 
 BODY_HU = -500.0  # a slice with no voxel above this holds no body: label 0 without the network
 DEFAULT_CPU_BATCH = 8  # slices per chunk on the CPU (their tiles are shared out to the cores)
@@ -129,7 +129,7 @@ class NnUNetEngine:
         store: "ModelStore | None" = None,
     ) -> None:
         torch = _import_torch()
-        from .. import models
+        from ..models import store as models
 
         self._torch = torch
         if isinstance(model_folder, models.ModelFolder):
@@ -167,7 +167,7 @@ class NnUNetEngine:
     def _load(self, folds: Sequence[int] | None, checkpoint: str, progress: Progress | None) -> None:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        from .. import models
+        from ..models import store as models
 
         plans = self.model.plans()
         self.dataset_json = self.model.dataset()

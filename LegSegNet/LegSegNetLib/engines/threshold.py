@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import anatomy
-from ..legs import split_legs
-from ..progress import Progress
-from ..tissues import BONE, IAT, SAT, SM
+from ..anatomy import primitives as anatomy
+from ..anatomy.legs import split_legs
+from ..core.progress import Progress
+from ..core.tissues import BONE, IAT, SAT, SM
 
 CHUNK_SLICES = 24  # slices processed together: bounds memory, drives the progress bar
 SKIN_MM = 2.5  # depth under the body surface that never counts as muscle compartment

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ct_volume import CTVolume
-from .errors import InputError
-from .tissues import MAX_LABEL, TISSUES
+from ..scan.ct_volume import CTVolume
+from ..core.errors import InputError
+from ..core.tissues import MAX_LABEL, TISSUES
 
 RATIO_EPSILON_CM3 = 1e-9  # the paper's epsilon in equations 5 and 6, added to volumes in cm^3
 CHUNK_VOXELS = 4_000_000  # slices per chunk are chosen so a chunk holds about this many voxels
@@ -188,7 +188,7 @@ def quantify(volume: CTVolume, labels: np.ndarray, first: int, last: int) -> Mea
     slice_mm, row_mm, col_mm = volume.slab_spacing
     n_slices = hu.shape[0]
 
-    from .legs import split_legs  # only measuring needs it; the result classes import without it
+    from ..anatomy.legs import split_legs  # only measuring needs it; the result classes import without it
 
     leg_ids = split_legs(labels > 0, volume.slab_spacing) if labels.any() else None
     n_legs = int(leg_ids.max()) if leg_ids is not None else 0

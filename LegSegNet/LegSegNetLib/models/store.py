@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
 
-from . import __version__
-from .errors import InputError, LegSegNetError
-from .progress import Progress
+from .. import __version__
+from ..core.errors import InputError, LegSegNetError
+from ..core.progress import Progress
 
 MODELS_DIR_ENV = "LEGSEGNET_MODELS_DIR"
 HF_ENDPOINT_ENV = "HF_ENDPOINT"  # the variable huggingface_hub itself honours (mirrors, tests)

@@ -18,13 +18,13 @@ import SimpleITK as sitk
 import vtk
 from vtk.util import numpy_support
 
-from .ct_volume import CTVolume, find_axial_axis
-from .errors import InputError
-from .tissues import TISSUES
+from ..scan.ct_volume import CTVolume, find_axial_axis
+from ..core.errors import InputError
+from ..core.tissues import TISSUES
 
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 
-TERMINOLOGY_FILE = Path(__file__).resolve().parent.parent / "Resources" / "LegSegNet.term.json"
+TERMINOLOGY_FILE = Path(__file__).resolve().parents[2] / "Resources" / "LegSegNet.term.json"
 
 
 # ---------------------------------------------------------------------- geometry

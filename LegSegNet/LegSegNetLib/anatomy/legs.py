@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import anatomy
+from . import primitives as anatomy
 
 MIN_LEG_MM2 = 400.0  # smaller body parts are never a leg on their own (toes, markers, stray voxels)
 SADDLE_RATIO = 0.8  # a waist narrower than this fraction of the smaller lobe's radius separates two legs

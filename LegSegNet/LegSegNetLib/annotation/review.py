@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import InputError
+from ..core.errors import InputError
 
 DEFAULT_SLICES_PER_SCAN = 3  # the paper's median
 MIN_SLICES_PER_SCAN = 1

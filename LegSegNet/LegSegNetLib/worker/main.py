@@ -23,10 +23,10 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from .cli import _one_line, build_parser, error_exit_code, join_option_values, run_command
-from .engines import use_passive_openmp_threads
-from .errors import CancelledError
-from .progress import JsonLinesProgress
+from ..cli import _one_line, build_parser, error_exit_code, join_option_values, run_command
+from ..engines import use_passive_openmp_threads
+from ..core.errors import CancelledError
+from ..core.progress import JsonLinesProgress
 
 PARENT_POLL_S = 1.0
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from ..core.errors import InputError
 
 
 @dataclass

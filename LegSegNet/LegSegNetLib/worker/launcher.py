@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-LIB_PARENT = Path(__file__).resolve().parent.parent  # the folder that holds LegSegNetLib/
+LIB_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds LegSegNetLib/
 TERMINATE_GRACE_S = 3.0
 EOF_GRACE_S = 2.0  # how long a pipe may stay open after the worker itself exited
 

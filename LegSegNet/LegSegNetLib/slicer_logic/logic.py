@@ -26,11 +26,12 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from . import slicer_io, slicer_tables
-from .ct_volume import check_same_grid
-from .errors import CancelledError, InputError, LegSegNetError
-from .tissues import TISSUE_KEYS
-from .worker_process import WorkerEvent, WorkerProcess, default_python, make_workdir, segment_command, worker_environment
+from . import scene as slicer_io
+from . import tables as slicer_tables
+from ..scan.ct_volume import check_same_grid
+from ..core.errors import CancelledError, InputError, LegSegNetError
+from ..core.tissues import TISSUE_KEYS
+from ..worker.launcher import WorkerEvent, WorkerProcess, default_python, make_workdir, segment_command, worker_environment
 
 ATTRIBUTE_PREFIX = "LegSegNet."
 ROLE_INPUT = "LegSegNet.inputVolume"
@@ -235,7 +236,7 @@ class LegSegNetLogic:
 
     def detectLegRange(self, inputVolume) -> tuple[int, int]:
         """The slices where legs are present (axial_range.detect_leg_range); InputError if none."""
-        from . import axial_range
+        from ..anatomy import axial_range
 
         return axial_range.detect_leg_range(slicer_io.ct_volume_from_node(inputVolume))
 
@@ -393,7 +394,7 @@ class LegSegNetLogic:
     # ------------------------------------------------------------------ measurement after edits
     def measure(self, segmentationNode, inputVolume):
         """Measurements of the segmentation's visible tissue segments on the volume: (Measurements, first, last)."""
-        from . import quantify as quantify_module
+        from ..measurement import quantify as quantify_module
 
         if not slicer_io.visible_tissue_segment_ids(segmentationNode):
             raise InputError(
@@ -480,7 +481,7 @@ class LegSegNetLogic:
     # ------------------------------------------------------------------ models and devices
     def installedModels(self) -> list[str]:
         """Names of the models in the shared model store (the one `legsegnet models list` shows)."""
-        from .models import ModelStore
+        from ..models.store import ModelStore
 
         return [info.name for info in ModelStore().list()]
 

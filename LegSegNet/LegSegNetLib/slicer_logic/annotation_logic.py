@@ -24,11 +24,14 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import dataset, review, slicer_io, training
-from .errors import CancelledError, InputError, LegSegNetError
+from ..annotation import dataset
+from ..annotation import review
+from . import scene as slicer_io
+from ..annotation import training
+from ..core.errors import CancelledError, InputError, LegSegNetError
 from .logic import SLICES_ATTRIBUTE, Launcher, default_launcher
-from .review import ReviewState
-from .worker_process import WorkerEvent, WorkerProcess, default_python, make_workdir, worker_environment
+from ..annotation.review import ReviewState
+from ..worker.launcher import WorkerEvent, WorkerProcess, default_python, make_workdir, worker_environment
 
 TRAINING_STOP_GRACE_S = 120.0  # time a cancelled training gets to finish its iteration and save a checkpoint
 
@@ -158,7 +161,7 @@ class AnnotationLogic:
     @property
     def store(self):
         if self._store is None:
-            from .models import ModelStore
+            from ..models.store import ModelStore
 
             self._store = ModelStore()
         return self._store
@@ -360,8 +363,8 @@ class AnnotationLogic:
         """A rough training time for fine-tuning `fromModel` (None when unknown, e.g. from scratch)."""
         if not fromModel:
             return None
-        from . import models
-        from .engines.nnunet import cpu_threads
+        from ..models import store as models
+        from ..engines.nnunet import cpu_threads
 
         try:
             plans = models.resolve_model(fromModel, self.store).plans()

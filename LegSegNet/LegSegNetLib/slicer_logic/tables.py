@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Sequence
 
 import vtk
 
-from .tissues import TISSUE_BY_KEY, TISSUE_KEYS
+from ..core.tissues import TISSUE_BY_KEY, TISSUE_KEYS
 
 ROLE_ATTRIBUTE = "LegSegNet.Role"
 SIDES = (("left", "Left"), ("right", "Right"))

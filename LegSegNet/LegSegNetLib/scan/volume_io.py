@@ -26,8 +26,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .ct_volume import CTVolume, check_same_grid, find_axial_axis
-from .errors import InputError
-from .tissues import MAX_LABEL
+from ..core.errors import InputError
+from ..core.tissues import MAX_LABEL
 
 SUPPORTED_INPUTS = (
     "a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file, a folder holding a "

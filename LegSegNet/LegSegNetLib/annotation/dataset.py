@@ -44,11 +44,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
-from .ct_volume import CTVolume
-from .errors import InputError
-from .progress import Progress
-from .tissues import MAX_LABEL, TISSUES
+from .. import __version__
+from ..scan.ct_volume import CTVolume
+from ..core.errors import InputError
+from ..core.progress import Progress
+from ..core.tissues import MAX_LABEL, TISSUES
 
 FORMAT_PNG = "png"
 FORMAT_HU = "hu"
@@ -239,7 +239,7 @@ def resize_labels_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarr
 def encode_slices(hu_slices: np.ndarray, label_slices: np.ndarray, input_format: str) -> tuple[np.ndarray, np.ndarray]:
     """The arrays written for each slice: (images, labels), both (n, H, W) on the model's grid."""
     if input_format == FORMAT_PNG:
-        from .engines import published_preprocessing as published
+        from ..engines import published_preprocessing as published
 
         size = (published.IMAGE_SIZE, published.IMAGE_SIZE)
         return published.published_input_images(hu_slices), resize_labels_nearest(label_slices, size).astype(np.uint8)
@@ -262,7 +262,7 @@ def _hu_storage_dtype(hu: np.ndarray) -> np.ndarray:
 
 def encoding_description(input_format: str) -> dict:
     if input_format == FORMAT_PNG:
-        from .engines import published_preprocessing as published
+        from ..engines import published_preprocessing as published
 
         return {
             "image": f"HU clipped to [{published.HU_LO:g}, {published.HU_HI:g}], scaled to 0..255, truncated to uint8, "
@@ -639,7 +639,7 @@ def add_files(
     progress: Progress | None = None,
 ) -> AddResult:
     """`legsegnet dataset add`: read the CT and its corrected label map (checked: values 0-4, the CT's grid)."""
-    from . import volume_io
+    from ..scan import volume_io
 
     progress = progress or Progress()
     progress.stage("reading")

@@ -48,10 +48,10 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 from . import dataset as dataset_module
-from .errors import CancelledError, InputError
-from .progress import Progress
+from ..core.errors import CancelledError, InputError
+from ..core.progress import Progress
 
 CONFIGURATION = "2d"
 TRAINER_NAME = "nnUNetTrainer"  # what checkpoints record, so nnU-Net's own predictor can load them too
@@ -459,9 +459,9 @@ def train(dataset_dir: str | Path, options: TrainOptions | None = None, *, resum
     `stop` lets a caller (or a test) ask for a stop between iterations, as SIGTERM does; the run then raises
     CancelledError and can be resumed.
     """
-    from . import models
+    from ..models import store as models
 
-    from .engines import use_passive_openmp_threads
+    from ..engines import use_passive_openmp_threads
 
     use_passive_openmp_threads()  # before torch is first imported, which happens below
     options = copy.deepcopy(options) if options is not None else TrainOptions()
@@ -605,7 +605,7 @@ def _resolve_base_model(from_model: str | None, store, manifest: dataset_module.
     """The model to fine-tune (a models.ModelFolder) or None; its input format must be the dataset's."""
     if not from_model:
         return None
-    from . import models
+    from ..models import store as models
 
     base = models.resolve_model(from_model, store)
     if base.input_format != manifest.input_format:
@@ -620,8 +620,8 @@ def _resolve_base_model(from_model: str | None, store, manifest: dataset_module.
 
 def check_fine_tunable(base) -> None:
     """InputError unless the model's checkpoints fit the network its plans describe (cheap: no data needed)."""
-    from . import models
-    from .engines.nnunet import _import_torch
+    from ..models import store as models
+    from ..engines.nnunet import _import_torch
 
     _import_torch()
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -711,7 +711,7 @@ def _describe_model(base) -> dict | None:
 
 
 def _select_device(requested: str, progress: Progress):
-    from .engines.nnunet import cpu_threads, select_device
+    from ..engines.nnunet import cpu_threads, select_device
 
     device = select_device(requested, progress)
     if device.type == "cpu":
@@ -722,7 +722,7 @@ def _select_device(requested: str, progress: Progress):
 
 
 def _warn_cpu(base, options: TrainOptions, epochs: int, folds: list, progress: Progress) -> None:
-    from .engines.nnunet import cpu_threads
+    from ..engines.nnunet import cpu_threads
 
     if base is not None:
         configuration = base.plans()["configurations"][CONFIGURATION]
@@ -822,7 +822,7 @@ def _train_fold(fold, plans: dict, dataset_json: dict, device, options: TrainOpt
                 progress: Progress, stop: StopRequest, dataset_dir: Path) -> None:
     import torch
 
-    from . import models
+    from ..models import store as models
 
     trainer_type = trainer_class()
     output_probe = Path(os.environ["nnUNet_results"]) / plans["dataset_name"] / \
@@ -887,7 +887,7 @@ def _resume_iteration(latest: Path, epoch: int) -> int:
 
 def _load_base_weights(trainer, base, fold) -> None:
     """Every weight of the --from model's checkpoint (its fold with the same number, else its first fold)."""
-    from . import models
+    from ..models import store as models
 
     fold_choice = fold if fold in base.folds else base.fold_ids[0]
     path = base.checkpoint_path(fold_choice, None)
@@ -929,7 +929,7 @@ def _training_record(run: dict, *, manifest_path: Path, folds: list, epochs: int
 
 def _record_training(model_dir: Path, record: dict, manifest_file: Path, splits_file: Path) -> None:
     """training.json and training-manifest.json beside the installed model, and a summary in its metadata."""
-    from . import models
+    from ..models import store as models
 
     shutil.copyfile(manifest_file, model_dir / "training-manifest.json")
     if splits_file.is_file():

@@ -14,10 +14,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import slicer_io, slicer_tables
-from .errors import InputError
+from . import scene as slicer_io
+from . import tables as slicer_tables
+from ..core.errors import InputError
 from .logic import LegSegNetLogic
-from .tissues import TISSUES, TISSUE_BY_KEY, TISSUE_KEYS
+from ..core.tissues import TISSUES, TISSUE_BY_KEY, TISSUE_KEYS
 
 PHANTOM_SHAPE = (14, 112, 144)  # small: the whole self-test takes a few seconds
 RANGE = (2, 11)
@@ -31,7 +32,7 @@ def _check(condition: bool, message: str) -> None:
 
 def add_phantom_volume(scene, name: str = "LegSegNet phantom", shape=PHANTOM_SHAPE, seed: int = 3):
     """A phantom CT volume node and the phantom's exact labels (slab order, slices x rows x cols)."""
-    from .phantom import make_leg_phantom
+    from ..phantom import make_leg_phantom
 
     phantom = make_leg_phantom(shape=shape, seed=seed)
     volume, _labels_image = phantom.to_volume()

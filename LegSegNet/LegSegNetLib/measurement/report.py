@@ -22,12 +22,12 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
-from .ct_volume import CTVolume
-from .errors import InputError, LegSegNetError
-from .progress import Progress
+from .. import __version__
+from ..scan.ct_volume import CTVolume
+from ..core.errors import InputError, LegSegNetError
+from ..core.progress import Progress
 from .quantify import PROFILE_COLUMNS, Measurements
-from .tissues import MAX_LABEL, TISSUES
+from ..core.tissues import MAX_LABEL, TISSUES
 
 OUTPUT_FILES = ("labels.nii.gz", "metrics.json", "metrics.csv", "profile.csv", "overlay.png", "profile.png")
 SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)  # level 40, width 400

@@ -10,9 +10,9 @@ import re
 import numpy as np
 import SimpleITK as sitk
 
-from . import anatomy
-from .ct_volume import CTVolume
-from .errors import InputError
+from . import primitives as anatomy
+from ..scan.ct_volume import CTVolume
+from ..core.errors import InputError
 from .legs import split_legs
 
 _RANGE = re.compile(r"^\s*([+-]?\d+)\s*:\s*([+-]?\d+)\s*$")
