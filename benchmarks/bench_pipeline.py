@@ -4,7 +4,7 @@
 Not a unit test: these 2-core machines are noisy, so quote ratios from one run. Reports
   - end-to-end wall time and peak memory (max RSS) of the real CLI subprocess;
   - a per-stage breakdown measured in-process (read, range, segment, quantify, write);
-Targets (issue 2): <= 30 s end to end and <= 2 GB peak on this machine.
+Targets: <= 30 s end to end and <= 2 GB peak on this machine.
 
     python benchmarks/bench_pipeline.py [--input DIR] [--engine threshold] [--repeat 1]
 """

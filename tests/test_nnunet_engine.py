@@ -52,7 +52,7 @@ def held_out(n: int, size: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 
 def formula_hu_to_uint8(hu: np.ndarray) -> np.ndarray:
-    """legsegnet-method.md step 2, as written there."""
+    """docs/method.md, the published input encoding, step 2, as written there."""
     return ((np.clip(hu.astype(np.float32), -200, 200) + 200) / 400 * 255).astype(np.uint8)
 
 

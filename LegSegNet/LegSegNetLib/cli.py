@@ -1,4 +1,4 @@
-"""The `legsegnet` command line (contract: ../shared/reference/contracts.md).
+"""The `legsegnet` command line (commands, options and output files are documented in README.md).
 
     legsegnet segment INPUT -o OUTDIR [--engine auto|threshold|nnunet] [--slices FIRST:LAST | --auto-range] ...
     legsegnet quantify CT LABELS -o OUTDIR

@@ -10,7 +10,7 @@ analytic model in millimetres, and renders them with partial volume and noise:
 - The scanner's blur: a Gaussian point-spread function (`blur_mm` sigma) on the rendered HU.
 - Noise: Gaussian, spatially correlated over about one voxel (like filtered back-projection), `noise_hu` standard
   deviation per voxel. HU are stored as int16, like real CT.
-- Labels follow legsegnet-method.md: skin (1-2 voxels) and superficial veins are SAT; the deep fascia, the vessels of
+- Labels follow docs/method.md: skin (1-2 voxels) and superficial veins are SAT; the deep fascia, the vessels of
   the muscle compartment and calcifications in their walls are SM; septal fat, inter-group fat pockets (including the
   popliteal fossa) and intramuscular fat blobs are IAT; cortex plus marrow is Bone; couch, pad, air and air trapped
   between touching legs are background.

@@ -1,4 +1,4 @@
-"""Train the next round's model on a LegSegNet training set (model-in-the-loop annotation, issue 5).
+"""Train the next round's model on a LegSegNet training set (model-in-the-loop annotation, docs/method.md).
 
     legsegnet train DATASET [--from MODEL] [--epochs N] [--device auto|cpu|cuda|mps] [--name NAME] [--folds 0]
                     [--resume]

@@ -1,4 +1,4 @@
-"""The published LegSegNet weights' input contract, reproduced bit for bit (see legsegnet-method.md).
+"""The published LegSegNet weights' input contract, reproduced bit for bit (see docs/method.md).
 
 The published model was trained on 8-bit PNG slices. Its reference code turns an HU slice into the
 network's input in three steps, each reproduced here exactly:

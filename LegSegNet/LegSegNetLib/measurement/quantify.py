@@ -1,6 +1,6 @@
 """Body-composition measurements from a label map: LegSegNet's equations 1-8, per leg, and the profile.
 
-For tissue c and analysed slice k (see legsegnet-method.md, section "Quantification"):
+For tissue c and analysed slice k (see docs/method.md, "Quantification"):
 
     A(c,k) = s_x * s_y * N(c,k)            area, cm^2 (s_x, s_y: the slab's row and column spacing)
     V(c)   = sum_k A(c,k) * dz_k            volume, cm^3 (dz_k: the slice spacing of the voxel grid)
