@@ -626,7 +626,7 @@ class ModelInfo:
     sha256_of: str  # "archive" or "files"
     installed_at: str  # ISO 8601, UTC
     licence: str | None
-    round: int | None  # model-in-the-loop training round , None for other models
+    round: int | None  # model-in-the-loop training round, None for other models
     input_format: str
     folds: tuple[int | str, ...]
     is_default: bool = False
