@@ -38,6 +38,7 @@ from LegSegNetLib.core.errors import CancelledError, InputError  # noqa: E402
 from LegSegNetLib.models.store import ModelStore, load_checkpoint  # noqa: E402
 from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 from LegSegNetLib.core.progress import Progress  # noqa: E402
+from LegSegNetLib.core.text import format_duration  # noqa: E402
 from LegSegNetLib.annotation.training import TrainOptions, make_patient_splits, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_training_time_estimate_scales_with_the_network():
     cpu = training.estimate_seconds_per_iteration(published_like, "cpu", cpu_cores=2)
     assert cpu > 20 * training.estimate_seconds_per_iteration(tiny, "cpu", cpu_cores=2)
     assert cpu > 20 * training.estimate_seconds_per_iteration(published_like, "cuda")
-    assert training.format_duration(5400) == "1.5 h" and training.format_duration(40) == "40 s"
+    assert format_duration(5400) == "1.5 h" and format_duration(40) == "40 s" and format_duration(3 * 86400) == "3.0 days"
 
 
 # ---------------------------------------------------------------------- fixtures with nnU-Net
