@@ -118,6 +118,7 @@ class InstallPlan:
     constraints: list[str] = field(default_factory=list)  # pins of Slicer's own packages
     restart_needed: bool = False
     blocked: list[str] = field(default_factory=list)  # protected packages that are missing or too old
+    light_the_torch_installed: bool = False  # PyTorch Utils' installer is there already
 
     @property
     def is_empty(self) -> bool:
@@ -165,7 +166,7 @@ class InstallPlan:
         constraint = ["--constraint", str(constraints_file)] if constraints_file is not None else []
         steps: list[dict] = []
         if self.torch_via_pytorch_utils:
-            if installed_version("light-the-torch") is None:
+            if not self.light_the_torch_installed:
                 steps.append({"label": "installing light-the-torch", "module": "pip",
                               "arguments": ["install", LIGHT_THE_TORCH, *constraint]})
             steps.append({"label": f"installing {TORCH.pip_spec} (matching CUDA build)", "module": "light_the_torch",
@@ -205,6 +206,7 @@ def plan_install(
         constraints=protected_constraints(version_of),
         restart_needed=restart,
         blocked=blocked,
+        light_the_torch_installed=version_of("light-the-torch") is not None,
     )
 
 
