@@ -1,12 +1,11 @@
 """3D Slicer module LegSegNet: lower-leg CT tissue segmentation (SAT, SM, IAT, Bone) and body composition.
 
 This file keeps only what needs Slicer's GUI: the module description, the widget, the parameter node
-and the self-test entry. Everything that can run without Qt lives in LegSegNetLib (logic.py,
-slicer_io.py, slicer_tables.py, worker_process.py, dependencies.py, selftest.py) and is tested there.
+and the self-test entry. Everything that can run without Qt lives in LegSegNetLib (slicer_logic/ and
+worker/) and is tested there. Nothing here waits for a process: every run (segmentation, training,
+model install, device check, package install) is a run handle polled from a QTimer.
 """
 import logging
-import os
-import tempfile
 from typing import Annotated, Optional
 
 import qt
@@ -29,6 +28,7 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from LegSegNetLib.slicer_logic import dependencies
 from LegSegNetLib.slicer_logic.annotation_logic import AnnotationLogic
 from LegSegNetLib.slicer_logic.logic import LegSegNetLogic as LegSegNetCoreLogic
+from LegSegNetLib.core.text import format_duration
 
 PUBLISHED_MODEL_NOTICE = (
     "The published LegSegNet weights (Chen et al. 2026, Hugging Face {repo}) are licensed {licence}: "
@@ -114,7 +114,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._handle = None  # the running segmentation (logic.ProcessHandle)
+        self._handle = None  # the running segmentation (a run_handle.RunHandle, as all runs below)
         self._rangeROI = None
         self._rangeVolumeID = None
         self._modelNames = []
@@ -122,10 +122,14 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.timeout.connect(self._pollWorker)
         self.annotationLogic = None
-        self._trainingHandle = None  # the running training (annotation_logic.TrainingHandle)
+        self._trainingHandle = None  # the running training
         self._trainingTimer = qt.QTimer()
         self._trainingTimer.setInterval(500)
         self._trainingTimer.timeout.connect(self._pollTraining)
+        self._task = None  # a model install, device check or package install: (handle, dialog, then)
+        self._taskTimer = qt.QTimer()
+        self._taskTimer.setInterval(POLL_INTERVAL_MS)
+        self._taskTimer.timeout.connect(self._pollTask)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -168,8 +172,11 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self._cancelRun()
+        if self._task is not None:
+            self._task[0].cancel()
+        self._taskTimer.stop()
         if self._trainingHandle is not None and self._trainingHandle.running:
-            self._trainingHandle.cancel()  # the worker keeps a checkpoint; training again can resume it
+            self._trainingHandle.stop()  # the worker keeps a checkpoint; training again can resume it
         self._trainingTimer.stop()
         self.removeObservers()
 
@@ -325,16 +332,48 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._runModelsCommand(["install", path])
 
     def _runModelsCommand(self, arguments) -> None:
-        if not self._ensureDependencies("nnunet"):  # installing verifies the checkpoints with torch
-            return
-        with slicer.util.tryWithErrorDisplay(_("Installing the model failed."), waitCursor=True):
-            output = self.logic.runModelsCommand(arguments)
-            self.ui.statusLabel.text = output.strip().splitlines()[-1] if output.strip() else _("model installed")
+        # installing verifies the checkpoints with torch
+        self._withDependencies("nnunet", lambda: self._startTask(
+            self.logic.modelsCommandAsync(arguments), _("Installing the model..."), self._onModelsCommandFinished))
+
+    def _onModelsCommandFinished(self, handle) -> None:
+        if handle.state == "succeeded":
+            model = (handle.result or {}).get("model") or {}
+            self.ui.statusLabel.text = _("installed model {name}").format(name=model.get("name", ""))
+        elif handle.state == "failed":
+            slicer.util.errorDisplay(_("Installing the model failed.") + "\n" + handle.errorMessage)
         self.refreshModels()
 
     def onCheckDevice(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not check the GPU."), waitCursor=True):
-            self.ui.deviceStatusLabel.text = self.logic.deviceReport()
+        self.ui.deviceStatusLabel.text = _("checking...")
+        self._startTask(self.logic.deviceProbeAsync(), _("Checking the GPU..."), self._onDeviceChecked)
+
+    def _onDeviceChecked(self, handle) -> None:
+        self.ui.deviceStatusLabel.text = (self.logic.describeDevices(handle.result) if handle.state == "succeeded"
+                                          else _("Could not check the GPU: {error}").format(error=handle.errorMessage))
+
+    # ------------------------------------------------------------------ short runs with a progress dialog
+    def _startTask(self, handle, title: str, then=None) -> None:
+        """Show `handle` (model install, device check, package install) in a progress dialog whose Cancel
+        ends it; `then(handle)` runs when it has ended, whatever the outcome."""
+        if self._task is not None:
+            self._task[0].cancel()
+        dialog = qt.QProgressDialog(title, _("Cancel"), 0, 0, self.parent)
+        dialog.minimumDuration = 500
+        dialog.connect("canceled()", handle.cancel)
+        handle.onProgress = lambda h: setattr(dialog, "labelText", f"{title}\n{h.notes[-1][:120] if h.notes else ''}")
+        self._task = (handle, dialog, then)
+        self._taskTimer.start()
+
+    def _pollTask(self) -> None:
+        if self._task is None or self._task[0].poll():
+            return
+        handle, dialog, then = self._task
+        self._task = None
+        self._taskTimer.stop()
+        dialog.close()
+        if then is not None:
+            then(handle)
 
     # ------------------------------------------------------------------ run
     def onApplyButton(self) -> None:
@@ -342,10 +381,12 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._cancelRun()
             return
         p = self._parameterNode
-        # "auto" runs nnU-Net when a model is chosen or installed (engines.make_engine), else threshold
-        usesNnunet = p.engine == "nnunet" or (p.engine == "auto" and (p.model or self._modelNames))
-        if not self._ensureDependencies("nnunet" if usesNnunet else "threshold"):
-            return
+        with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
+            engine = self.logic.engineFor(p.engine, p.model)  # the engine `auto` stands for, decided below the GUI
+            self._withDependencies(engine, self._startSegmentation)
+
+    def _startSegmentation(self) -> None:
+        p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
             folds = [int(f) for f in p.folds.split(",") if f.strip()] or None
             tta = {"default": None, "on": True, "off": False}[p.tta]
@@ -377,7 +418,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text += f" {progress['done']}/{progress['total']}"
         left = progress.get("seconds_left")
         if left is not None:
-            text += _(", about {seconds} s left").format(seconds=int(round(left)))
+            text += _(", about {time} left").format(time=format_duration(left))
         if handle.notes:
             text += " - " + handle.notes[-1]
         self.ui.statusLabel.text = text
@@ -389,7 +430,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             result = handle.result
             self._parameterNode.outputSegmentation = result.segmentation
             seconds = handle.progress.get("elapsed") or 0.0
-            self.ui.statusLabel.text = _("done in {seconds:.0f} s").format(seconds=seconds)
+            self.ui.statusLabel.text = _("done in {time}").format(time=format_duration(seconds))
             self._showResults(result.segmentation)
         elif handle.state == "cancelled":
             self.ui.statusLabel.text = _("cancelled; the scene was left as it was")
@@ -398,31 +439,33 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(handle.errorMessage)  # the worker's own error line, no traceback
         self._onParameterNodeModified()
 
-    def _ensureDependencies(self, engine: str) -> bool:
-        """One dialog listing what the engine still needs; install only after the user agrees."""
+    def _withDependencies(self, engine: str, then) -> None:
+        """Call `then()` once the engine's packages are there: one dialog listing what is missing, and the
+        install (in the worker, with progress and Cancel) only after the user agrees."""
         pytorchUtils = hasattr(slicer.modules, "pytorchutils")
         plan = dependencies.plan_install(engine, pytorch_utils_available=pytorchUtils)
         if plan.is_empty:
-            return True
+            then()
+            return
         if plan.blocked:
             slicer.util.errorDisplay(plan.message())
-            return False
+            return
         if not slicer.util.confirmOkCancelDisplay(plan.message(), _("LegSegNet needs Python packages")):
-            return False
-        with slicer.util.tryWithErrorDisplay(_("Installing the packages failed."), waitCursor=True):
-            if plan.torch_via_pytorch_utils:
-                import PyTorchUtils
+            return
 
-                PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=False, torchVersionRequirement=f">={dependencies.TORCH_MINIMUM}")
-            if plan.pip_requirements:
-                with tempfile.TemporaryDirectory() as folder:
-                    constraints = plan.write_constraints(os.path.join(folder, "constraints.txt"))
-                    slicer.util.pip_install(plan.pip_install_arguments(constraints))
-            if plan.restart_needed and slicer.util.confirmYesNoDisplay(_("Restart Slicer now to finish?")):
-                slicer.util.restart()
-            return not plan.restart_needed
-        return False
+        def installed(handle) -> None:
+            if handle.state != "succeeded":
+                if handle.state == "failed":
+                    slicer.util.errorDisplay(_("Installing the packages failed.") + "\n" + handle.errorMessage)
+                return
+            if plan.restart_needed:
+                if slicer.util.confirmYesNoDisplay(_("Restart Slicer now to finish?")):
+                    slicer.util.restart()
+                return
+            then()
+
+        with slicer.util.tryWithErrorDisplay(_("Installing the packages failed.")):
+            self._startTask(self.logic.installPackagesAsync(plan), _("Installing Python packages..."), installed)
 
     # ------------------------------------------------------------------ results
     def onUpdateMeasurements(self) -> None:
@@ -534,47 +577,54 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onTrainNextRound(self) -> None:
         if self._trainingHandle is not None and self._trainingHandle.running:
-            self._trainingHandle.cancel()
+            self._trainingHandle.stop()
             self.ui.trainStatusLabel.text = _("stopping after the current iteration (a checkpoint is kept)...")
             return
+        self._withDependencies("nnunet", self._chooseTrainingRun)
+
+    def _chooseTrainingRun(self) -> None:
         p = self._parameterNode
-        if not self._ensureDependencies("nnunet"):
-            return
         runs = self.annotationLogic.interruptedRuns(p.datasetFolder)
         name = p.trainModelName or None
-        resume = False
         if runs and slicer.util.confirmYesNoDisplay(
                 _("An interrupted training run exists: {name}. Continue it?").format(name=runs[-1])):
-            name, resume = runs[-1], True
-        if not resume and not self._confirmCpuTraining(p):
-            return
+            self._startTraining(runs[-1], resume=True)
+        elif p.device in ("cuda", "mps"):
+            self._startTraining(name)
+        elif p.device == "auto":  # is there a GPU? asked in the worker, without waiting here
+            self._startTask(self.logic.deviceProbeAsync(), _("Checking the GPU..."),
+                            lambda handle: self._confirmCpuTraining(name, gpu=handle.state == "succeeded"
+                                                                    and self.logic.hasGpu(handle.result)))
+        else:
+            self._confirmCpuTraining(name, gpu=False)
+
+    def _confirmCpuTraining(self, name, gpu: bool) -> None:
+        """On a CPU, say how long training will roughly take before starting it."""
+        p = self._parameterNode
+        if not gpu:
+            seconds = self.annotationLogic.expectedTrainingSeconds(self.annotationLogic.modelToRefine(p.model),
+                                                                   p.trainEpochs)
+            expected = (_("roughly {time}").format(time=format_duration(seconds)) if seconds is not None
+                        else _("many hours to days (training from scratch)"))
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("No GPU is available: training runs on the CPU, which is slow: {expected} for {epochs} epochs. "
+                      "The progress bar shows the time left once training runs; Stop training keeps a checkpoint "
+                      "from which training can continue later. Start?").format(expected=expected, epochs=p.trainEpochs)):
+                return
+        self._startTraining(name)
+
+    def _startTraining(self, name, resume: bool = False) -> None:
+        p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not start the training."), waitCursor=True):
             self._trainingHandle = self.annotationLogic.trainAsync(
-                p.datasetFolder, fromModel=self.annotationLogic.modelToRefine(p.model), epochs=p.trainEpochs, device=p.device, name=name,
-                resume=resume, onProgress=self._onTrainingProgress, onFinished=self._onTrainingFinished)
+                p.datasetFolder, fromModel=self.annotationLogic.modelToRefine(p.model), epochs=p.trainEpochs,
+                device=p.device, name=name, resume=resume, onProgress=self._onTrainingProgress,
+                onFinished=self._onTrainingFinished)
             self.ui.trainProgressBar.value = 0
             self.ui.trainProgressBar.show()
             self.ui.trainStatusLabel.text = _("starting the training process...")
             self._trainingTimer.start()
         self._updateReviewDisplay()
-
-    def _confirmCpuTraining(self, p) -> bool:
-        """On a CPU, say how long training will roughly take before starting it."""
-        if p.device in ("cuda", "mps"):
-            return True
-        with slicer.util.WaitCursor():
-            gpu = p.device == "auto" and self.annotationLogic.gpuAvailable()
-        if gpu:
-            return True
-        seconds = self.annotationLogic.expectedTrainingSeconds(self.annotationLogic.modelToRefine(p.model), p.trainEpochs)
-        from LegSegNetLib.annotation.training import format_duration
-
-        expected = (_("roughly {time}").format(time=format_duration(seconds)) if seconds is not None
-                    else _("many hours to days (training from scratch)"))
-        return slicer.util.confirmOkCancelDisplay(
-            _("No GPU is available: training runs on the CPU, which is slow: {expected} for {epochs} epochs. "
-              "The progress bar shows the time left once training runs; Stop training keeps a checkpoint "
-              "from which training can continue later. Start?").format(expected=expected, epochs=p.trainEpochs))
 
     def _pollTraining(self) -> None:
         if self._trainingHandle is None or not self._trainingHandle.poll():
@@ -588,8 +638,6 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text += f" {progress['done']}/{progress['total']}"
         left = progress.get("seconds_left")
         if left is not None:
-            from LegSegNetLib.annotation.training import format_duration
-
             text += _(", about {time} left").format(time=format_duration(left))
         if handle.notes:
             text += " - " + handle.notes[-1]

@@ -38,6 +38,21 @@ def test_nnunet_takes_torch_from_pytorch_utils_and_pins_slicer_packages(tmp_path
     assert "PyTorch Utils" in text and "nnunetv2>=2.5" in text and "numpy==1.26.4" in text
 
 
+def test_install_steps_run_pip_and_light_the_torch_with_slicer_packages_pinned(tmp_path):
+    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0"}
+    plan = plan_install("nnunet", pytorch_utils_available=True, version_of=lookup(installed), loaded_modules={})
+    constraints = plan.write_constraints(tmp_path / "c.txt")
+    steps = plan.install_steps(constraints)
+    assert [(s["module"], s["arguments"][:2]) for s in steps] == [
+        ("pip", ["install", dependencies.LIGHT_THE_TORCH]), ("light_the_torch", ["install", TORCH.pip_spec]),
+        ("pip", ["install", "nnunetv2>=2.5"])]
+    assert all(s["arguments"][-2:] == ["--constraint", str(constraints)] for s in steps)
+    with_ltt = plan_install("nnunet", True, lookup({**installed, "light-the-torch": "0.7.5"}), {})
+    assert [s["module"] for s in with_ltt.install_steps(constraints)] == ["light_the_torch", "pip"]
+    without_utils = plan_install("nnunet", False, lookup(installed), {})
+    assert [s["module"] for s in without_utils.install_steps(constraints)] == ["pip"]
+
+
 def test_without_pytorch_utils_torch_comes_from_pip():
     plan = plan_install("nnunet", pytorch_utils_available=False, version_of=lookup(SLICER_SHIPS), loaded_modules={})
     assert not plan.torch_via_pytorch_utils

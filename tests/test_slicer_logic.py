@@ -26,7 +26,8 @@ from LegSegNetLib.slicer_logic import scene as slicer_io  # noqa: E402
 from LegSegNetLib.slicer_logic import tables as slicer_tables  # noqa: E402
 from LegSegNetLib.worker import launcher as worker_process  # noqa: E402
 from LegSegNetLib.core.errors import CancelledError, InputError  # noqa: E402
-from LegSegNetLib.slicer_logic.logic import LegSegNetLogic, ProcessHandle  # noqa: E402
+from LegSegNetLib.slicer_logic.logic import LegSegNetLogic  # noqa: E402
+from LegSegNetLib.slicer_logic.run_handle import RunHandle  # noqa: E402
 from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 from LegSegNetLib.core.tissues import TISSUE_BY_KEY, TISSUE_KEYS, TISSUES  # noqa: E402
 
@@ -70,7 +71,8 @@ def _descendant_pids() -> list[int]:
 
 
 def _temp_runs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("legsegnet-*")}
+    # run folders only: another pytest process may make its own test model store there meanwhile
+    return {p.name for p in Path(tempfile.gettempdir()).glob("legsegnet-*") if not p.name.startswith("legsegnet-test-")}
 
 
 def _node_ids(scene) -> set[str]:
@@ -453,7 +455,7 @@ def test_cancel_kills_the_worker_and_leaves_the_scene_as_it_was():
     node, _ = _phantom_node(scene, shape=(40, 160, 192), seed=2)
     before = _node_ids(scene)
     finished = []
-    handle: ProcessHandle = LegSegNetLogic().processAsync(node, engine="threshold", device="cpu",
+    handle: RunHandle = LegSegNetLogic().processAsync(node, engine="threshold", device="cpu",
                                                           onFinished=lambda h: finished.append(h.state))
     workdir = handle.worker.workdir
     deadline = time.monotonic() + 60
@@ -509,7 +511,8 @@ def test_model_store_commands_run_in_the_worker_interpreter(tmp_path, monkeypatc
     monkeypatch.setenv("LEGSEGNET_MODELS_DIR", str(tmp_path / "store"))
     logic = LegSegNetLogic()
     assert logic.installedModels() == []
-    assert "no models installed" in logic.runModelsCommand(["list"])
+    listed = logic.runModelsCommand(["list"])
+    assert listed["models"] == [] and listed["store"] == str(tmp_path / "store")
     with pytest.raises(InputError) as caught:
         logic.runModelsCommand(["remove", "nonexistent"])
     assert "nonexistent" in str(caught.value) and "\n" not in str(caught.value)

@@ -9,8 +9,8 @@
   --from round0` fine-tunes, is interrupted with SIGTERM, resumed with --resume, and installs round 1, which
   scores a higher mean Dice than round 0 on held-out phantom scans;
 - (slow) training from scratch on HU slices through the Python API;
-- (slow) the Slicer logic: training in the worker process with progress, Cancel keeping a checkpoint, resume,
-  the new model listed.
+- (slow) the Slicer logic: training in the worker process behind a PythonSlicer-like launcher that forwards no
+  signals, with progress, Stop training keeping a checkpoint, no process left, resume, the new model listed.
 """
 from __future__ import annotations
 
@@ -38,10 +38,13 @@ from LegSegNetLib.core.errors import CancelledError, InputError  # noqa: E402
 from LegSegNetLib.models.store import ModelStore, load_checkpoint  # noqa: E402
 from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 from LegSegNetLib.core.progress import Progress  # noqa: E402
+from LegSegNetLib.core.text import format_duration  # noqa: E402
 from LegSegNetLib.annotation.training import TrainOptions, make_patient_splits, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from processes import DrainedProcess  # noqa: E402
 
 PHANTOM_SHAPE = (12, 192, 256)  # slices, rows, columns: a 300 mm calf field of view
 TRAIN_SEEDS = (21, 22, 23, 24)  # one patient each
@@ -96,7 +99,7 @@ def test_training_time_estimate_scales_with_the_network():
     cpu = training.estimate_seconds_per_iteration(published_like, "cpu", cpu_cores=2)
     assert cpu > 20 * training.estimate_seconds_per_iteration(tiny, "cpu", cpu_cores=2)
     assert cpu > 20 * training.estimate_seconds_per_iteration(published_like, "cuda")
-    assert training.format_duration(5400) == "1.5 h" and training.format_duration(40) == "40 s"
+    assert format_duration(5400) == "1.5 h" and format_duration(40) == "40 s" and format_duration(3 * 86400) == "3.0 days"
 
 
 # ---------------------------------------------------------------------- fixtures with nnU-Net
@@ -145,15 +148,13 @@ def _cli(*args: str, env=None, timeout: float = 600) -> subprocess.CompletedProc
                           timeout=timeout, cwd=ROOT, env=env)
 
 
-def _group_gone(pgid: int, within_s: float) -> bool:
+def _all_gone(pids, within_s: float = 10.0) -> bool:
+    from LegSegNetLib.worker.launcher import is_alive
+
     deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
+    while any(is_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return False
+    return not any(is_alive(p) for p in pids)
 
 
 def _mean_dice(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, list[float]]:
@@ -235,20 +236,21 @@ def test_one_annotation_round_fine_tunes_a_better_model_and_survives_an_interrup
     command = [sys.executable, "-m", "LegSegNetLib.cli", "train", str(data), "--from", "round0", "--epochs", "5",
                "--iterations", "12", "--batch-size", "4", "--device", "cpu", "--name", "round1"]
     run_dir = data / training.RUNS_DIR / "round1"
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # its progress bar is read all the time: a full stderr pipe would stall the training (and the test)
+    process = DrainedProcess(command, cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 400
         while _run_dir_checkpoint(run_dir, "checkpoint_latest.pth") is None:  # the first epoch is done
-            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert process.poll() is None, process.stderr[-3000:]
             assert time.monotonic() < deadline, "no checkpoint after 400 s"
             time.sleep(0.2)
         time.sleep(1.0)  # into the second epoch
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=300)
+        returncode = process.wait(timeout=300)
+        stderr = process.stderr
     finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 1, stderr[-3000:]
+        process.stop()
+    assert returncode == 1, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: training stopped (SIGTERM) at fold 0, epoch ") and "--resume" in last, last
     assert "round1" not in [i.name for i in store.list()]
@@ -336,37 +338,56 @@ def test_training_from_scratch_on_hu_slices_with_an_in_process_stop_and_resume(t
 
 
 # ---------------------------------------------------------------------- in Slicer: the worker process
+FAKE_PYTHON_SLICER = [sys.executable, str(Path(__file__).resolve().parent / "fake_python_slicer.py")]
+
+
 @pytest.mark.slow
-def test_slicer_logic_trains_in_the_worker_with_progress_cancel_and_resume(tmp_path, store, monkeypatch):
+def test_slicer_logic_trains_behind_a_pythonslicer_launcher_with_progress_stop_and_resume(tmp_path, store, monkeypatch):
+    """Training as inside Slicer: the worker behind a launcher that forwards no signals (fake_python_slicer.py).
+    Stop training ends it after the iteration with its checkpoint kept, no process is left, and resume
+    finishes and installs the model."""
     pytest.importorskip("slicer")
     from LegSegNetLib.slicer_logic.annotation_logic import AnnotationLogic
     from LegSegNetLib.slicer_logic.logic import LegSegNetLogic
+    from LegSegNetLib.worker.launcher import descendants
 
-    # augmentation in worker processes, as on a GPU: Cancel signals the whole process group, workers included
+    # augmentation in worker processes, as on a GPU: the stop must reach them through the trainer
     monkeypatch.setenv("nnUNet_n_proc_DA", "2")
 
     data = _small_dataset(tmp_path, seeds=(61, 62))
-    logic = AnnotationLogic(python=[sys.executable], store=store)
+    logic = AnnotationLogic(python=FAKE_PYTHON_SLICER, store=store)
     seconds = logic.expectedTrainingSeconds("round0", epochs=3, iterations=10)
     assert seconds is not None and seconds > 0
     events = []
     handle = logic.trainAsync(data, fromModel="round0", epochs=3, iterations=10, batchSize=2, device="cpu",
                               name="slicer-round1", onProgress=lambda h: events.append(dict(h.progress)))
-    deadline = time.monotonic() + 400
-    while handle.poll():
-        if handle.progress["stage"].startswith("training fold 0") and handle.progress["done"] >= 3:
-            handle.cancel()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert handle.state == "cancelled", handle.errorMessage
-    assert "--resume" in handle.errorMessage and "Traceback" not in "\n".join(handle.worker.log)
-    assert _group_gone(handle.worker.pid, within_s=10.0)  # nothing of the worker's process group is left
-    assert logic.interruptedRuns(data) == ["slicer-round1"]
-    assert any(e["stage"] == "preparing" for e in events)
-    assert any(e["stage"] == "training fold 0" and e["seconds_left"] is not None for e in events)
+    run_dir = data / training.RUNS_DIR / "slicer-round1"
+    try:
+        deadline = time.monotonic() + 400
+        pids: list[int] = []
+        while handle.poll():
+            if handle.state == "running" and handle.progress["stage"].startswith("training fold 0") \
+                    and handle.progress["done"] >= 3:
+                pids = [handle.worker.pid, handle.workerPid] + descendants(handle.worker.pid)
+                assert handle.workerPid not in (None, handle.worker.pid)  # the launcher sits in between
+                handle.stop()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert handle.state == "cancelled", handle.errorMessage
+        assert "--resume" in handle.errorMessage and "Traceback" not in "\n".join(handle.worker.log)
+        assert pids and _all_gone(pids)  # the launcher, the real worker, its augmentation workers
+        assert _run_dir_checkpoint(run_dir, "checkpoint_latest.pth") is not None
+        assert logic.interruptedRuns(data) == ["slicer-round1"]
+        assert any(e["stage"] == "preparing" for e in events)
+        assert any(e["stage"] == "training fold 0" and e["seconds_left"] is not None for e in events)
+    finally:
+        handle.cancel()
 
     handle = logic.trainAsync(data, device="cpu", name="slicer-round1", resume=True)
-    result = handle.wait(timeout=400)
+    try:
+        result = handle.wait(timeout=400)
+    finally:
+        handle.cancel()
     assert handle.state == "succeeded" and result["model"] == "slicer-round1" and result["round"] == 1
     assert any("resuming at epoch 0" in n for n in handle.notes)
     assert "slicer-round1" in LegSegNetLogic().installedModels()  # the model list the widget shows

@@ -21,6 +21,7 @@ from typing import Sequence
 from . import __version__
 from .core.errors import InputError, LegSegNetError
 from .core.progress import Progress, TerminalProgress
+from .core.text import format_duration
 
 
 class _Parser(argparse.ArgumentParser):
@@ -281,7 +282,7 @@ def _run_train(args: argparse.Namespace, progress: Progress) -> dict:
     if _for_people(progress) and not args.quiet:
         progress.finish()
         print(f"model '{result.model_name}' (round {result.training_round}) trained in "
-              f"{training.format_duration(result.seconds)} and installed; use it with --model {result.model_name}")
+              f"{format_duration(result.seconds)} and installed; use it with --model {result.model_name}")
     return result.to_dict()
 
 

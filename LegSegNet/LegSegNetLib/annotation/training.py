@@ -52,6 +52,7 @@ from .. import __version__
 from . import dataset as dataset_module
 from ..core.errors import CancelledError, InputError
 from ..core.progress import Progress
+from ..core.text import format_duration  # noqa: F401 - also training.format_duration for callers
 
 CONFIGURATION = "2d"
 TRAINER_NAME = "nnUNetTrainer"  # what checkpoints record, so nnU-Net's own predictor can load them too
@@ -197,17 +198,6 @@ def estimate_seconds_per_iteration(configuration: Mapping[str, Any], device_type
     if device_type == "cpu":
         return work / (_CPU_GFLOPS_PER_CORE * max(1, cpu_cores)) + _AUGMENTATION_S_PER_SAMPLE * batch
     return work / _GPU_GFLOPS + _AUGMENTATION_S_PER_SAMPLE * batch / 8  # augmentation in worker processes
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 # ====================================================================== the nnU-Net environment

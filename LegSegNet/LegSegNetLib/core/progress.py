@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
+
+from .text import format_duration
 
 
 class Progress:
@@ -70,7 +72,7 @@ class TerminalProgress(Progress):
             width = 28
             filled = int(width * min(self.done, self.total) / self.total)
             left = self.seconds_left()
-            eta = f" {_fmt_seconds(left)} left" if left is not None and self.done < self.total else ""
+            eta = f" {format_duration(left)} left" if left is not None and self.done < self.total else ""
             text = f"\r{self.stage_name:<12} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}{eta}   "
         else:
             text = f"\r{self.stage_name}...   "
@@ -99,13 +101,28 @@ class TerminalProgress(Progress):
 class JsonLinesProgress(Progress):
     """One JSON object per line on stdout, for the Slicer logic that watches the worker process."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, on_broken_pipe: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.stream = stream or sys.stdout
+        self.on_broken_pipe = on_broken_pipe
+        self.reader_gone = False
 
     def _write(self, obj: dict) -> None:
-        self.stream.write(json.dumps(obj) + "\n")
-        self.stream.flush()
+        if self.reader_gone:
+            return
+        try:
+            self.stream.write(json.dumps(obj) + "\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            if self.on_broken_pipe is None:
+                raise
+            # nobody reads any more (e.g. a launcher in between died): keep quiet and let the owner decide
+            self.reader_gone = True
+            self.on_broken_pipe()
+
+    def started(self, pid: int) -> None:
+        """The first event: the real worker's own pid (a launcher may sit between it and the reader)."""
+        self._write({"event": "started", "pid": pid})
 
     def _emit(self) -> None:
         left = self.seconds_left()
@@ -127,8 +144,3 @@ class JsonLinesProgress(Progress):
 
     def error(self, message: str, exit_code: int) -> None:
         self._write({"event": "error", "message": message, "exit_code": exit_code})
-
-
-def _fmt_seconds(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

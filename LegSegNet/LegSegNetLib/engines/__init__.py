@@ -42,13 +42,8 @@ def make_engine(name: str = "auto", **options) -> Engine:
     Options (all optional): model (folder or installed name), device, folds, tta, batch_size, checkpoint
     ("best" or "final"), progress (for notes such as a CPU fallback), store (a models.ModelStore).
     """
-    from ..core.errors import InputError
-
-    if name not in ENGINE_NAMES:
-        raise InputError(f"unknown engine '{name}'; choose one of {', '.join(ENGINE_NAMES)}")
     progress = options.get("progress")
-    if name == "auto":
-        name = "nnunet" if options.get("model") or _installed_model_available(options.get("store"), progress) else "threshold"
+    name = choose_engine(name, options.get("model"), options.get("store"), progress)
     if name == "threshold":
         from .threshold import ThresholdEngine
 
@@ -68,6 +63,18 @@ def make_engine(name: str = "auto", **options) -> Engine:
         progress=progress,
         store=options.get("store"),
     )
+
+
+def choose_engine(name: str = "auto", model: str | None = None, store=None, progress: Progress | None = None) -> str:
+    """The engine `name` stands for: `auto` is nnU-Net when a model is given or installed (and nnU-Net is
+    importable), else threshold. The one place of this rule: the Slicer module asks it too."""
+    from ..core.errors import InputError
+
+    if name not in ENGINE_NAMES:
+        raise InputError(f"unknown engine '{name}'; choose one of {', '.join(ENGINE_NAMES)}")
+    if name != "auto":
+        return name
+    return "nnunet" if model or _installed_model_available(store, progress) else "threshold"
 
 
 def _installed_model_available(store=None, progress: Progress | None = None) -> bool:

@@ -61,11 +61,12 @@ def _import_torch():
 
 def select_device(requested: str, progress: Progress | None = None):
     """The torch device for `requested` ('auto', 'cpu', 'cuda', 'mps'); auto tries CUDA, then MPS, then CPU."""
+    from .devices import probe
+
     torch = _import_torch()
     requested = (requested or "auto").lower()
-    has_cuda = torch.cuda.is_available()
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps is not None and mps.is_available())
+    found = probe(torch)
+    has_cuda, has_mps = found["cuda"] is not None, found["mps"]
     if requested == "auto":
         if has_cuda:
             return torch.device("cuda", 0)

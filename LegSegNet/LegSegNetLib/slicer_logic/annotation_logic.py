@@ -10,17 +10,12 @@
 
 The review state lives in attributes of the segmentation node (review.ReviewState.to_attributes), so saving
 the scene saves it. Export runs in Slicer's process (dataset.add_slices: numpy and SimpleITK only); training
-runs `legsegnet train` in the worker process with JSON progress, and Cancel asks it to stop after the current
-iteration (it keeps a checkpoint; training again with "resume" continues from there).
+runs `legsegnet train` in the worker process with JSON progress (a run_handle.RunHandle), and `stop()` asks it to
+stop after the current iteration (it keeps a checkpoint; training again with "resume" continues from there).
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,120 +23,14 @@ from ..annotation import dataset
 from ..annotation import review
 from . import scene as slicer_io
 from ..annotation import training
-from ..core.errors import CancelledError, InputError, LegSegNetError
-from .logic import SLICES_ATTRIBUTE, Launcher, default_launcher
+from ..core.errors import InputError
+from .logic import SLICES_ATTRIBUTE, Launcher, LegSegNetLogic, default_launcher
 from ..annotation.review import ReviewState
-from ..worker.launcher import WorkerEvent, WorkerProcess, default_python, make_workdir, worker_environment
+from ..worker import launcher
+from ..worker.launcher import default_python, make_workdir
+from .run_handle import STOP_GRACE_S, RunHandle, start_run
 
-TRAINING_STOP_GRACE_S = 120.0  # time a cancelled training gets to finish its iteration and save a checkpoint
-
-
-class TrainingHandle:
-    """A running `trainAsync`: poll() it from a timer, cancel() it, or wait() for it.
-
-    States: "running", "stopping" (cancel asked; the worker is saving its checkpoint), "succeeded", "failed",
-    "cancelled". `progress`: stage, done, total, seconds_left, fraction (0-1 of the current stage), elapsed.
-    `result` (on success): the worker's summary, with the new model's "model" name and "round".
-    """
-
-    def __init__(self, worker: WorkerProcess, onProgress: Callable[["TrainingHandle"], None] | None = None,
-                 onFinished: Callable[["TrainingHandle"], None] | None = None,
-                 stopGraceSeconds: float = TRAINING_STOP_GRACE_S) -> None:
-        self.worker = worker
-        self.onProgress = onProgress
-        self.onFinished = onFinished
-        self.stopGraceSeconds = stopGraceSeconds
-        self.state = "running"
-        self.progress: dict = {"stage": "starting", "done": 0, "total": None, "seconds_left": None, "fraction": 0.0}
-        self.notes: list[str] = []
-        self.error: BaseException | None = None
-        self.result: dict | None = None
-        self.started = time.monotonic()
-        self._stop_requested_at: float | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.state in ("running", "stopping")
-
-    @property
-    def errorMessage(self) -> str:
-        return "" if self.error is None else str(self.error)
-
-    def poll(self) -> bool:
-        """Handle new worker output; True while the worker runs."""
-        if not self.running:
-            return False
-        for event in self.worker.poll():
-            self._on_event(event)
-        if self.worker.finished:
-            self._complete()
-        elif self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > self.stopGraceSeconds:
-            self.worker.cancel()  # it did not stop in time: end the tree (the last epoch's checkpoint remains)
-            self._complete()
-        return self.running
-
-    def wait(self, timeout: float | None = None) -> dict:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                while self.poll():
-                    time.sleep(0.1)
-                raise TimeoutError(f"training did not finish within {timeout} s; it was stopped")
-            time.sleep(0.1)
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
-
-    def cancel(self) -> None:
-        """Ask the worker to stop after the current iteration and keep a checkpoint (returns at once)."""
-        if self.state != "running":
-            return
-        self.state = "stopping"
-        self._stop_requested_at = time.monotonic()
-        self.progress = {**self.progress, "stage": "stopping"}
-        if os.name == "nt":  # no SIGTERM there: the tree is ended and the last epoch's checkpoint is kept
-            self.worker.cancel()
-            return
-        try:
-            os.killpg(self.worker.pid, signal.SIGTERM)  # the worker runs in its own process group
-        except (ProcessLookupError, PermissionError):
-            pass
-        if self.onProgress:
-            self.onProgress(self)
-
-    def _on_event(self, event: WorkerEvent) -> None:
-        if event.event == "progress":
-            data = event.data
-            done, total = data.get("done") or 0, data.get("total")
-            self.progress = {
-                "stage": str(data.get("stage") or ""), "done": done, "total": total,
-                "seconds_left": data.get("seconds_left"), "fraction": (done / total) if total else 0.0,
-                "elapsed": time.monotonic() - self.started,
-            }
-        elif event.event == "note":
-            self.notes.append(str(event.data.get("text", "")))
-        else:
-            return
-        if self.onProgress:
-            self.onProgress(self)
-
-    def _complete(self) -> None:
-        stopping = self._stop_requested_at is not None
-        if self.worker.succeeded:
-            self.result = (self.worker.result or {}).get("value") or {}
-            self.state = "succeeded"
-        elif stopping:
-            self.state = "cancelled"
-            self.error = CancelledError(self.worker.error_message or "training stopped; train again with resume to continue")
-        else:
-            code = self.worker.error_exit_code or self.worker.returncode
-            self.state = "failed"
-            self.error = (InputError if code == InputError.exit_code else LegSegNetError)(self.worker.failure_message())
-        self.worker.cleanup()
-        if self.onFinished:
-            self.onFinished(self)
+TrainingHandle = RunHandle  # the name `trainAsync` returned before all runs shared one handle
 
 
 class AnnotationLogic:
@@ -310,37 +199,23 @@ class AnnotationLogic:
     def trainCommand(self, datasetFolder: str | Path, fromModel: str | None = None, epochs: int | None = None,
                      device: str = "auto", name: str | None = None, iterations: int | None = None,
                      resume: bool = False, batchSize: int | None = None) -> list[str]:
-        command = [*self.python, "-m", "LegSegNetLib.worker", "train", str(datasetFolder), "--device", device]
-        if fromModel:
-            command += ["--from", str(fromModel)]
-        if epochs:
-            command += ["--epochs", str(int(epochs))]
-        if iterations:
-            command += ["--iterations", str(int(iterations))]
-        if batchSize:
-            command += ["--batch-size", str(int(batchSize))]
-        if name:
-            command += ["--name", name]
-        if resume:
-            command.append("--resume")
-        return command
+        return launcher.train_command(self.python, datasetFolder, from_model=fromModel, epochs=epochs, device=device,
+                                      name=name, iterations=iterations, resume=resume, batch_size=batchSize)
 
     def trainAsync(self, datasetFolder: str | Path, fromModel: str | None = None, epochs: int | None = None,
                    device: str = "auto", name: str | None = None, iterations: int | None = None, resume: bool = False,
-                   batchSize: int | None = None, onProgress: Callable[[TrainingHandle], None] | None = None,
-                   onFinished: Callable[[TrainingHandle], None] | None = None) -> TrainingHandle:
-        """Start `legsegnet train` in the worker process and return at once (poll the handle from a timer)."""
+                   batchSize: int | None = None, onProgress: Callable[[RunHandle], None] | None = None,
+                   onFinished: Callable[[RunHandle], None] | None = None,
+                   stopGraceSeconds: float = STOP_GRACE_S) -> RunHandle:
+        """Start `legsegnet train` in the worker process and return at once (poll the handle from a timer).
+        `handle.stop()` ends it after the current iteration with a checkpoint kept (resume continues it)."""
         if not str(datasetFolder or "").strip():
             raise InputError("no training set folder chosen; choose the folder the reviewed slices were added to")
         dataset.load_dataset(datasetFolder, verify=False)  # a clear error now rather than from the worker
         command = self.trainCommand(datasetFolder, fromModel, epochs, device, name, iterations, resume, batchSize)
-        workdir = make_workdir("legsegnet-train-")
-        try:
-            worker = self.launcher(command, workdir)
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        return TrainingHandle(worker, onProgress, onFinished)
+        return start_run(self.launcher, command, make_workdir("legsegnet-train-"), what="training",
+                         onProgress=onProgress, onFinished=onFinished, stopGraceSeconds=stopGraceSeconds,
+                         stopMessage="training stopped; train again with resume to continue")
 
     def interruptedRuns(self, datasetFolder: str | Path) -> list[str]:
         """Names of the training runs of this dataset that stopped before their model was installed."""
@@ -375,15 +250,14 @@ class AnnotationLogic:
         return per_iteration * iterations * (epochs or training.DEFAULT_FINE_TUNE_EPOCHS)
 
     def gpuAvailable(self, timeout_s: float = 120.0) -> bool:
-        """True when the worker's PyTorch sees a CUDA or Apple MPS device (checked in a subprocess)."""
-        probe = ("import torch, sys; mps = getattr(torch.backends, 'mps', None); "
-                 "sys.exit(0 if torch.cuda.is_available() or (mps is not None and mps.is_available()) else 3)")
+        """True when the worker's PyTorch sees a CUDA or Apple MPS device (scripts; the widget runs
+        LegSegNetLogic.deviceProbeAsync, the same probe, without waiting)."""
+        from ..engines import devices
+
         try:
-            completed = subprocess.run([*self.python, "-c", probe], capture_output=True, env=worker_environment(),
-                                       timeout=timeout_s)
-        except (OSError, subprocess.SubprocessError):
+            return devices.has_gpu(LegSegNetLogic(self.launcher, self.python).deviceProbeAsync().wait(timeout_s))
+        except Exception:  # noqa: BLE001 - no torch, or the probe failed: no GPU to use
             return False
-        return completed.returncode == 0
 
 
-__all__ = ["AnnotationLogic", "TrainingHandle", "TRAINING_STOP_GRACE_S"]
+__all__ = ["AnnotationLogic", "TrainingHandle"]

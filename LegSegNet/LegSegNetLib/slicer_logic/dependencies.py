@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Mapping
 PROTECTED_DISTRIBUTIONS: tuple[str, ...] = ("numpy", "SimpleITK", "vtk", "requests", "scipy", "pydicom")
 
 TORCH_MINIMUM = "2.1"
+LIGHT_THE_TORCH = "light-the-torch>=0.5"  # what the PyTorch Utils extension installs torch with
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class InstallPlan:
     constraints: list[str] = field(default_factory=list)  # pins of Slicer's own packages
     restart_needed: bool = False
     blocked: list[str] = field(default_factory=list)  # protected packages that are missing or too old
+    light_the_torch_installed: bool = False  # PyTorch Utils' installer is there already
 
     @property
     def is_empty(self) -> bool:
@@ -156,6 +158,24 @@ class InstallPlan:
             arguments += ["--constraint", str(constraints_file)]
         return arguments
 
+    def install_steps(self, constraints_file: str | Path | None = None) -> list[dict]:
+        """The plan as steps for the worker's `install-packages` command (worker/install.py), which runs
+        them in the worker's interpreter so that Slicer's GUI stays responsive. PyTorch, when the PyTorch
+        Utils extension is there, is installed the way that extension does it (light-the-torch, which
+        picks the CUDA build matching the driver), but without blocking the GUI."""
+        constraint = ["--constraint", str(constraints_file)] if constraints_file is not None else []
+        steps: list[dict] = []
+        if self.torch_via_pytorch_utils:
+            if not self.light_the_torch_installed:
+                steps.append({"label": "installing light-the-torch", "module": "pip",
+                              "arguments": ["install", LIGHT_THE_TORCH, *constraint]})
+            steps.append({"label": f"installing {TORCH.pip_spec} (matching CUDA build)", "module": "light_the_torch",
+                          "arguments": ["install", TORCH.pip_spec, *constraint]})
+        if self.pip_requirements:
+            steps.append({"label": "installing " + ", ".join(self.pip_requirements), "module": "pip",
+                          "arguments": ["install", *self.pip_install_arguments(constraints_file)]})
+        return steps
+
     def write_constraints(self, path: str | Path) -> Path:
         path = Path(path)
         path.write_text("".join(f"{pin}\n" for pin in self.constraints), encoding="utf-8")
@@ -186,6 +206,7 @@ def plan_install(
         constraints=protected_constraints(version_of),
         restart_needed=restart,
         blocked=blocked,
+        light_the_torch_installed=version_of("light-the-torch") is not None,
     )
 
 

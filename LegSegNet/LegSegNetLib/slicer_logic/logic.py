@@ -10,6 +10,10 @@ worker (`python -m LegSegNetLib.worker segment`) in a separate process, and impo
 measurements. Nodes are created only after the worker succeeded, so a failed or cancelled run leaves
 the scene as it was; a failure raises the worker's own `error:` message. `processAsync` is the
 non-blocking variant the widget polls from a timer.
+
+Everything else that starts a process runs through the same `RunHandle` and returns at once: model
+installs (`modelsCommandAsync`), the device probe (`deviceProbeAsync`) and package installs
+(`installPackagesAsync`); their blocking forms (`runModelsCommand`, `deviceReport`) are for scripts.
 """
 from __future__ import annotations
 
@@ -31,7 +35,9 @@ from . import tables as slicer_tables
 from ..scan.ct_volume import check_same_grid
 from ..core.errors import CancelledError, InputError, LegSegNetError
 from ..core.tissues import TISSUE_KEYS
-from ..worker.launcher import WorkerEvent, WorkerProcess, default_python, make_workdir, segment_command, worker_environment
+from ..worker import launcher
+from ..worker.launcher import WorkerProcess, default_python, make_workdir, segment_command, worker_environment
+from .run_handle import RunHandle, start_run
 
 ATTRIBUTE_PREFIX = "LegSegNet."
 ROLE_INPUT = "LegSegNet.inputVolume"
@@ -69,138 +75,7 @@ class ProcessResult:
     timings: dict = field(default_factory=dict)  # seconds: "write" (slab to disk), "worker", "import"
 
 
-class ProcessHandle:
-    """A running `processAsync`: poll() it from a timer, cancel() it, or wait() for it.
-
-    States: "running", "succeeded", "failed", "cancelled". `progress` holds the latest worker progress
-    (stage, done, total, seconds_left) plus `fraction` (0-1 over the whole run) and `elapsed` (s).
-    """
-
-    def __init__(self, logic: "LegSegNetLogic", worker: WorkerProcess, finish: Callable[[WorkerProcess], ProcessResult],
-                 onProgress: Callable[["ProcessHandle"], None] | None, onFinished: Callable[["ProcessHandle"], None] | None):
-        self.logic = logic
-        self.worker = worker
-        self._finish = finish
-        self.onProgress = onProgress
-        self.onFinished = onFinished
-        self.state = "running"
-        self.progress: dict = {"stage": "starting", "done": 0, "total": None, "seconds_left": None, "fraction": 0.0}
-        self.notes: list[str] = []
-        self.error: BaseException | None = None
-        self.result: ProcessResult | None = None
-        self.started = time.monotonic()
-        self._observed: list[tuple[object, int]] = []
-        self.inputNames: dict[str, str] = {}  # temporary file name -> what to call it in messages
-
-    def watchScene(self, scene, inputVolume) -> None:
-        """Cancel when the scene closes or the input volume is removed (nothing to put results into)."""
-        if scene is None:
-            return
-
-        def on_close(caller, event):
-            self.cancel()
-
-        def on_removed(caller, event, node=None):
-            if node is None or node is inputVolume:
-                self.cancel()
-
-        import vtk
-
-        on_removed.CallDataType = vtk.VTK_OBJECT  # receive the removed node
-        self._observed.append((scene, scene.AddObserver(scene.StartCloseEvent, on_close)))
-        self._observed.append((scene, scene.AddObserver(scene.NodeRemovedEvent, on_removed)))
-
-    def _unwatch(self) -> None:
-        for subject, tag in self._observed:
-            subject.RemoveObserver(tag)
-        self._observed = []
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-    @property
-    def errorMessage(self) -> str:
-        return "" if self.error is None else str(self.error)
-
-    def poll(self) -> bool:
-        """Handle new worker output; when the worker has ended, import the results. True while running."""
-        if not self.running:
-            return False
-        for event in self.worker.poll():
-            self._on_event(event)
-        if self.worker.finished:
-            self._complete()
-        return self.running
-
-    def wait(self, timeout: float | None = None) -> ProcessResult:
-        """Block until done (polling), then return the result or raise the run's error."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                raise TimeoutError(f"segmentation did not finish within {timeout} s; cancelled")
-            time.sleep(0.05)
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
-
-    def cancel(self) -> None:
-        """Stop the worker tree and drop its output; the scene is left untouched."""
-        if not self.running:
-            return
-        self.worker.cancel()
-        self.state = "cancelled"
-        self.error = CancelledError("segmentation cancelled; the scene was left as it was")
-        self._notify_finished()
-
-    # --- internals
-    def _on_event(self, event: WorkerEvent) -> None:
-        if event.event == "progress":
-            data = event.data
-            stage = str(data.get("stage") or "")
-            done, total = data.get("done") or 0, data.get("total")
-            low, high = STAGE_SPAN.get(stage, (self.progress["fraction"], self.progress["fraction"]))
-            within = (done / total) if total else 0.0
-            fraction = max(self.progress["fraction"], low + (high - low) * min(1.0, within))
-            self.progress = {
-                "stage": stage,
-                "done": done,
-                "total": total,
-                "seconds_left": data.get("seconds_left"),
-                "fraction": fraction,
-                "elapsed": time.monotonic() - self.started,
-            }
-            if self.onProgress:
-                self.onProgress(self)
-        elif event.event == "note":
-            self.notes.append(str(event.data.get("text", "")))
-            if self.onProgress:
-                self.onProgress(self)
-
-    def _complete(self) -> None:
-        if self.worker.succeeded:
-            try:
-                self.result = self._finish(self.worker)
-                self.state = "succeeded"
-                self.progress = {**self.progress, "fraction": 1.0, "seconds_left": 0.0}
-            except BaseException as exc:  # noqa: BLE001 - reported to the caller, scene already restored
-                self.error, self.state = exc, "failed"
-        else:
-            code = self.worker.error_exit_code or self.worker.returncode
-            error_class = InputError if code == InputError.exit_code else LegSegNetError
-            message = self.worker.failure_message()
-            for temporary, meant in self.inputNames.items():  # the user knows the volume, not our temp file
-                message = message.replace(temporary, meant)
-            self.error, self.state = error_class(message), "failed"
-        self.worker.cleanup()
-        self._notify_finished()
-
-    def _notify_finished(self) -> None:
-        self._unwatch()
-        if self.onFinished:
-            self.onFinished(self)
+ProcessHandle = RunHandle  # the name `processAsync` returned before all runs shared one handle
 
 
 class LegSegNetLogic:
@@ -268,6 +143,10 @@ class LegSegNetLogic:
         return roiNode
 
     # ------------------------------------------------------------------ segmentation
+    def startWorker(self, command: Sequence[str], workdir: Path | None = None, **handleOptions) -> RunHandle:
+        """Launch `command` with `workdir` (a new temporary folder when None) and return its handle at once."""
+        return start_run(self.launcher, command, workdir, **handleOptions)
+
     def process(self, inputVolume, firstSlice: int | None = None, lastSlice: int | None = None, engine: str = "auto",
                 device: str = "auto", model: str | None = None, segmentation=None, table=None, **options):
         """Segment the chosen slices in a worker process and return (segmentationNode, tissueTableNode).
@@ -281,10 +160,10 @@ class LegSegNetLogic:
 
     def processAsync(self, inputVolume, firstSlice: int | None = None, lastSlice: int | None = None,
                      engine: str = "auto", device: str = "auto", model: str | None = None, segmentation=None,
-                     table=None, onProgress: Callable[[ProcessHandle], None] | None = None,
-                     onFinished: Callable[[ProcessHandle], None] | None = None, folds: Sequence[int] | None = None,
+                     table=None, onProgress: Callable[[RunHandle], None] | None = None,
+                     onFinished: Callable[[RunHandle], None] | None = None, folds: Sequence[int] | None = None,
                      tta: bool | None = None, batchSize: int | None = None,
-                     outputFolder: str | Path | None = None) -> ProcessHandle:
+                     outputFolder: str | Path | None = None) -> RunHandle:
         """Start the worker and return at once; the caller polls `handle.poll()` (e.g. every 100 ms)."""
         started = time.monotonic()
         n_slices = slicer_io.slice_count(inputVolume)  # also validates the node
@@ -299,7 +178,6 @@ class LegSegNetLogic:
             outdir = Path(outputFolder) if outputFolder else workdir / "output"
             command = segment_command(self.python, slab_path, outdir, engine=engine, device=device, model=model,
                                       folds=folds, tta=tta, batch_size=batchSize)
-            worker = self.launcher(command, workdir)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -315,7 +193,9 @@ class LegSegNetLogic:
                               "import": time.monotonic() - importing}
             return result
 
-        handle = ProcessHandle(self, worker, finish, onProgress, onFinished)
+        handle = self.startWorker(command, workdir, what="segmentation", finish=finish, onProgress=onProgress,
+                                  onFinished=onFinished, stageSpan=STAGE_SPAN,
+                                  cancelMessage="segmentation cancelled; the scene was left as it was")
         meant = f"volume '{inputVolume.GetName()}' (slices {first}:{last})"
         handle.inputNames = {f"'{slab_path}'": meant, str(slab_path): meant, f"'{slab_path.name}'": meant}
         handle.watchScene(inputVolume.GetScene(), inputVolume)
@@ -485,33 +365,59 @@ class LegSegNetLogic:
 
         return [info.name for info in ModelStore().list()]
 
-    def runModelsCommand(self, arguments: Sequence[str], timeout_s: float = 3600.0) -> str:
-        """`legsegnet models ...` in the worker's interpreter (it has torch to verify checkpoints).
+    def modelsCommandAsync(self, arguments: Sequence[str], onProgress: Callable[[RunHandle], None] | None = None,
+                           onFinished: Callable[[RunHandle], None] | None = None) -> RunHandle:
+        """`models list|install|remove|default ...` in the worker's interpreter (it has torch to verify
+        checkpoints); returns at once. The handle's result is the command's summary (e.g. the installed model)."""
+        return self.startWorker(launcher.models_command(self.python, *arguments), what="model store",
+                                onProgress=onProgress, onFinished=onFinished)
 
-        Returns stdout; raises InputError/LegSegNetError with the command's own `error:` line.
-        """
-        import subprocess
+    def runModelsCommand(self, arguments: Sequence[str], timeout_s: float = 3600.0) -> dict:
+        """`modelsCommandAsync`, waited for (scripts); raises InputError/LegSegNetError with the command's
+        own `error:` line."""
+        return self.modelsCommandAsync(arguments).wait(timeout_s)
 
-        command = [*self.python, "-m", "LegSegNetLib.cli", "models", *arguments]
-        completed = subprocess.run(command, capture_output=True, text=True, env=worker_environment(), timeout=timeout_s)
-        if completed.returncode != 0:
-            lines = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
-            message = lines[-1][len("error:"):].strip() if lines else completed.stderr.strip()[-500:]
-            raise (InputError if completed.returncode == InputError.exit_code else LegSegNetError)(message)
-        return completed.stdout
+    def deviceProbeAsync(self, onFinished: Callable[[RunHandle], None] | None = None) -> RunHandle:
+        """Which accelerators the worker's PyTorch sees (engines.devices.probe in the worker; Slicer need not
+        import torch); returns at once. The handle's result is the probe's dict."""
+        return self.startWorker(launcher.devices_command(self.python), what="device check", onFinished=onFinished)
 
     def deviceReport(self, timeout_s: float = 120.0) -> str:
-        """Which accelerators the worker's PyTorch sees, checked in a subprocess (Slicer need not import torch)."""
-        import subprocess
+        """The device probe, waited for and said in one line (scripts; the widget uses `deviceProbeAsync`)."""
+        return self.describeDevices(self.deviceProbeAsync().wait(timeout_s))
 
-        probe = ("import torch; print('CUDA: ' + (torch.cuda.get_device_name(0) if torch.cuda.is_available() "
-                 "else 'not available') + '; MPS: ' + ('available' if torch.backends.mps.is_available() "
-                 "else 'not available'))")
-        completed = subprocess.run([*self.python, "-c", probe], capture_output=True, text=True,
-                                   env=worker_environment(), timeout=timeout_s)
-        if completed.returncode != 0:
-            return "PyTorch is not installed: the nnU-Net engine offers to install it; the threshold engine runs on CPU"
-        return completed.stdout.strip() + " (the worker falls back to CPU with a note when the GPU cannot be used)"
+    @staticmethod
+    def describeDevices(probe: dict) -> str:
+        from ..engines import devices
+
+        return devices.describe(probe)
+
+    @staticmethod
+    def hasGpu(probe: dict) -> bool:
+        from ..engines import devices
+
+        return devices.has_gpu(probe)
+
+    def installPackagesAsync(self, plan, onProgress: Callable[[RunHandle], None] | None = None,
+                             onFinished: Callable[[RunHandle], None] | None = None) -> RunHandle:
+        """Install what a dependencies.InstallPlan lists, in the worker's interpreter; returns at once.
+        Slicer's own packages stay pinned by the plan's constraints file."""
+        workdir = make_workdir("legsegnet-install-")
+        try:
+            steps = plan.install_steps(plan.write_constraints(workdir / "constraints.txt"))
+            steps_file = workdir / "steps.json"
+            steps_file.write_text(json.dumps(steps), encoding="utf-8")
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        return self.startWorker(launcher.install_packages_command(self.python, steps_file), workdir,
+                                what="package installation", onProgress=onProgress, onFinished=onFinished)
+
+    def engineFor(self, engine: str, model: str | None = None) -> str:
+        """What `engine` means here (`auto`: nnU-Net when a model is chosen or installed): engines.choose_engine."""
+        from ..engines import choose_engine
+
+        return choose_engine(engine, model or None)
 
     # ------------------------------------------------------------------ lookups
     @staticmethod

@@ -1,11 +1,18 @@
 """Run the LegSegNet worker (`python -m LegSegNetLib.worker ...`) as a child process, without blocking.
 
 Slicer's GUI thread must never wait on the segmentation, so the worker runs in its own process
-(inside Slicer: `PythonSlicer`, a launcher that starts the real interpreter, so there is a process
-*tree*). This module starts it in its own process group / session, reads its JSON lines on a
-background thread, and lets the caller poll (from a `qt.QTimer` in the widget, or a loop in a blocking
-call). Cancel stops the whole tree: SIGTERM to the group (the worker unwinds cleanly), then SIGKILL to
-the group and to every descendant that left it. The temporary folder is removed whatever happens.
+(inside Slicer: `PythonSlicer`, a launcher that starts the real interpreter as its child and forwards
+no signals, so there is a process *tree*). This module builds every worker command line, starts the
+worker in its own process group / session, reads its JSON lines on a background thread (the pipe is
+drained continuously, so a chatty child never blocks on a full pipe), and lets the caller poll.
+
+Stopping, in two kinds:
+- graceful (`request_stop`): a stop file in the run's folder, which the worker polls. It needs no
+  signal to pass through the launcher. The worker reports its own pid in its first event
+  (`{"event": "started", "pid": ...}`), so a launcher that has died while the real worker still
+  finishes (saving a checkpoint) does not end the run: the caller waits for that pid.
+- hard (`cancel`): SIGTERM to the group, the launcher's descendants and the real worker, then SIGKILL
+  to whatever is left. The temporary folder is removed whatever happens.
 
 Nothing here imports Qt or MRML.
 """
@@ -28,6 +35,11 @@ from typing import Callable, Sequence
 LIB_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds LegSegNetLib/
 TERMINATE_GRACE_S = 3.0
 EOF_GRACE_S = 2.0  # how long a pipe may stay open after the worker itself exited
+STOP_FILE_ENV = "LEGSEGNET_STOP_FILE"  # the worker stops gracefully once this file exists
+STOP_FILE_NAME = "stop-requested"
+# Windows: no console window pops up for the worker or the helpers run here (not testable on this
+# project's Linux CI; the flag is Windows-only and documented by Python's subprocess module).
+NO_WINDOW: dict = {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)} if os.name == "nt" else {}
 
 
 # ---------------------------------------------------------------------- interpreter
@@ -123,7 +135,7 @@ def descendants(pid: int) -> list[int]:
 def is_alive(pid: int) -> bool:
     """True while `pid` runs (a zombie waiting to be reaped counts as gone)."""
     if os.name == "nt":
-        out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}"], capture_output=True, text=True).stdout
+        out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}"], capture_output=True, text=True, **NO_WINDOW).stdout
         return str(pid) in out
     try:
         os.kill(pid, 0)
@@ -141,21 +153,22 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def kill_tree(process: subprocess.Popen, grace_s: float = TERMINATE_GRACE_S) -> None:
-    """Stop `process` and everything it started: polite signal first, then force."""
+def kill_tree(process: subprocess.Popen, grace_s: float = TERMINATE_GRACE_S, also: Sequence[int] = ()) -> None:
+    """Stop `process`, everything it started and the processes `also` (e.g. the real worker behind a
+    launcher, which leaves the tree when the launcher dies first): polite signal first, then force."""
     if os.name == "nt":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True)
+        for pid in [process.pid, *also]:
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, **NO_WINDOW)
         process.wait(timeout=grace_s + 5)
         return
-    tree = descendants(process.pid)
-    try:
-        pgid = os.getpgid(process.pid)
-    except ProcessLookupError:
-        pgid = None
-    own_group = pgid is not None and pgid == process.pid  # started with start_new_session
-    if own_group:
-        _signal_group(pgid, signal.SIGTERM)
-    else:
+    extra = [p for p in also if p and p != process.pid and is_alive(p)]
+    tree = descendants(process.pid) if process.poll() is None else []
+    for pid in extra:
+        tree += [pid] + descendants(pid)
+    tree = list(dict.fromkeys(tree))
+    # WorkerProcess starts every worker with start_new_session: its process group id is its pid
+    _signal_group(process.pid, signal.SIGTERM)
+    if process.returncode is None:
         _signal_pids([process.pid], signal.SIGTERM)
     _signal_pids(tree, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
@@ -167,8 +180,7 @@ def kill_tree(process: subprocess.Popen, grace_s: float = TERMINATE_GRACE_S) -> 
         time.sleep(0.05)
     # anything still there (or started meanwhile) gets SIGKILL, the group and stragglers alike
     tree = list(dict.fromkeys(tree + (descendants(process.pid) if process.returncode is None else [])))
-    if own_group:
-        _signal_group(pgid, signal.SIGKILL)
+    _signal_group(process.pid, signal.SIGKILL)
     if process.returncode is None:
         _signal_pids([process.pid], signal.SIGKILL)
     _signal_pids(tree, signal.SIGKILL)
@@ -197,7 +209,8 @@ class WorkerProcess:
     `command` is the full argument list (interpreter included). `workdir` (usually a temporary folder
     made by `make_workdir`) is deleted by `cleanup()` once the process has ended: the caller reads the
     outputs first, then cleans up. `cancel()` cleans up by itself, and so does garbage collection as a
-    last resort.
+    last resort. With a workdir, `request_stop()` asks the worker to stop gracefully through a stop file
+    there (see the module docstring).
     """
 
     def __init__(
@@ -216,10 +229,16 @@ class WorkerProcess:
         self.error_exit_code: int | None = None
         self.result: dict | None = None
         self.cancelled = False
+        self.worker_pid: int | None = None  # the real interpreter's pid, from its "started" event
+        self.stop_requested = False
         self.started_at = time.monotonic()
+        env = dict(env if env is not None else worker_environment())
+        self.stop_file = self.workdir / STOP_FILE_NAME if self.workdir is not None else None
+        if self.stop_file is not None:
+            env[STOP_FILE_ENV] = str(self.stop_file)
         kwargs: dict = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        if os.name == "nt":  # CREATE_NO_WINDOW: see NO_WINDOW
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | NO_WINDOW["creationflags"]
         else:
             kwargs["start_new_session"] = True  # own process group: cancel reaches the whole tree
         self.process = subprocess.Popen(
@@ -227,7 +246,7 @@ class WorkerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env if env is not None else worker_environment(),
+            env=env,
             text=True,
             encoding="utf-8",
             errors="replace",
@@ -236,6 +255,7 @@ class WorkerProcess:
         )
         self._reader = threading.Thread(target=self._read, name="legsegnet-worker-reader", daemon=True)
         self._finished = False
+        self._eof = False
         self._exited_at: float | None = None
         self._reader.start()
 
@@ -268,22 +288,55 @@ class WorkerProcess:
         """New events since the last call (never blocks); `finished` turns True after the last one."""
         new: list[WorkerEvent] = []
         while not self._finished:
+            if self._eof:
+                self._finish_after_eof()
+                break
             try:
                 item = self.events.get_nowait()
             except queue.Empty:
                 self._check_exited_without_eof()
                 break
             if item is None:
-                self.process.wait()
-                self._finished = True
-                break
+                self._eof = True
+                continue
             self._remember(item)
             new.append(item)
         return new
 
+    def _finish_after_eof(self) -> None:
+        """All output is read. A launcher that relays output may have died while the real worker still
+        finishes (it ignores the broken pipe): finished only once that worker is gone too."""
+        if self.worker_alive:
+            return
+        self.process.wait()
+        self._finished = True
+
+    def wait(self, timeout: float | None = None, on_event: Callable[[WorkerEvent], None] | None = None) -> int:
+        """Block until the worker ends (or `timeout` s pass: TimeoutError); returns the exit status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._finished:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the worker did not finish within {timeout} s")
+            for item in self.poll():
+                if on_event is not None:
+                    on_event(item)
+            if not self._finished:
+                time.sleep(0.05)
+        return int(self.process.returncode)
+
+    @property
+    def worker_alive(self) -> bool:
+        """True while the real worker runs (known from its "started" event), even if its launcher died."""
+        return self.worker_pid is not None and self.worker_pid != self.process.pid and is_alive(self.worker_pid)
+
     def _check_exited_without_eof(self) -> None:
-        """The worker exited but a leftover child still holds its output pipe: end that child."""
+        """The process exited but something still holds its output pipe. The real worker behind a launcher
+        that died (e.g. on SIGTERM, which it does not forward) may still be finishing gracefully: wait for it
+        (the caller bounds that wait). Any other leftover child is ended."""
         if self.process.poll() is None:
+            return
+        if self.worker_alive:
+            self._exited_at = None
             return
         if self._exited_at is None:
             self._exited_at = time.monotonic()
@@ -300,29 +353,11 @@ class WorkerProcess:
                     self._remember(item)
             self._finished = True
 
-    def wait(self, timeout: float | None = None, on_event: Callable[[WorkerEvent], None] | None = None) -> int:
-        """Block until the worker ends (or `timeout` s pass: TimeoutError); returns the exit status."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._finished:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"the worker did not finish within {timeout} s")
-            try:
-                item = self.events.get(timeout=0.1)
-            except queue.Empty:
-                self._check_exited_without_eof()
-                continue
-            if item is None:
-                self.process.wait()
-                self._finished = True
-                break
-            self._remember(item)
-            if on_event is not None:
-                on_event(item)
-        return int(self.process.returncode)
-
     def _remember(self, item: WorkerEvent) -> None:
         self.log.append(item.text)
-        if item.event == "error":
+        if item.event == "started" and isinstance(item.data.get("pid"), int):
+            self.worker_pid = item.data["pid"]
+        elif item.event == "error":
             self.error_message = str(item.data.get("message", "")).strip() or self.error_message
             self.error_exit_code = item.data.get("exit_code")
         elif item.event == "result":
@@ -330,7 +365,7 @@ class WorkerProcess:
         elif item.event == "text" and item.text.startswith("error:") and self.error_message is None:
             self.error_message = item.text[len("error:") :].strip()
 
-    def failure_message(self) -> str:
+    def failure_message(self, what: str = "worker") -> str:
         """The worker's own `error:` line, or the end of its output when it died without one."""
         if self.cancelled:
             return "cancelled"
@@ -338,20 +373,29 @@ class WorkerProcess:
             return self.error_message
         tail = " | ".join(line for line in self.log[-5:] if line)
         code = self.process.returncode
-        return f"the segmentation worker stopped unexpectedly (exit status {code}){': ' + tail if tail else ''}"
+        return f"the {what} process stopped unexpectedly (exit status {code}){': ' + tail if tail else ''}"
 
     # --- stopping
+    def request_stop(self) -> None:
+        """Ask the worker to stop gracefully (returns at once). Through the stop file when there is a run
+        folder; without one, SIGTERM to the real worker (or the process) is the only way."""
+        self.stop_requested = True
+        if self.stop_file is not None and self.workdir is not None and self.workdir.is_dir():
+            self.stop_file.write_text("stop\n", encoding="utf-8")
+        elif os.name != "nt":
+            _signal_pids([self.worker_pid or self.process.pid], signal.SIGTERM)
+
     def cancel(self) -> None:
         """Kill the worker tree (if still running), drop its output and remove the temporary folder."""
         self.cancelled = True
-        if self.process.returncode is None:
-            kill_tree(self.process)
+        if self.process.poll() is None or self.worker_alive:
+            kill_tree(self.process, also=[self.worker_pid] if self.worker_pid else [])
         self._reader.join(timeout=5)
         self._finished = True
         self.cleanup()
 
     def cleanup(self) -> None:
-        if self.process.returncode is None:
+        if self.process.returncode is None or self.worker_alive:
             return  # never delete files under a running worker
         if self.process.stdout is not None and not self._reader.is_alive():
             self.process.stdout.close()
@@ -360,8 +404,8 @@ class WorkerProcess:
 
     def __del__(self) -> None:  # last resort: never leave a worker behind
         try:
-            if self.process.returncode is None and self.process.poll() is None:
-                kill_tree(self.process, grace_s=0.5)
+            if self.process.poll() is None or self.worker_alive:
+                kill_tree(self.process, grace_s=0.5, also=[self.worker_pid] if self.worker_pid else [])
             self.cleanup()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
@@ -370,6 +414,47 @@ class WorkerProcess:
 def make_workdir(prefix: str = "legsegnet-") -> Path:
     """A fresh private temporary folder for one run."""
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+# ---------------------------------------------------------------------- command lines (the one place)
+def worker_command(python: Sequence[str], *arguments) -> list[str]:
+    """`python -m LegSegNetLib.worker ARGUMENTS...`: every worker command line starts here."""
+    return [*python, "-m", "LegSegNetLib.worker", *(str(a) for a in arguments)]
+
+
+def train_command(python: Sequence[str], dataset: str | Path, *, from_model: str | None = None,
+                  epochs: int | None = None, device: str = "auto", name: str | None = None,
+                  iterations: int | None = None, resume: bool = False, batch_size: int | None = None) -> list[str]:
+    """The worker's command line for `train` (same options as `legsegnet train`)."""
+    command = worker_command(python, "train", dataset, "--device", device)
+    if from_model:
+        command += ["--from", str(from_model)]
+    if epochs:
+        command += ["--epochs", str(int(epochs))]
+    if iterations:
+        command += ["--iterations", str(int(iterations))]
+    if batch_size:
+        command += ["--batch-size", str(int(batch_size))]
+    if name:
+        command += ["--name", name]
+    if resume:
+        command.append("--resume")
+    return command
+
+
+def models_command(python: Sequence[str], *arguments) -> list[str]:
+    """`models list|install|remove|default ...` in the worker (its interpreter has torch to verify models)."""
+    return worker_command(python, "models", *arguments)
+
+
+def devices_command(python: Sequence[str]) -> list[str]:
+    """The worker-only `devices` command: which accelerators the worker's PyTorch sees (engines.devices)."""
+    return worker_command(python, "devices")
+
+
+def install_packages_command(python: Sequence[str], steps_file: str | Path) -> list[str]:
+    """The worker-only `install-packages STEPS.json` command (worker/install.py): pip runs in the worker."""
+    return worker_command(python, "install-packages", steps_file)
 
 
 def segment_command(
@@ -386,8 +471,7 @@ def segment_command(
     batch_size: int | None = None,
 ) -> list[str]:
     """The worker's command line for `segment` (same options as `legsegnet segment`)."""
-    command = [*python, "-m", "LegSegNetLib.worker", "segment", str(input_path), "-o", str(outdir)]
-    command += ["--engine", engine, "--device", device]
+    command = worker_command(python, "segment", input_path, "-o", outdir, "--engine", engine, "--device", device)
     if model:
         command += ["--model", str(model)]
     if slices:

@@ -10,8 +10,17 @@ It runs the same pipeline as the CLI, but reports on stdout with one JSON object
     {"event": "result", "outdir": "...", "labels": ".../labels.nii.gz", "metrics": ".../metrics.json"}
     {"event": "error", "message": "...", "exit_code": 2}
 
-Exit status as the CLI (0, 1, 2). SIGTERM, SIGINT or the death of the parent process stop it promptly:
-a CancelledError unwinds the pipeline, whose atomic report writer leaves nothing half-written.
+Exit status as the CLI (0, 1, 2). The first event is `{"event": "started", "pid": ...}`, the real
+interpreter's pid (inside Slicer a launcher, PythonSlicer, sits between the reader and this process).
+
+Stopping: when `LEGSEGNET_STOP_FILE` names a file, the worker polls for it and, once it exists, stops
+gracefully as on SIGTERM: segmentation unwinds with a CancelledError (the atomic report writer leaves
+nothing half-written), training stops after the current iteration and keeps its checkpoint. The file
+needs no signal to pass through a launcher. SIGTERM, SIGINT, the death of the parent process and a
+closed output pipe (nobody reads any more) stop it the same way.
+
+Two commands exist only here, for the Slicer module: `devices` (engines.devices.probe of this
+interpreter's PyTorch) and `install-packages STEPS.json` (worker/install.py).
 """
 from __future__ import annotations
 
@@ -27,8 +36,10 @@ from ..cli import _one_line, build_parser, error_exit_code, join_option_values, 
 from ..engines import use_passive_openmp_threads
 from ..core.errors import CancelledError
 from ..core.progress import JsonLinesProgress
+from .launcher import STOP_FILE_ENV
 
 PARENT_POLL_S = 1.0
+STOP_FILE_POLL_S = 0.2
 
 
 def _raise_cancelled(signum, _frame):
@@ -61,14 +72,56 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+_stop_once = threading.Lock()
+
+
+def request_graceful_stop() -> None:
+    """Stop as SIGTERM would (the handlers in force decide how: CancelledError, or training's stop after
+    the iteration). raise_signal delivers it to this process on every platform; once is enough."""
+    if _stop_once.acquire(blocking=False):
+        signal.raise_signal(signal.SIGTERM)
+
+
+def _watch_stop_file() -> None:
+    path = os.environ.get(STOP_FILE_ENV)
+    if not path:
+        return
+
+    def watch() -> None:
+        while not os.path.exists(path):
+            threading.Event().wait(STOP_FILE_POLL_S)
+        request_graceful_stop()
+
+    threading.Thread(target=watch, name="stop-file-watch", daemon=True).start()
+
+
+def _worker_only_command(argv: list[str], progress: JsonLinesProgress) -> bool:
+    """Run `devices` or `install-packages`; False for every command the CLI parser knows."""
+    if argv[:1] == ["devices"]:
+        from ..engines import devices
+
+        progress.result(value=devices.probe())
+        return True
+    if argv[:1] == ["install-packages"] and len(argv) == 2:
+        from . import install
+
+        progress.result(value=install.run_steps(argv[1], progress))
+        return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     use_passive_openmp_threads()
     argv = join_option_values(list(sys.argv[1:] if argv is None else argv))
-    progress = JsonLinesProgress(sys.stdout)
+    progress = JsonLinesProgress(sys.stdout, on_broken_pipe=request_graceful_stop)
     signal.signal(signal.SIGTERM, _raise_cancelled)
     signal.signal(signal.SIGINT, _raise_cancelled)
+    progress.started(os.getpid())
     _die_with_parent()
+    _watch_stop_file()
     try:
+        if _worker_only_command(argv, progress):
+            return 0
         args = build_parser("legsegnet-worker").parse_args(argv)
         result = run_command(args, progress)
         if getattr(args, "outdir", None):
