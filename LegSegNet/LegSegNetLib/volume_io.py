@@ -369,51 +369,45 @@ def _nonfinite_message(name: str, n_bad: int, n_voxels: int, what: str) -> str:
 
 def _nifti_float_layout(header: bytes) -> tuple[np.dtype, int, int] | None:
     """(voxel dtype with byte order, data offset, voxel count) of a float NIfTI-1/-2 header, else None."""
-    if len(header) < 348:
+    fields = _nifti_header_fields(header)
+    if fields is None or fields[1] not in _NIFTI_FLOAT_TYPES:
         return None
-    for endian in "<>":
-        sizeof_hdr = struct.unpack(endian + "i", header[:4])[0]
-        if sizeof_hdr == 348:
-            datatype = struct.unpack(endian + "h", header[70:72])[0]
-            dims = struct.unpack(endian + "8h", header[40:56])
-            vox_offset = struct.unpack(endian + "f", header[108:112])[0]
-            break
-        if sizeof_hdr == 540 and len(header) >= 540:
-            datatype = struct.unpack(endian + "h", header[12:14])[0]
-            dims = struct.unpack(endian + "8q", header[16:80])
-            vox_offset = struct.unpack(endian + "q", header[168:176])[0]
-            break
-    else:
-        return None
-    if datatype not in _NIFTI_FLOAT_TYPES or not 1 <= dims[0] <= 7 or not math.isfinite(vox_offset):
-        return None
-    voxels = math.prod(max(int(d), 1) for d in dims[1 : dims[0] + 1])
-    return np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype]), int(vox_offset), voxels
+    endian, datatype, _, voxels, vox_offset = fields
+    return np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype]), vox_offset, voxels
 
 
 def _nifti_total_bytes(header: bytes) -> int | None:
     """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header, or None if it is not one."""
+    fields = _nifti_header_fields(header)
+    if fields is None or fields[2] <= 0:
+        return None
+    _, _, bitpix, voxels, vox_offset = fields
+    return vox_offset + voxels * bitpix // 8
+
+
+def _nifti_header_fields(header: bytes) -> tuple[str, int, int, int, int] | None:
+    """(byte order, datatype, bitpix, voxel count, vox_offset) of a NIfTI-1 or NIfTI-2 header, or None."""
     if len(header) < 348:
         return None
     for endian in "<>":
         sizeof_hdr = struct.unpack(endian + "i", header[:4])[0]
         if sizeof_hdr == 348:
+            datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
             dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
             vox_offset = struct.unpack(endian + "f", header[108:112])[0]
             break
         if sizeof_hdr == 540 and len(header) >= 540:
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
             dims = struct.unpack(endian + "8q", header[16:80])
             vox_offset = struct.unpack(endian + "q", header[168:176])[0]
             break
     else:
         return None
     n_dims = dims[0]
-    if not 1 <= n_dims <= 7 or bitpix <= 0 or not math.isfinite(vox_offset):
+    if not 1 <= n_dims <= 7 or not math.isfinite(vox_offset):
         return None
     voxels = math.prod(max(int(d), 1) for d in dims[1 : n_dims + 1])
-    return int(vox_offset) + voxels * bitpix // 8
+    return endian, datatype, bitpix, voxels, int(vox_offset)
 
 
 def _gzip_content_length(path: Path) -> int:
