@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import axial_range, quantify, report, volume_io
+from .output_set import check_outputs
 from .engines import Engine, make_engine
 from .progress import Progress
 
@@ -30,6 +31,7 @@ def segment(
 ) -> dict:
     """Segment INPUT and write the contract's output files to OUTDIR. Returns metrics.json's content."""
     progress = progress or Progress()
+    check_outputs(outdir, report.OUTPUT_FILES, [input_path])  # before any work: never replace an input
     progress.stage("reading")
     volume = volume_io.read_ct(input_path)
     _report_notes(volume, progress)
@@ -45,7 +47,8 @@ def segment(
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
     run_info = {"input": str(input_path), **chosen.info()}
-    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress)
+    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress,
+                                   inputs=[input_path])
     progress.finish()
     return metrics
 
@@ -60,6 +63,7 @@ def quantify_files(
 ) -> dict:
     """Measure an existing (e.g. hand-corrected) label map on its CT; same outputs as `segment`."""
     progress = progress or Progress()
+    check_outputs(outdir, report.OUTPUT_FILES, [ct_path, labels_path])  # before any work: never replace an input
     progress.stage("reading")
     volume = volume_io.read_ct(ct_path)
     _report_notes(volume, progress)
@@ -72,7 +76,8 @@ def quantify_files(
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
     run_info = {"input": str(ct_path), "labels": str(labels_path), "engine": "external", "model": None}
-    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress)
+    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress,
+                                   inputs=[ct_path, labels_path])
     progress.finish()
     return metrics
 
