@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -61,7 +60,7 @@ def scans(tmp_path_factory):
 
 
 def _outdir_with_a(scans, tmp_path: Path, name: str = "out") -> Path:
-    paths, _, folder = scans
+    folder = scans[2]
     out = tmp_path / name
     shutil.copytree(folder / "ref_A", out)
     (out / "my notes.txt").write_text("the user's own file")
