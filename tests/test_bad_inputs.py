@@ -104,6 +104,49 @@ def nan_volume(tmp, request):
     return _segment(w.write_image(w.lps_image(hu), tmp / "nan.nrrd"))
 
 
+def _nifti_float32(tmp: Path, name: str, change) -> Path:
+    """The leg CT as a float32 NIfTI written by nibabel (as other tools write them), `change` applied to its HU."""
+    legs = w.leg_image()
+    hu = np.transpose(sitk.GetArrayFromImage(legs), (2, 1, 0)).astype(np.float32)
+    change(hu)
+    affine = np.diag([-s for s in legs.GetSpacing()[:2]] + [legs.GetSpacing()[2], 1.0])
+    nib.save(nib.Nifti1Image(hu, affine), tmp / name)
+    return tmp / name
+
+
+def nifti_nan_outside_field_of_view(tmp, request):
+    # ITK's NIfTI reader silently turns NaN into 0 (0 HU = muscle): SM came out twice too large
+    def outside_circle(hu):
+        i, j = np.meshgrid(np.arange(hu.shape[0]), np.arange(hu.shape[1]), indexing="ij")
+        hu[(i - hu.shape[0] / 2) ** 2 + (j - hu.shape[1] / 2) ** 2 > (hu.shape[0] / 2) ** 2] = np.nan
+
+    return _segment(_nifti_float32(tmp, "fov_nan.nii.gz", outside_circle))
+
+
+def nifti_all_nan(tmp, request):
+    return _segment(_nifti_float32(tmp, "all_nan.nii", lambda hu: hu.fill(np.nan)))
+
+
+def nifti_infinite_voxel(tmp, request):
+    def one_inf(hu):
+        hu[5, 5, 3] = -np.inf
+
+    return _segment(_nifti_float32(tmp, "inf.nii.gz", one_inf))
+
+
+def metaimage_all_nan(tmp, request):
+    hu = np.full(w.LEG_SHAPE_ZYX, np.nan, np.float32)
+    return _segment(w.write_image(w.lps_image(hu), tmp / "all_nan.mha"))
+
+
+def quantify_labels_with_nan(tmp, request):
+    legs = w.leg_image()
+    ct = w.write_image(legs, tmp / "ct.nii.gz")
+    labels = sitk.Cast(_labels_of(legs), sitk.sitkFloat32)
+    labels[3, 4, 5] = float("nan")  # would be read as 0, background, by ITK's NIfTI reader
+    return lambda out: ["quantify", ct, w.write_image(labels, tmp / "labels.nii.gz"), "-o", out, "--quiet"]
+
+
 def four_d_image(tmp, request):
     hu = np.transpose(sitk.GetArrayFromImage(w.leg_image()), (2, 1, 0))
     nib.save(nib.Nifti1Image(np.stack([hu, hu], axis=-1), np.eye(4)), tmp / "4d.nii.gz")
@@ -181,6 +224,11 @@ CASES = [
     pytest.param(slices_malformed, r"(?i)slice", id="slices-malformed"),
     pytest.param(slices_without_colon, r"(?i)slice", id="slices-without-colon"),
     pytest.param(nan_volume, r"not numbers", id="nan-volume"),
+    pytest.param(nifti_nan_outside_field_of_view, r"not numbers: \d+ voxel", id="nifti-nan-outside-fov"),
+    pytest.param(nifti_all_nan, r"not numbers: all its voxels", id="nifti-all-nan"),
+    pytest.param(nifti_infinite_voxel, r"not numbers: 1 voxel", id="nifti-infinite-voxel"),
+    pytest.param(metaimage_all_nan, r"not numbers: all its voxels", id="metaimage-all-nan"),
+    pytest.param(quantify_labels_with_nan, r"label map .* not numbers", id="quantify-labels-nan"),
     pytest.param(four_d_image, r"4D image", id="4d-image"),
     pytest.param(rgb_image, r"3 values per voxel", id="rgb-image"),
     pytest.param(colour_png, r"colour PNG", id="colour-png"),

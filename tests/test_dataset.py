@@ -7,7 +7,7 @@
 - the manifest (source, scan hash, slice, patient, round, date, checksums) and de-duplication: unchanged
   slices are skipped, edited ones replaced with their history kept, nothing ever listed twice;
 - refusals that leave the dataset untouched: label values outside 0-4, a label map off the CT's grid, slices
-  that do not exist, a format change, a foreign folder; leftovers of a crashed export are cleaned up;
+  that do not exist, a format change, a foreign folder; a crashed export's staging is cleaned up;
 - the same through the real CLI (one `error:` line, exit 2) and the worker (a result event).
 """
 from __future__ import annotations
@@ -204,17 +204,15 @@ def test_reexport_skips_unchanged_slices_and_replaces_edited_ones(scan, tmp_path
     assert len(files) == 3 and json.loads((folder / "dataset.json").read_text())["numTraining"] == 3
 
 
-def test_leftovers_of_a_crashed_export_are_removed_and_tampering_is_detected(scan, tmp_path):
+def test_stale_staging_is_removed_and_tampering_is_detected(scan, tmp_path):
+    # (files of an export killed before its commit: test_hostile_inputs.py, with a real kill)
     ct, labels_path, _, _, _ = scan
     folder = tmp_path / "set"
     dataset.add_files(folder, ct, labels_path, "1", patient="P1")
-    # what an export killed between writing its files and its manifest leaves behind
-    (folder / ".staging-dead").mkdir()
-    (folder / ".staging-dead" / "x.png").write_bytes(b"partial")
-    shutil.copy(next((folder / "imagesTr").iterdir()), folder / "imagesTr" / "leg_orphan_s0009_0000.png")
-    result = dataset.add_files(folder, ct, labels_path, "2", patient="P1")
-    assert any("interrupted export" in n for n in result.notes)
-    assert not (folder / ".staging-dead").exists() and not (folder / "imagesTr" / "leg_orphan_s0009_0000.png").exists()
+    (folder / f"{dataset.STAGING_PREFIX}dead").mkdir()  # the staging folder of an export that was killed
+    (folder / f"{dataset.STAGING_PREFIX}dead" / "x.png").write_bytes(b"partial")
+    dataset.add_files(folder, ct, labels_path, "2", patient="P1")
+    assert not (folder / f"{dataset.STAGING_PREFIX}dead").exists()
     assert len(list((folder / "imagesTr").iterdir())) == 2
     label = next((folder / "labelsTr").iterdir())
     label.write_bytes(label.read_bytes()[:-10] + b"0123456789")

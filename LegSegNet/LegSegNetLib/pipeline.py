@@ -12,6 +12,7 @@ from .anatomy import axial_range
 from .measurement import quantify
 from .measurement import report
 from .scan import volume_io
+from .core.output_set import check_outputs
 from .engines import Engine, make_engine
 from .core.progress import Progress
 
@@ -33,6 +34,7 @@ def segment(
 ) -> dict:
     """Segment INPUT and write the contract's output files to OUTDIR. Returns metrics.json's content."""
     progress = progress or Progress()
+    check_outputs(outdir, report.OUTPUT_FILES, [input_path])  # before any work: never replace an input
     progress.stage("reading")
     volume = volume_io.read_ct(input_path)
     _report_notes(volume, progress)
@@ -48,7 +50,8 @@ def segment(
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
     run_info = {"input": str(input_path), **chosen.info()}
-    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress)
+    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress,
+                                   inputs=[input_path])
     progress.finish()
     return metrics
 
@@ -63,6 +66,7 @@ def quantify_files(
 ) -> dict:
     """Measure an existing (e.g. hand-corrected) label map on its CT; same outputs as `segment`."""
     progress = progress or Progress()
+    check_outputs(outdir, report.OUTPUT_FILES, [ct_path, labels_path])  # before any work: never replace an input
     progress.stage("reading")
     volume = volume_io.read_ct(ct_path)
     _report_notes(volume, progress)
@@ -75,7 +79,8 @@ def quantify_files(
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
     run_info = {"input": str(ct_path), "labels": str(labels_path), "engine": "external", "model": None}
-    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress)
+    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress,
+                                   inputs=[ct_path, labels_path])
     progress.finish()
     return metrics
 

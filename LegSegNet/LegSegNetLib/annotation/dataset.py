@@ -22,10 +22,13 @@ round and date in the entry's `history`.
 
 Nothing is half-written. Under a lock: every slice is checked (label values 0-4, grid = the CT's) before
 anything is written; new files are written to a staging folder and renamed into imagesTr/labelsTr under
-names no manifest entry uses yet; then the manifest is replaced atomically (the commit), dataset.json is
-regenerated from it, and the files of replaced cases are deleted. Files that no manifest entry names
-(leftovers of an export that crashed before its commit) are removed by the next export; training reads
-only what the manifest lists and checks every file's checksum.
+names no manifest entry and no file uses yet; then the manifest is replaced atomically (the commit), dataset.json
+is regenerated from it, and the files of replaced cases are deleted. Before the renames, a journal
+(`.legsegnet-pending.json`) lists each file about to be moved in with its checksum; an export killed before
+its commit leaves those files unlisted, and the next export deletes exactly them (same name, same checksum,
+still not in the manifest), and its own `.legsegnet-staging-*` folders. Any other file in the folder (a file
+LegSegNet did not write) is never touched. Training reads only what the manifest lists and checks every
+file's checksum. The CT and label map given are never one of the dataset's files (refused before reading).
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..scan.ct_volume import CTVolume
-from ..core.errors import InputError
+from ..core.errors import InputError, LegSegNetError
 from ..core.progress import Progress
 from ..core.tissues import MAX_LABEL, TISSUES
 
@@ -64,10 +67,11 @@ MANIFEST_VERSION = 1
 DATASET_JSON = "dataset.json"
 IMAGES_DIR = "imagesTr"
 LABELS_DIR = "labelsTr"
-STAGING_PREFIX = ".staging-"
+STAGING_PREFIX = ".legsegnet-staging-"
+PENDING_FILE = ".legsegnet-pending.json"  # the files an export is moving in before its commit
 LOCK_FILE = ".legsegnet.lock"
 # files and folders LegSegNet itself keeps in a dataset folder besides the nnU-Net layout
-_OWN_ENTRIES = {MANIFEST_FILE, DATASET_JSON, IMAGES_DIR, LABELS_DIR, LOCK_FILE, "training-runs"}
+_OWN_ENTRIES = {MANIFEST_FILE, DATASET_JSON, IMAGES_DIR, LABELS_DIR, LOCK_FILE, PENDING_FILE, "training-runs"}
 
 _PATIENT_RE = re.compile(r"^[\w][\w .@+:-]{0,63}$")
 
@@ -381,23 +385,53 @@ def dataset_lock(folder: Path) -> Iterator[None]:
 
 
 def _remove_leftovers(folder: Path, manifest: Manifest | None) -> list[str]:
-    """Delete files of exports that crashed before their commit: staging folders and unlisted case files."""
+    """Delete what an export killed before its commit left: its staging folders and the files its journal
+    lists that the manifest does not (only while they still hold the bytes it wrote). Nothing else."""
     removed = []
     for child in folder.iterdir():
-        if child.name.startswith(STAGING_PREFIX) and child.is_dir():
+        if child.name.startswith(STAGING_PREFIX) and child.is_dir() and not child.is_symlink():
             shutil.rmtree(child, ignore_errors=True)
+    pending = _read_pending(folder)
     listed = set()
     for e in manifest.entries if manifest else []:
         listed.update((e["image"], e["label"]))
-    for sub in (IMAGES_DIR, LABELS_DIR):
-        if not (folder / sub).is_dir():
+    for rel, digest in pending.items():
+        path = folder / rel
+        if rel in listed or not path.is_file() or path.is_symlink() or sha256_file(path) != digest:
             continue
-        for path in (folder / sub).iterdir():
-            rel = f"{sub}/{path.name}"
-            if path.is_file() and rel not in listed:
-                path.unlink()
-                removed.append(rel)
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(rel)
+    with contextlib.suppress(OSError):
+        (folder / PENDING_FILE).unlink()
     return removed
+
+
+def _read_pending(folder: Path) -> dict[str, str]:
+    """The journal's {relative path: sha256}, only paths of the form imagesTr/NAME or labelsTr/NAME."""
+    try:
+        files = json.loads((folder / PENDING_FILE).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(files, dict):
+        return {}
+    return {rel: digest for rel, digest in files.items()
+            if isinstance(rel, str) and isinstance(digest, str) and rel.count("/") == 1
+            and rel.split("/")[0] in (IMAGES_DIR, LABELS_DIR) and rel.split("/")[1] not in ("", ".", "..")}
+
+
+def _move_no_clobber(source: Path, target: Path) -> None:
+    """Move a staged file to a name that must be free: an existing file (anyone's) is never replaced."""
+    try:
+        os.link(source, target)  # fails with FileExistsError if the name was taken
+    except FileExistsError:
+        raise LegSegNetError(f"{target} appeared while the slices were being added; add them again") from None
+    except OSError:  # no hard links on this file system: check, then rename (the dataset is locked)
+        if os.path.lexists(target):
+            raise LegSegNetError(f"{target} appeared while the slices were being added; add them again") from None
+        os.rename(source, target)
+        return
+    os.unlink(source)
 
 
 def _check_dataset_folder(folder: Path) -> Manifest | None:
@@ -480,6 +514,29 @@ def add_slices(
     return result
 
 
+def check_inputs_outside(dataset_dir: str | Path, inputs: Sequence[str | Path]) -> None:
+    """InputError when a CT or label map given is one of the dataset's own files (a replaced case's files are
+    deleted, the manifest and dataset.json rewritten): compared by inode, so links count."""
+    folder = Path(dataset_dir).expanduser()
+    if str(dataset_dir).strip() == "":
+        raise InputError("--dataset is empty; give the training set folder")
+    if folder.exists() and not folder.is_dir():
+        return  # refused with its own message later
+    own = [folder / name for name in (MANIFEST_FILE, DATASET_JSON, LOCK_FILE, PENDING_FILE)]
+    for sub in (IMAGES_DIR, LABELS_DIR):
+        with contextlib.suppress(OSError):
+            own += list((folder / sub).iterdir())
+    for given in inputs:
+        source = Path(given).expanduser()
+        for path in own:
+            with contextlib.suppress(OSError):
+                if source.is_file() and os.path.lexists(path) and os.path.samefile(source, path):
+                    raise InputError(
+                        f"the input {source} is the dataset's own file {path}, which adding slices may replace or "
+                        "delete; copy it out of the dataset folder and give the copy"
+                    )
+
+
 def _labels_slab(volume: CTVolume, labels: sitk.Image | np.ndarray) -> np.ndarray:
     if isinstance(labels, sitk.Image):
         return volume.slab_from_image(labels)  # InputError unless on the CT's grid
@@ -538,6 +595,10 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
     spacing_rc = (row_mm, col_mm) if fmt == FORMAT_HU else None
     z_mm = volume.slice_z_mm()
     used_names = {e["case"] for e in manifest.entries}
+    # names taken by files in the folder (LegSegNet's or not) are not used either: nothing is overwritten
+    for sub in (IMAGES_DIR, LABELS_DIR):
+        if (folder / sub).is_dir():
+            used_names.update(_case_of(p.name, ending) for p in (folder / sub).iterdir())
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
     moved: list[Path] = []
@@ -572,10 +633,12 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
         progress.stage("writing")
         for sub in (IMAGES_DIR, LABELS_DIR):
             (folder / sub).mkdir(exist_ok=True)
+        pending = {e[key]: e[f"{key}_sha256"] for e in new_entries.values() for key in ("image", "label")}
+        _atomic_write_text(folder / PENDING_FILE, json.dumps({"files": pending}, indent=1) + "\n")
         for entry in new_entries.values():
             for key in ("image", "label"):
                 target = folder / entry[key]
-                os.replace(staging / target.name, target)  # a name no manifest entry uses: nothing is overwritten
+                _move_no_clobber(staging / target.name, target)
                 moved.append(target)
 
         replaced_files = []
@@ -596,6 +659,8 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (folder / PENDING_FILE).unlink()
 
     _atomic_write_text(folder / DATASET_JSON, json.dumps(dataset_json(committed, _dataset_name(folder)), indent=2) + "\n")
     for path in replaced_files:
@@ -612,6 +677,12 @@ def _label_content_sha256(labels_2d: np.ndarray) -> str:
     digest = hashlib.sha256(f"{values.shape}".encode())
     digest.update(values.tobytes())
     return digest.hexdigest()
+
+
+def _case_of(file_name: str, ending: str) -> str:
+    """The case a file in imagesTr/labelsTr would belong to: `CASE_0000.png` and `CASE.png` -> CASE."""
+    stem = file_name[: -len(ending)] if file_name.endswith(ending) else file_name
+    return stem[: -len("_0000")] if stem.endswith("_0000") else stem
 
 
 def _case_name(ct_sha: str, index: int, version: int, used: set[str]) -> str:
@@ -642,6 +713,7 @@ def add_files(
     from ..scan import volume_io
 
     progress = progress or Progress()
+    check_inputs_outside(dataset_dir, [ct_path, labels_path])  # before any work
     progress.stage("reading")
     volume = volume_io.read_ct(ct_path)
     labels = volume_io.read_labels(labels_path, volume)

@@ -1,9 +1,7 @@
-"""The output files of a run, written atomically: labels.nii.gz, metrics.json/.csv, profile.csv/.png, overlay.png.
+"""The output files of a run: labels.nii.gz, metrics.json/.csv, profile.csv/.png, overlay.png.
 
-Every file is first written into a staging folder on the same filesystem as OUTDIR; only when all of them
-succeeded are they moved into place with `os.replace`. When OUTDIR did not exist, the staging folder itself
-is renamed to OUTDIR, so OUTDIR appears complete in one step. On any failure the staging folder (and any
-folder this call created) is removed: nothing half-written remains.
+They are one set, replaced as a whole or not at all by output_set.OutputSet: written into a staging folder
+beside OUTDIR, then swapped in with one rename; the user's other files in OUTDIR stay.
 
 Figures use matplotlib's object API with the Agg canvas, never pyplot, so no GUI backend is touched
 (this also runs inside 3D Slicer's Python).
@@ -13,11 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,6 +21,7 @@ from .. import __version__
 from ..scan.ct_volume import CTVolume
 from ..core.errors import InputError, LegSegNetError
 from ..core.progress import Progress
+from ..core.output_set import OutputSet
 from .quantify import PROFILE_COLUMNS, Measurements
 from ..core.tissues import MAX_LABEL, TISSUES
 
@@ -45,10 +41,13 @@ def write_outputs(
     measurements: Measurements,
     run_info: dict,
     progress: Progress | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> dict:
-    """Write the contract's six output files to OUTDIR atomically; return metrics.json's content."""
+    """Write the contract's six output files to OUTDIR as one set (output_set.py); return metrics.json's content.
+
+    `inputs`: the files the results were made from; an output file that is one of them is refused.
+    """
     progress = progress or Progress()
-    outdir = Path(outdir).expanduser().absolute()
     if labels_slab.shape[0] != last - first + 1 or (measurements.first, measurements.last) != (first, last):
         raise ValueError(
             f"labels ({labels_slab.shape[0]} slices) and measurements ({measurements.first}:{measurements.last}) "
@@ -56,19 +55,6 @@ def write_outputs(
         )
     run_info = {**run_info, "legsegnet_version": run_info.get("legsegnet_version", __version__)}
     metrics = json_safe({**run_info, **measurements.to_dict()})
-
-    existed = outdir.is_dir()
-    if outdir.exists() and not existed:
-        raise InputError(f"the output path {outdir} is a file; give a folder for the outputs")
-    created = _make_folders(outdir.parent)
-    staging = (outdir if existed else outdir.parent) / f".{outdir.name}.partial-{uuid.uuid4().hex[:12]}"
-    try:
-        os.mkdir(staging)
-    except OSError as exc:
-        _remove_created(created)
-        raise InputError(
-            f"cannot write to {outdir} ({exc.strerror or exc}); choose an output folder you can write to"
-        ) from exc
 
     writers: list[tuple[str, Callable[[Path], None]]] = [
         ("labels.nii.gz", lambda p: _write_labels(p, volume, labels_slab, first)),
@@ -83,25 +69,8 @@ def write_outputs(
         ]
     else:  # Slicer does not ship matplotlib; the numbers matter more than the pictures there
         progress.note("matplotlib is not installed: overlay.png and profile.png were not drawn")
-    progress.stage("writing", total=len(writers))
-    try:
-        for name, write in writers:
-            write(staging / name)
-            progress.advance()
-        if existed:
-            for name, _ in writers:
-                os.replace(staging / name, outdir / name)
-            staging.rmdir()
-        else:
-            os.replace(staging, outdir)
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_created(created)
-        if isinstance(exc, OSError):
-            raise LegSegNetError(
-                f"could not write the outputs to {outdir} ({exc}); check free disk space and permissions"
-            ) from exc
-        raise
+    # all six names belong to the set: figures of an earlier run do not stay beside new numbers
+    OutputSet(outdir, OUTPUT_FILES, inputs).write(writers, progress)
     return metrics
 
 
@@ -277,27 +246,3 @@ def write_profile_png(path: Path, measurements: Measurements) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, format="png")
-
-
-# ---------------------------------------------------------------------------------------------- folders
-def _make_folders(folder: Path) -> list[Path]:
-    """Create `folder` and missing parents; return those created, deepest first (for clean-up)."""
-    missing = []
-    for candidate in (folder, *folder.parents):
-        if candidate.exists():
-            break
-        missing.append(candidate)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _remove_created([m for m in missing if m.exists()])
-        raise InputError(f"cannot create the output folder {folder} ({exc.strerror or exc}); choose another") from exc
-    return missing
-
-
-def _remove_created(folders: list[Path]) -> None:
-    for folder in folders:  # deepest first; only empty ones, so nothing of anyone else is touched
-        try:
-            folder.rmdir()
-        except OSError:
-            pass

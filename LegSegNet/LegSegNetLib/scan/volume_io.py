@@ -171,8 +171,9 @@ def read_labels(path: str | os.PathLike, volume: CTVolume, *, max_bytes: int | N
     check_same_grid(volume.image, image, what=what)
     values = sitk.GetArrayViewFromImage(image)
     if values.dtype.kind == "f":
-        if _count_nonfinite(values):
-            raise InputError(f"the label map '{path.name}' holds NaN or infinite values; save it as an integer label map")
+        n_bad = _count_nonfinite(values)
+        if n_bad:
+            raise InputError(_nonfinite_message(path.name, n_bad, values.size, "label map"))
         if not _all_whole(values):
             raise InputError(
                 f"the label map '{path.name}' holds fractional values; it must hold whole numbers 0-{MAX_LABEL}: "
@@ -289,6 +290,7 @@ def _read_itk_file(path: Path, limit: int, what: str = "image") -> sitk.Image:
         find_axial_axis(reader.GetDirection())  # refuse oblique scans before reading voxels
     if fmt == "NIfTI":
         _check_nifti_complete(path)  # ITK fills a short NIfTI with zeros instead of failing
+        _check_nifti_finite(path, what)  # ITK's NIfTI reader turns NaN into 0 (0 HU: muscle) without a word
     image, error, chatter = _call_quietly(reader.Execute)
     if error:
         raise InputError(
@@ -325,29 +327,87 @@ def _check_nifti_complete(path: Path) -> None:
         )
 
 
+# NIfTI datatype codes of the real floating-point types, as numpy types (float128 has no portable numpy type)
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _check_nifti_finite(path: Path, what: str) -> None:
+    """Refuse a float NIfTI holding NaN or infinite voxels, read from the file itself in chunks (no copy of the
+    volume): ITK's NIfTI reader replaces NaN with 0, which would be measured as 0 HU."""
+    compressed = path.name.lower().endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+            layout = _nifti_float_layout(f.read(540))
+            if layout is None:
+                return  # not float, or not a header we know (ITK has accepted it)
+            dtype, offset, voxels = layout
+            f.seek(offset)
+            n_bad, left = 0, voxels
+            chunk_voxels = _CHUNK_VOXELS
+            while left > 0:
+                block = f.read(min(left, chunk_voxels) * dtype.itemsize)
+                if len(block) < dtype.itemsize:
+                    break  # short files are refused by _check_nifti_complete before this
+                values = np.frombuffer(block, dtype=dtype, count=len(block) // dtype.itemsize)
+                n_bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                left -= values.size
+    except (OSError, EOFError, zlib.error):
+        return  # unreadable data: ITK's own read reports it
+    if n_bad:
+        raise InputError(_nonfinite_message(path.name, n_bad, voxels, what))
+
+
+def _nonfinite_message(name: str, n_bad: int, n_voxels: int, what: str) -> str:
+    amount = "all its voxels are" if n_bad == n_voxels else f"{n_bad} voxel(s) are"
+    if what == "image":
+        return (
+            f"'{name}' holds voxels that are not numbers: {amount} NaN or infinite; a CT in Hounsfield units "
+            f"has none: fix the export (e.g. set them to {AIR_HU} HU) and try again"
+        )
+    return f"the {what} '{name}' holds voxels that are not numbers: {amount} NaN or infinite; save it with whole numbers"
+
+
+def _nifti_float_layout(header: bytes) -> tuple[np.dtype, int, int] | None:
+    """(voxel dtype with byte order, data offset, voxel count) of a float NIfTI-1/-2 header, else None."""
+    fields = _nifti_header_fields(header)
+    if fields is None or fields[1] not in _NIFTI_FLOAT_TYPES:
+        return None
+    endian, datatype, _, voxels, vox_offset = fields
+    return np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype]), vox_offset, voxels
+
+
 def _nifti_total_bytes(header: bytes) -> int | None:
     """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header, or None if it is not one."""
+    fields = _nifti_header_fields(header)
+    if fields is None or fields[2] <= 0:
+        return None
+    _, _, bitpix, voxels, vox_offset = fields
+    return vox_offset + voxels * bitpix // 8
+
+
+def _nifti_header_fields(header: bytes) -> tuple[str, int, int, int, int] | None:
+    """(byte order, datatype, bitpix, voxel count, vox_offset) of a NIfTI-1 or NIfTI-2 header, or None."""
     if len(header) < 348:
         return None
     for endian in "<>":
         sizeof_hdr = struct.unpack(endian + "i", header[:4])[0]
         if sizeof_hdr == 348:
+            datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
             dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
             vox_offset = struct.unpack(endian + "f", header[108:112])[0]
             break
         if sizeof_hdr == 540 and len(header) >= 540:
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
             dims = struct.unpack(endian + "8q", header[16:80])
             vox_offset = struct.unpack(endian + "q", header[168:176])[0]
             break
     else:
         return None
     n_dims = dims[0]
-    if not 1 <= n_dims <= 7 or bitpix <= 0 or not math.isfinite(vox_offset):
+    if not 1 <= n_dims <= 7 or not math.isfinite(vox_offset):
         return None
     voxels = math.prod(max(int(d), 1) for d in dims[1 : n_dims + 1])
-    return int(vox_offset) + voxels * bitpix // 8
+    return endian, datatype, bitpix, voxels, int(vox_offset)
 
 
 def _gzip_content_length(path: Path) -> int:
@@ -734,10 +794,7 @@ def _to_hu_pixels(image: sitk.Image, name: str, notes: list[str], expect_air: bo
     if values.dtype.kind == "f":
         n_bad = _count_nonfinite(values)
         if n_bad:
-            raise InputError(
-                f"'{name}' holds {n_bad} voxel(s) that are not numbers (NaN or infinite); a CT in Hounsfield units "
-                f"has none: fix the export (e.g. set them to {AIR_HU} HU) and try again"
-            )
+            raise InputError(_nonfinite_message(name, n_bad, values.size, "image"))
     lo, hi = float(values.min()), float(values.max())
     if expect_air and lo > AIR_PRESENT_BELOW_HU:
         raise InputError(

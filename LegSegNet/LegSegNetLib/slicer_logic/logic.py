@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +55,9 @@ Launcher = Callable[[Sequence[str], Path], WorkerProcess]
 
 def default_launcher(command: Sequence[str], workdir: Path) -> WorkerProcess:
     return WorkerProcess(command, workdir=workdir, env=worker_environment())
+
+
+EXPORT_FILES = ("labels.nii.gz", "metrics.json", "tissues.csv", "derived.csv", "profile.csv")  # exportResults
 
 
 @dataclass
@@ -329,34 +330,29 @@ class LegSegNetLogic:
     def exportResults(self, segmentationNode, inputVolume, folder: str | Path) -> list[Path]:
         """Write labels.nii.gz (on the volume's grid), metrics.json and the tables as CSV into `folder`.
 
-        Files are written to a temporary folder beside the target and moved in only when all succeeded.
+        The files are one set (output_set.OutputSet): prepared beside the folder and swapped in as a whole,
+        the folder's other files kept.
         """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        measurements, first, last = self.measure(segmentationNode, inputVolume)
+        from ..core.output_set import OutputSet, check_outputs
+
+        check_outputs(folder, EXPORT_FILES, option="the export folder")
+        measurements, _, _ = self.measure(segmentationNode, inputVolume)
         labels_kji = slicer_io.labels_from_segmentation(segmentationNode, inputVolume, visible_only=True)
         metrics = {"input": inputVolume.GetName(), "engine": segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Engine"),
                    "model": segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Model"), **measurements.to_dict()}
-        tables = {role: segmentationNode.GetNodeReference(role)
-                  for role in (ROLE_TISSUE_TABLE, ROLE_DERIVED_TABLE, ROLE_PROFILE_TABLE)}
-        staging = Path(tempfile.mkdtemp(prefix=".legsegnet-export-", dir=folder))
-        try:
-            sitk.WriteImage(slicer_io.labels_image(labels_kji, inputVolume), str(staging / "labels.nii.gz"),
-                            useCompression=True)
-            (staging / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2), encoding="utf-8")
-            names = {ROLE_TISSUE_TABLE: "tissues.csv", ROLE_DERIVED_TABLE: "derived.csv",
-                     ROLE_PROFILE_TABLE: "profile.csv"}
-            for role, table_node in tables.items():
-                if table_node is not None:
-                    slicer_tables.write_csv(table_node, staging / names[role])
-            written = []
-            for path in sorted(staging.iterdir()):
-                target = folder / path.name
-                os.replace(path, target)
-                written.append(target)
-            return written
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        writers = [
+            ("labels.nii.gz", lambda path: sitk.WriteImage(slicer_io.labels_image(labels_kji, inputVolume), str(path),
+                                                           useCompression=True)),
+            ("metrics.json", lambda path: path.write_text(json.dumps(_json_safe(metrics), indent=2), encoding="utf-8")),
+        ]
+        for role, name in ((ROLE_TISSUE_TABLE, "tissues.csv"), (ROLE_DERIVED_TABLE, "derived.csv"),
+                           (ROLE_PROFILE_TABLE, "profile.csv")):
+            table_node = segmentationNode.GetNodeReference(role)
+            if table_node is not None:
+                writers.append((name, lambda path, node=table_node: slicer_tables.write_csv(node, path)))
+        output = OutputSet(folder, EXPORT_FILES)
+        output.write(writers)
+        return sorted(output.folder / name for name, _ in writers)
 
     # ------------------------------------------------------------------ models and devices
     def installedModels(self) -> list[str]:
