@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from . import axial_range, quantify, report, volume_io
+from . import axial_range, dicom_results, quantify, report, volume_io
 from .engines import Engine, make_engine
 from .progress import Progress
 
@@ -25,14 +25,20 @@ def segment(
     folds: list[int] | None = None,
     tta: bool | None = None,
     batch_size: int | None = None,
+    dicom: bool = False,
     progress: Progress | None = None,
     engine_factory: Callable[..., Engine] = make_engine,
 ) -> dict:
-    """Segment INPUT and write the contract's output files to OUTDIR. Returns metrics.json's content."""
+    """Segment INPUT and write the contract's output files to OUTDIR (with `dicom`, also seg.dcm and sr.dcm).
+    Returns metrics.json's content."""
     progress = progress or Progress()
+    if dicom:
+        dicom_results.check_input_path(input_path)
     progress.stage("reading")
     volume = volume_io.read_ct(input_path)
     _report_notes(volume, progress)
+    if dicom:
+        dicom_results.check_exportable(volume)
     first, last = axial_range.choose_range(volume, slices=slices, auto=auto_range)
     if auto_range:
         progress.note(f"legs found on slices {first}:{last}")
@@ -45,7 +51,15 @@ def segment(
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
     run_info = {"input": str(input_path), **chosen.info()}
-    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress)
+    extra_files = None
+    if dicom:
+        progress.stage("DICOM SEG and SR")
+        extra_files = dicom_results.dicom_output_files(
+            volume, labels, first, report.json_safe(measurements.to_dict()), dicom_results.Provenance.from_run_info(run_info)
+        )
+    metrics = report.write_outputs(
+        outdir, volume, labels, first, last, measurements, run_info, progress, extra_files=extra_files
+    )
     progress.finish()
     return metrics
 

@@ -17,7 +17,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -45,8 +45,12 @@ def write_outputs(
     measurements: Measurements,
     run_info: dict,
     progress: Progress | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> dict:
-    """Write the contract's six output files to OUTDIR atomically; return metrics.json's content."""
+    """Write the contract's six output files to OUTDIR atomically; return metrics.json's content.
+
+    `extra_files` (name -> content, e.g. seg.dcm and sr.dcm from dicom_results) join the same atomic set.
+    """
     progress = progress or Progress()
     outdir = Path(outdir).expanduser().absolute()
     if labels_slab.shape[0] != last - first + 1 or (measurements.first, measurements.last) != (first, last):
@@ -83,6 +87,7 @@ def write_outputs(
         ]
     else:  # Slicer does not ship matplotlib; the numbers matter more than the pictures there
         progress.note("matplotlib is not installed: overlay.png and profile.png were not drawn")
+    writers += [(name, lambda p, data=data: p.write_bytes(data)) for name, data in (extra_files or {}).items()]
     progress.stage("writing", total=len(writers))
     try:
         for name, write in writers:

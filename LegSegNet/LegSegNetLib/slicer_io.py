@@ -20,11 +20,10 @@ from vtk.util import numpy_support
 
 from .ct_volume import CTVolume, find_axial_axis
 from .errors import InputError
+from .terminology import TERMINOLOGY_FILE  # noqa: F401 - also imported from here by LegSegNet.py
 from .tissues import TISSUES
 
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
-
-TERMINOLOGY_FILE = Path(__file__).resolve().parent.parent / "Resources" / "LegSegNet.term.json"
 
 
 # ---------------------------------------------------------------------- geometry
