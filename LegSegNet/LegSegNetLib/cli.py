@@ -57,6 +57,8 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     quant.add_argument("labels", help="label map on the CT's grid, values 0-4, or a DICOM SEG of the CT series")
     quant.add_argument("-o", "--outdir", required=True)
     quant.add_argument("--slices", default=None, metavar="FIRST:LAST", help="default: the slices holding labels")
+    quant.add_argument("--dicom", action="store_true",
+                       help="DICOM series CT only: also write seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report)")
     quant.add_argument("--quiet", action="store_true")
 
     _add_models_parser(commands)
@@ -194,7 +196,8 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
             progress=progress,
         )
     if args.command == "quantify":
-        return pipeline.quantify_files(args.ct, args.labels, args.outdir, slices=args.slices, progress=progress)
+        return pipeline.quantify_files(args.ct, args.labels, args.outdir, slices=args.slices, dicom=args.dicom,
+                                       progress=progress)
     raise InputError(f"unknown command '{args.command}'")
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import __version__
 from .ct_volume import CTVolume
-from .errors import InputError
+from .errors import InputError, LegSegNetError
 from .quantify import SIDES
 from .terminology import tissue_terms
 from .tissues import TISSUES
@@ -52,6 +52,9 @@ DERIVED_CODES = {
     "mu_Fat_hu": ("mu_Fat", "Mean attenuation of fat (SAT and IAT voxels together)", "hu", ("SAT", "IAT")),
 }
 REGION_NAMES = {"whole": "both legs", "left": "left leg", "right": "right leg"}
+# Patient and study attributes every DICOM object must carry (Type 2: present, possibly empty).
+_TYPE2_IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                   "AccessionNumber", "StudyID", "ReferringPhysicianName")
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,21 @@ class Provenance:
 
 
 # ---------------------------------------------------------------------------------------------- checks
+def require_highdicom(what: str = "--dicom") -> None:
+    """Fail early, with what to install, when highdicom is missing."""
+    try:
+        import highdicom  # noqa: F401
+    except ImportError:
+        raise LegSegNetError(
+            f"{what} needs the Python package highdicom, which is not installed: pip install 'legsegnet[dicom]'"
+        ) from None
+
+
 def check_input_path(path: str | Path) -> None:
     """Refuse `--dicom` for an input that cannot be DICOM, before anything is read."""
     from .volume_io import _file_kind  # the reader's own decision on file types
 
+    require_highdicom()
     path = Path(path).expanduser()
     if path.is_file() and path.name.upper() != "DICOMDIR" and path.stat().st_size > 0:
         try:
@@ -150,6 +164,10 @@ def build_seg_and_sr(volume: CTVolume, labels_slab: np.ndarray, first: int, metr
     check_exportable(volume)
     last = first + labels_slab.shape[0] - 1
     source_images = volume.dicom.source_images(first, last)
+    for ds in source_images:
+        for keyword in _TYPE2_IDENTITY:
+            if keyword not in ds:
+                setattr(ds, keyword, None)  # required but may be empty; some exports leave them out
     with warnings.catch_warnings():
         # highdicom warns about the source's own attribute values (e.g. a one-part patient name), which are
         # copied as they are; the user cannot act on that here.
@@ -203,7 +221,7 @@ def _build_seg(source_images: list, labels_slab: np.ndarray, provenance: Provena
             algorithm_identification=algorithm,
             tracking_uid=hd.UID(),
             tracking_id=f"{tissue.key} ({tissue.name})"[:64],
-            display_color=hd.color.CIELabColor.from_rgb(*(c / 255.0 for c in term.rgb)),
+            display_color=hd.color.CIELabColor.from_rgb(*term.rgb),  # 0-255
         ))
     # The slab's rows are ITK axis 0 (i) and its columns axis 1 (j); a DICOM frame is (row j, column i).
     frames = np.transpose(np.asarray(labels_slab, dtype=np.uint8), (0, 2, 1))

@@ -26,6 +26,9 @@ LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 
 def read_seg_labels(path: str | Path, volume: CTVolume) -> sitk.Image:
     """The SEG at `path` as a uint8 label image (values 0-4) with exactly the CT's geometry."""
+    from .dicom_results import require_highdicom
+
+    require_highdicom("reading a DICOM SEG")
     import highdicom as hd
     import pydicom
 

@@ -51,14 +51,9 @@ def segment(
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
     run_info = {"input": str(input_path), **chosen.info()}
-    extra_files = None
-    if dicom:
-        progress.stage("DICOM SEG and SR")
-        extra_files = dicom_results.dicom_output_files(
-            volume, labels, first, report.json_safe(measurements.to_dict()), dicom_results.Provenance.from_run_info(run_info)
-        )
     metrics = report.write_outputs(
-        outdir, volume, labels, first, last, measurements, run_info, progress, extra_files=extra_files
+        outdir, volume, labels, first, last, measurements, run_info, progress,
+        extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
     )
     progress.finish()
     return metrics
@@ -70,13 +65,18 @@ def quantify_files(
     outdir: str | Path,
     *,
     slices: str | None = None,
+    dicom: bool = False,
     progress: Progress | None = None,
 ) -> dict:
     """Measure an existing (e.g. hand-corrected) label map on its CT; same outputs as `segment`."""
     progress = progress or Progress()
+    if dicom:
+        dicom_results.check_input_path(ct_path)
     progress.stage("reading")
     volume = volume_io.read_ct(ct_path)
     _report_notes(volume, progress)
+    if dicom:
+        dicom_results.check_exportable(volume)
     labels_image = volume_io.read_labels(labels_path, volume)
     if slices is None:
         first, last = axial_range.labelled_range(volume, labels_image)
@@ -86,9 +86,20 @@ def quantify_files(
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
     run_info = {"input": str(ct_path), "labels": str(labels_path), "engine": "external", "model": None}
-    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress)
+    metrics = report.write_outputs(
+        outdir, volume, labels, first, last, measurements, run_info, progress,
+        extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
+    )
     progress.finish()
     return metrics
+
+
+def _dicom_files(volume, labels, first: int, measurements, run_info: dict, progress: Progress) -> dict[str, bytes]:
+    """seg.dcm and sr.dcm for the report writer to stage with the other outputs."""
+    progress.stage("DICOM SEG and SR")
+    return dicom_results.dicom_output_files(
+        volume, labels, first, report.json_safe(measurements.to_dict()), dicom_results.Provenance.from_run_info(run_info)
+    )
 
 
 def _report_notes(volume, progress: Progress) -> None:
