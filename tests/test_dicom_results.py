@@ -300,6 +300,48 @@ def test_quantify_with_dicom_reports_corrected_labels(whole_run, phantom_series,
     assert_valid_dicom(dciodvfy, tmp_path / "q" / "seg.dcm", "Segmentation")
 
 
+def test_quantify_maps_a_seg_from_another_writer_by_its_codes(whole_run, phantom_series, tmp_path):
+    """A SEG written by highdicom directly, as another tool would: segments in another order and named in
+    words (only their terminology codes say which tissue), frames for some slices only."""
+    from pydicom.sr.coding import Code
+
+    out, _ = whole_run
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nii.gz")))  # (k, j, i)
+    headers = source_headers(phantom_series)
+    for header in headers:  # the test series leaves these required-but-empty attributes out
+        for keyword in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber", "StudyID"):
+            setattr(header, keyword, None)
+    terms = tissue_terms()
+    order = [("Bone", "Bone tissue"), ("IAT", "Fat between muscles"), ("SM", "Muscle"), ("SAT", "Subcutaneous fat")]
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n, segment_label=words,
+            segmented_property_category=Code(terms[key].category.value, "SCT", terms[key].category.meaning),
+            segmented_property_type=Code(terms[key].type.value, "SCT", terms[key].type.meaning),
+            algorithm_type="MANUAL",
+        )
+        for n, (key, words) in enumerate(order, start=1)
+    ]
+    first, last = 1, 6
+    stacked = np.stack([labels[first : last + 1] == tissues.TISSUE_BY_KEY[key].value for key, _ in order], axis=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        seg = hd.seg.Segmentation(
+            source_images=headers[first : last + 1], pixel_array=stacked.astype(np.uint8), segmentation_type="BINARY",
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=300,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="another tool",
+            manufacturer_model_name="test", software_versions="1", device_serial_number="1",
+        )
+    seg.save_as(tmp_path / "other.dcm")
+    done = w.run_legsegnet("quantify", phantom_series, tmp_path / "other.dcm", "-o", tmp_path / "q", "--quiet")
+    assert done.returncode == 0, done.stderr
+    measured = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "q" / "labels.nii.gz")))
+    expected = np.zeros_like(labels)
+    expected[first : last + 1] = labels[first : last + 1]
+    assert np.array_equal(measured, expected)
+    assert json.loads((tmp_path / "q" / "metrics.json").read_text())["slices"] == [first, last]
+
+
 # ---------------------------------------------------------------------------------------------- the real calf CT
 @pytest.mark.slow
 def test_visible_human_calf_round_trip(visible_human_dir, tmp_path, dciodvfy):

@@ -7,8 +7,8 @@ anything that has a DICOM CT, its labels and metrics.json's numbers, uses it).
 SEG (Segmentation Storage, BINARY): one segment per tissue, in label order (segment 1 SAT, 2 SM, 3 IAT,
 4 Bone), named, coloured and coded (SNOMED CT) as in Resources/LegSegNet.term.json; frames pixel for pixel
 on the analysed source slices only (empty frames omitted), each frame referencing its source image;
-the source series and frame of reference referenced; uncompressed, because 1-bit frames in any compressed
-transfer syntax are unreadable for common readers (DCMTK, dicom3tools).
+the source series and frame of reference referenced; uncompressed, for the widest set of readers (the
+validator dciodvfy cannot read a deflated SEG; JPEG 2000 needs a decoder not every toolkit has).
 
 SR (Comprehensive 3D SR, TID 1500 "Imaging Measurement Report"): for the whole analysed range and for
 each leg present, one TID 1411 volumetric group per tissue referencing its SEG segment (volume, mean and
