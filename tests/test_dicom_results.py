@@ -191,7 +191,8 @@ def phantom_series(tmp_path_factory) -> Path:
 
 def _run_dicom(series: Path, out: Path, *extra: str) -> dict:
     before = file_digests(series)
-    done = w.run_legsegnet("segment", series, "-o", out, "--engine", "threshold", "--dicom", "--quiet", *extra)
+    engine = [] if "--engine" in extra else ["--engine", "threshold"]
+    done = w.run_legsegnet("segment", series, "-o", out, *engine, "--dicom", "--quiet", *extra)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", "a successful run prints no warnings"
     assert file_digests(series) == before, "the source files were touched"
@@ -340,6 +341,30 @@ def test_quantify_maps_a_seg_from_another_writer_by_its_codes(whole_run, phantom
     expected[first : last + 1] = labels[first : last + 1]
     assert np.array_equal(measured, expected)
     assert json.loads((tmp_path / "q" / "metrics.json").read_text())["slices"] == [first, last]
+
+
+def test_nnunet_model_name_and_round_identify_the_algorithm(phantom_series, tmp_path):
+    """A real (tiny, cached) nnU-Net model installed as annotation round 3 in the test's private model store."""
+    import nnunet_fixtures
+    from LegSegNetLib.models import ModelStore
+
+    ModelStore().install(nnunet_fixtures.get_model("png"), name="tiny-round3", training_round=3)
+    out = tmp_path / "out"
+    _run_dicom(phantom_series, out, "--engine", "nnunet", "--model", "tiny-round3", "--device", "cpu", "--folds", "0")
+    seg, sr = pydicom.dcmread(out / "seg.dcm"), pydicom.dcmread(out / "sr.dcm")
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert dict(p.split("=", 1) for p in algorithm.AlgorithmParameters.split(",")) == {
+        "engine": "nnunet", "model": "tiny-round3", "round": "3"}
+    assert _concept(algorithm.AlgorithmFamilyCodeSequence[0]) == ("DCM", "123110")  # Artificial Intelligence
+    assert seg.ManufacturerModelName == "LegSegNet nnunet tiny-round3"
+    texts = {str(item.TextValue) for item in _walk(sr) if item.ValueType == "TEXT"}
+    assert {"LegSegNet", "engine=nnunet", "model=tiny-round3", "round=3"} <= texts  # TID 4019 in every group
+
+
+def _walk(dataset):
+    for item in dataset.get("ContentSequence", []):
+        yield item
+        yield from _walk(item)
 
 
 # ---------------------------------------------------------------------------------------------- the real calf CT
