@@ -6,11 +6,13 @@ is wrong (no traceback), and nothing left in the output folder (absent or empty)
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Callable
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -207,6 +209,74 @@ def quantify_labels_on_another_grid(tmp, request):
     return lambda out: ["quantify", ct, w.write_image(labels, tmp / "labels.nrrd"), "-o", out, "--quiet"]
 
 
+# --------------------------------------------------------------------- --dicom and DICOM SEG labels
+def dicom_with_nifti_input(tmp, request):
+    return _segment(_legs_file(tmp), "--dicom")
+
+
+def dicom_with_truncated_nifti(tmp, request):
+    # Refused for not being DICOM before it is read: the message is about --dicom, not about the damage.
+    return _segment(w.truncate_file(_legs_file(tmp), 0.5), "--dicom")
+
+
+def dicom_series_with_gap(tmp, request):
+    paths = w.write_dicom_series(w.leg_image(), tmp / "series")
+    paths[5].unlink()
+    return _segment(tmp / "series", "--dicom")
+
+
+def dicom_series_with_duplicated_frame(tmp, request):
+    paths = w.write_dicom_series(w.leg_image(), tmp / "series")
+    shutil.copy(paths[4], tmp / "series" / "copy-of-slice-4.dcm")
+    return _segment(tmp / "series", "--dicom")
+
+
+def dicom_series_with_repeated_instance_uid(tmp, request):
+    paths = w.write_dicom_series(w.leg_image(), tmp / "series")
+    damaged = pydicom.dcmread(paths[5])
+    damaged.SOPInstanceUID = damaged.file_meta.MediaStorageSOPInstanceUID = pydicom.dcmread(paths[4]).SOPInstanceUID
+    damaged.save_as(paths[5])
+    return _segment(tmp / "series", "--dicom")
+
+
+def _seg_file(series: Path, path: Path) -> Path:
+    """A DICOM SEG of a series' muscle and bone, made by LegSegNet's own writer."""
+    from LegSegNetLib.measurement import dicom_results, quantify, report
+    from LegSegNetLib.scan import volume_io
+
+    volume = volume_io.read_ct(series)
+    labels = volume.slab_from_image(_labels_of(volume.image))
+    numbers = report.json_safe(quantify.quantify(volume, labels, 0, volume.n_slices - 1).to_dict())
+    seg, _ = dicom_results.build_seg_and_sr(volume, labels, 0, numbers, dicom_results.Provenance("external"))
+    path.write_bytes(dicom_results.encode(seg))
+    return path
+
+
+def quantify_seg_of_another_series(tmp, request):
+    # Same pixels, but another series and frame of reference: a SEG of somebody else's scan.
+    w.write_dicom_series(w.leg_image(), tmp / "a")
+    w.write_dicom_series(w.leg_image(), tmp / "b")
+    seg = _seg_file(tmp / "a", tmp / "seg-of-a.dcm")
+    return lambda out: ["quantify", tmp / "b", seg, "-o", out, "--quiet"]
+
+
+def quantify_seg_on_nifti_ct(tmp, request):
+    w.write_dicom_series(w.leg_image(), tmp / "a")
+    seg = _seg_file(tmp / "a", tmp / "seg.dcm")
+    return lambda out: ["quantify", _legs_file(tmp), seg, "-o", out, "--quiet"]
+
+
+def quantify_ct_slice_as_labels(tmp, request):
+    paths = w.write_dicom_series(w.leg_image(), tmp / "a")
+    return lambda out: ["quantify", tmp / "a", paths[0], "-o", out, "--quiet"]
+
+
+def quantify_dicom_with_nifti_ct(tmp, request):
+    legs = w.leg_image()
+    labels = w.write_image(_labels_of(legs), tmp / "labels.nii.gz")
+    return lambda out: ["quantify", _legs_file(tmp), labels, "-o", out, "--dicom", "--quiet"]
+
+
 # --------------------------------------------------------------------- the table
 CASES = [
     pytest.param(missing_file, r"not found", id="missing-file"),
@@ -238,6 +308,17 @@ CASES = [
     pytest.param(non_hu_intensities, r"no air", id="non-hu-intensities"),
     pytest.param(quantify_label_seven, r"values 7 that are not LegSegNet labels", id="quantify-label-7"),
     pytest.param(quantify_labels_on_another_grid, r"does not lie on the CT's voxel grid", id="quantify-wrong-grid"),
+    pytest.param(dicom_with_nifti_input, r"--dicom .* not DICOM", id="dicom-nifti-input"),
+    pytest.param(dicom_with_truncated_nifti, r"--dicom .* not DICOM", id="dicom-truncated-nifti"),
+    pytest.param(dicom_series_with_gap, r"not evenly spaced", id="dicom-series-gap"),
+    pytest.param(dicom_series_with_duplicated_frame, r"same slice position", id="dicom-series-duplicated-frame"),
+    pytest.param(dicom_series_with_repeated_instance_uid, r"SOP Instance UID .* repeated",
+                 id="dicom-series-repeated-instance-uid"),
+    pytest.param(quantify_seg_of_another_series, r"does not belong to this CT: its Frame of Reference",
+                 id="quantify-seg-of-another-series"),
+    pytest.param(quantify_seg_on_nifti_ct, r"only be measured on the DICOM CT series it references", id="quantify-seg-nifti-ct"),
+    pytest.param(quantify_ct_slice_as_labels, r"not a DICOM Segmentation", id="quantify-ct-slice-as-labels"),
+    pytest.param(quantify_dicom_with_nifti_ct, r"--dicom .* not DICOM", id="quantify-dicom-nifti-ct"),
 ]
 
 

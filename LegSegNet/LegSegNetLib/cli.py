@@ -49,13 +49,17 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="mirroring test-time augmentation")
     tta.add_argument("--no-tta", dest="tta", action="store_false")
     seg.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (nnU-Net)")
+    seg.add_argument("--dicom", action="store_true",
+                     help="DICOM series input only: also write seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
 
     quant = commands.add_parser("quantify", help="measure an existing (e.g. corrected) label map on its CT")
     quant.add_argument("ct")
-    quant.add_argument("labels", help="label map on the CT's grid, values 0-4")
+    quant.add_argument("labels", help="label map on the CT's grid, values 0-4, or a DICOM SEG of the CT series")
     quant.add_argument("-o", "--outdir", required=True)
     quant.add_argument("--slices", default=None, metavar="FIRST:LAST", help="default: the slices holding labels")
+    quant.add_argument("--dicom", action="store_true",
+                       help="DICOM series CT only: also write seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report)")
     quant.add_argument("--quiet", action="store_true")
 
     _add_models_parser(commands)
@@ -189,10 +193,12 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
             folds=args.folds,
             tta=args.tta,
             batch_size=args.batch_size,
+            dicom=args.dicom,
             progress=progress,
         )
     if args.command == "quantify":
-        return pipeline.quantify_files(args.ct, args.labels, args.outdir, slices=args.slices, progress=progress)
+        return pipeline.quantify_files(args.ct, args.labels, args.outdir, slices=args.slices, dicom=args.dicom,
+                                       progress=progress)
     raise InputError(f"unknown command '{args.command}'")
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 from .anatomy import axial_range
 from .measurement import quantify
-from .measurement import report
+from .measurement import dicom_results, report
 from .scan import volume_io
 from .core.output_set import check_outputs
 from .engines import Engine, make_engine
@@ -29,15 +29,21 @@ def segment(
     folds: list[int] | None = None,
     tta: bool | None = None,
     batch_size: int | None = None,
+    dicom: bool = False,
     progress: Progress | None = None,
     engine_factory: Callable[..., Engine] = make_engine,
 ) -> dict:
-    """Segment INPUT and write the contract's output files to OUTDIR. Returns metrics.json's content."""
+    """Segment INPUT and write the contract's output files to OUTDIR (with `dicom`, also seg.dcm and sr.dcm).
+    Returns metrics.json's content."""
     progress = progress or Progress()
     check_outputs(outdir, report.OUTPUT_FILES, [input_path])  # before any work: never replace an input
+    if dicom:
+        dicom_results.check_input_path(input_path)
     progress.stage("reading")
     volume = volume_io.read_ct(input_path)
     _report_notes(volume, progress)
+    if dicom:
+        dicom_results.check_exportable(volume)
     first, last = axial_range.choose_range(volume, slices=slices, auto=auto_range)
     if auto_range:
         progress.note(f"legs found on slices {first}:{last}")
@@ -50,8 +56,10 @@ def segment(
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
     run_info = {"input": str(input_path), **chosen.info()}
-    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress,
-                                   inputs=[input_path])
+    metrics = report.write_outputs(
+        outdir, volume, labels, first, last, measurements, run_info, progress, inputs=[input_path],
+        extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
+    )
     progress.finish()
     return metrics
 
@@ -62,14 +70,19 @@ def quantify_files(
     outdir: str | Path,
     *,
     slices: str | None = None,
+    dicom: bool = False,
     progress: Progress | None = None,
 ) -> dict:
     """Measure an existing (e.g. hand-corrected) label map on its CT; same outputs as `segment`."""
     progress = progress or Progress()
     check_outputs(outdir, report.OUTPUT_FILES, [ct_path, labels_path])  # before any work: never replace an input
+    if dicom:
+        dicom_results.check_input_path(ct_path)
     progress.stage("reading")
     volume = volume_io.read_ct(ct_path)
     _report_notes(volume, progress)
+    if dicom:
+        dicom_results.check_exportable(volume)
     labels_image = volume_io.read_labels(labels_path, volume)
     if slices is None:
         first, last = axial_range.labelled_range(volume, labels_image)
@@ -79,10 +92,20 @@ def quantify_files(
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
     run_info = {"input": str(ct_path), "labels": str(labels_path), "engine": "external", "model": None}
-    metrics = report.write_outputs(outdir, volume, labels, first, last, measurements, run_info, progress,
-                                   inputs=[ct_path, labels_path])
+    metrics = report.write_outputs(
+        outdir, volume, labels, first, last, measurements, run_info, progress, inputs=[ct_path, labels_path],
+        extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
+    )
     progress.finish()
     return metrics
+
+
+def _dicom_files(volume, labels, first: int, measurements, run_info: dict, progress: Progress) -> dict[str, bytes]:
+    """seg.dcm and sr.dcm for the report writer to stage with the other outputs."""
+    progress.stage("DICOM SEG and SR")
+    return dicom_results.dicom_output_files(
+        volume, labels, first, report.json_safe(measurements.to_dict()), dicom_results.Provenance.from_run_info(run_info)
+    )
 
 
 def _report_notes(volume, progress: Progress) -> None:

@@ -283,6 +283,7 @@ class NnUNetEngine:
         out = {
             "engine": self.name,
             "model": self.model.name,
+            "round": self.model.metadata.get("round"),  # model-in-the-loop round, None for other models
             "model_path": str(self.model.path),
             "folds": [f if isinstance(f, int) else str(f) for f in self.folds],
             "checkpoint": self.checkpoint,

@@ -12,7 +12,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,6 +26,7 @@ from .quantify import PROFILE_COLUMNS, Measurements
 from ..core.tissues import MAX_LABEL, TISSUES
 
 OUTPUT_FILES = ("labels.nii.gz", "metrics.json", "metrics.csv", "profile.csv", "overlay.png", "profile.png")
+OPTIONAL_OUTPUT_FILES = ("seg.dcm", "sr.dcm")  # written with --dicom; part of the set either way
 SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)  # level 40, width 400
 OVERLAY_ALPHA = 0.45
 OVERLAY_SLICES = 12
@@ -42,10 +43,12 @@ def write_outputs(
     run_info: dict,
     progress: Progress | None = None,
     inputs: Sequence[str | Path] = (),
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> dict:
-    """Write the contract's six output files to OUTDIR as one set (output_set.py); return metrics.json's content.
+    """Write the contract's output files to OUTDIR as one set (core/output_set.py); return metrics.json's content.
 
     `inputs`: the files the results were made from; an output file that is one of them is refused.
+    `extra_files` (name -> content, e.g. seg.dcm and sr.dcm from dicom_results) join the same set.
     """
     progress = progress or Progress()
     if labels_slab.shape[0] != last - first + 1 or (measurements.first, measurements.last) != (first, last):
@@ -69,8 +72,9 @@ def write_outputs(
         ]
     else:  # Slicer does not ship matplotlib; the numbers matter more than the pictures there
         progress.note("matplotlib is not installed: overlay.png and profile.png were not drawn")
-    # all six names belong to the set: figures of an earlier run do not stay beside new numbers
-    OutputSet(outdir, OUTPUT_FILES, inputs).write(writers, progress)
+    writers += [(name, lambda p, data=data: p.write_bytes(data)) for name, data in (extra_files or {}).items()]
+    # every name belongs to the set: figures or DICOM objects of an earlier run do not stay beside new numbers
+    OutputSet(outdir, OUTPUT_FILES + OPTIONAL_OUTPUT_FILES, inputs).write(writers, progress)
     return metrics
 
 

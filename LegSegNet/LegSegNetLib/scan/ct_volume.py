@@ -15,11 +15,15 @@ buffer once. Labels produced on the slab go back into the input's own grid with 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputError
+
+if TYPE_CHECKING:
+    from .dicom_series import DicomSeries
 
 
 @dataclass
@@ -30,6 +34,7 @@ class CTVolume:
     modality: str | None = None  # from DICOM when known
     is_2d: bool = False  # read from a single 2D slice (a 1-slice volume)
     notes: list[str] = field(default_factory=list)  # things worth telling the user (e.g. flips)
+    dicom: "DicomSeries | None" = None  # read from DICOM: the files' UIDs and shared header (dicom_series.py)
 
     # ------------------------------------------------------------------ construction
     @classmethod

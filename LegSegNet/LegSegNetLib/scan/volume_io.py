@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .ct_volume import CTVolume, check_same_grid, find_axial_axis
+from .dicom_series import DicomSeries, series_from_slices
 from ..core.errors import InputError
 from ..core.tissues import MAX_LABEL
 
@@ -71,6 +72,8 @@ _BYTES_PER_COMPONENT = {
 }
 _DICOM_HEADER_TAGS = [
     "SOPClassUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
     "Modality",
     "SeriesInstanceUID",
     "SeriesNumber",
@@ -103,6 +106,7 @@ def read_ct(path: str | os.PathLike, *, max_bytes: int | None = None) -> CTVolum
     limit = memory_limit_bytes() if max_bytes is None else int(max_bytes)
     notes: list[str] = []
     modality: str | None = None
+    series: DicomSeries | None = None  # the DICOM files' identity, for DICOM outputs that reference them
     expect_air = True
     if not path.exists():
         raise InputError(f"input not found: '{path}'; check the path (give {SUPPORTED_INPUTS})")
@@ -110,7 +114,7 @@ def read_ct(path: str | os.PathLike, *, max_bytes: int | None = None) -> CTVolum
         notes.append(f"read the DICOM files in the folder of '{path.name}'")
         path = path.parent
     if path.is_dir():
-        image, modality = _read_dicom_folder(path, limit, notes)
+        image, modality, series = _read_dicom_folder(path, limit, notes)
     else:
         _check_not_empty(path)
         kind = _file_kind(path)
@@ -119,7 +123,7 @@ def read_ct(path: str | os.PathLike, *, max_bytes: int | None = None) -> CTVolum
             if image.GetDimension() == 2:
                 image = _as_one_slice(image)
         elif kind == "dicom":
-            image, modality = _read_dicom_file(path, limit, notes)
+            image, modality, series = _read_dicom_file(path, limit, notes)
         else:
             image = _read_png(path, limit, notes)
             expect_air = False  # the app's PNGs are clipped to [-200, 200] HU
@@ -138,6 +142,7 @@ def read_ct(path: str | os.PathLike, *, max_bytes: int | None = None) -> CTVolum
         modality=modality,
         is_2d=size[axial_axis] == 1,
         notes=notes,
+        dicom=series,
     )
 
 
@@ -156,10 +161,14 @@ def read_labels(path: str | os.PathLike, volume: CTVolume, *, max_bytes: int | N
             f"'{path}' is a folder; give the label map as one NIfTI (.nii, .nii.gz), NRRD or MetaImage file"
         )
     _check_not_empty(path)
+    if _itk_suffix(path) is None and (path.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(path)):
+        from .dicom_seg_labels import read_seg_labels
+
+        return read_seg_labels(path, volume)
     if _itk_suffix(path) is None:
         raise InputError(
             f"'{path.name}' is not a supported label map file; save the labels as NIfTI (.nii, .nii.gz), "
-            "NRRD (.nrrd) or MetaImage (.mha) on the CT's grid"
+            "NRRD (.nrrd) or MetaImage (.mha) on the CT's grid, or give a DICOM SEG of the CT series"
         )
     image = _read_itk_file(path, limit, what="label map")
     what = f"label map '{path.name}'"
@@ -440,6 +449,9 @@ class _DicomFile:
 
     path: Path
     series_uid: str = ""
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    frame_of_reference_uid: str = ""
     modality: str = ""
     series_number: int | None = None
     description: str = ""
@@ -458,7 +470,7 @@ class _DicomFile:
     intercept: float = 0.0
 
 
-def _read_dicom_file(path: Path, limit: int, notes: list[str]) -> tuple[sitk.Image, str]:
+def _read_dicom_file(path: Path, limit: int, notes: list[str]) -> tuple[sitk.Image, str, DicomSeries | None]:
     """One DICOM file: a 2D slice (or a multi-frame volume)."""
     header = _dicom_header(path)
     if header is None or header.rows == 0:
@@ -494,10 +506,10 @@ def _read_dicom_file(path: Path, limit: int, notes: list[str]) -> tuple[sitk.Ima
             notes.append(
                 f"read the single slice '{path.name}'; to analyse the whole series give its folder instead"
             )
-    return image, header.modality
+    return image, header.modality, series_from_slices([header], multiframe=header.frames > 1)
 
 
-def _read_dicom_folder(folder: Path, limit: int, notes: list[str]) -> tuple[sitk.Image, str]:
+def _read_dicom_folder(folder: Path, limit: int, notes: list[str]) -> tuple[sitk.Image, str, DicomSeries | None]:
     """The CT series in a folder (the one with most slices if several), slices sorted along their normal."""
     files, unreadable = _scan_dicom_folder(folder)
     if not files:
@@ -561,7 +573,7 @@ def _read_dicom_folder(folder: Path, limit: int, notes: list[str]) -> tuple[sitk
             f"could not read the pixel data of the DICOM series in '{folder.name}' ({_itk_reason(error, chatter)}); "
             f"{which}: export the series again"
         )
-    return image, "CT"
+    return image, "CT", series_from_slices(slices)
 
 
 def _first_unreadable_file(slices: list[_DicomFile]) -> Path | None:
@@ -612,6 +624,9 @@ def _dicom_header(path: Path) -> _DicomFile | None:
     return _DicomFile(
         path=path,
         series_uid=str(ds.get("SeriesInstanceUID", "")),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
         modality=str(ds.get("Modality", "")).strip().upper(),
         series_number=_int_tag(ds, "SeriesNumber"),
         description=str(ds.get("SeriesDescription", "")).strip(),

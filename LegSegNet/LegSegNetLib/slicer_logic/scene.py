@@ -20,11 +20,10 @@ from vtk.util import numpy_support
 
 from ..scan.ct_volume import CTVolume, find_axial_axis
 from ..core.errors import InputError
+from ..core.terminology import TERMINOLOGY_FILE  # noqa: F401 - also imported from here by LegSegNet.py
 from ..core.tissues import TISSUES
 
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
-
-TERMINOLOGY_FILE = Path(__file__).resolve().parents[2] / "Resources" / "LegSegNet.term.json"
 
 
 # ---------------------------------------------------------------------- geometry
