@@ -668,7 +668,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class LegSegNetLogic(ScriptedLoadableModuleLogic, LegSegNetCoreLogic):
-    """The library logic (LegSegNetLib/logic.py) plus Slicer's parameter node and application services."""
+    """The library logic (LegSegNetLib/slicer_logic/logic.py) plus Slicer's parameter node and application services."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)

@@ -31,14 +31,15 @@ def run_cli(input_path: Path, extra: list[str]) -> tuple[float, float]:
 
 
 def in_process(input_path: Path) -> None:
-    from LegSegNetLib.measurement import dicom_results, quantify, report
+    from LegSegNetLib.core.text import json_safe
+    from LegSegNetLib.measurement import dicom_results, quantify
     from LegSegNetLib.scan import volume_io
     from LegSegNetLib.engines import make_engine
     from LegSegNetLib.core.progress import Progress
 
     volume = volume_io.read_ct(input_path)
     labels = make_engine("threshold").segment(volume.slab(), volume.slab_spacing, Progress())
-    numbers = report.json_safe(quantify.quantify(volume, labels, 0, volume.n_slices - 1).to_dict())
+    numbers = json_safe(quantify.quantify(volume, labels, 0, volume.n_slices - 1).to_dict())
     provenance = dicom_results.Provenance("threshold")
     t = time.perf_counter()
     seg, sr = dicom_results.build_seg_and_sr(volume, labels, 0, numbers, provenance)

@@ -241,12 +241,13 @@ def dicom_series_with_repeated_instance_uid(tmp, request):
 
 def _seg_file(series: Path, path: Path) -> Path:
     """A DICOM SEG of a series' muscle and bone, made by LegSegNet's own writer."""
-    from LegSegNetLib.measurement import dicom_results, quantify, report
+    from LegSegNetLib.core.text import json_safe
+    from LegSegNetLib.measurement import dicom_results, quantify
     from LegSegNetLib.scan import volume_io
 
     volume = volume_io.read_ct(series)
     labels = volume.slab_from_image(_labels_of(volume.image))
-    numbers = report.json_safe(quantify.quantify(volume, labels, 0, volume.n_slices - 1).to_dict())
+    numbers = json_safe(quantify.quantify(volume, labels, 0, volume.n_slices - 1).to_dict())
     seg, _ = dicom_results.build_seg_and_sr(volume, labels, 0, numbers, dicom_results.Provenance("external"))
     path.write_bytes(dicom_results.encode(seg))
     return path

@@ -179,12 +179,12 @@ _KILL_BEFORE_COMMIT = """
 import os, signal, sys
 from LegSegNetLib import cli
 from LegSegNetLib.annotation import dataset
-real = dataset._atomic_write_text
+real = dataset.atomic_write_text
 def commit_then_die(path, text):
     if path.name == dataset.MANIFEST_FILE:
         os.kill(os.getpid(), signal.SIGKILL)  # killed after its files were moved in, before the commit
     real(path, text)
-dataset._atomic_write_text = commit_then_die
+dataset.atomic_write_text = commit_then_die
 sys.exit(cli.main(sys.argv[1:]))
 """
 

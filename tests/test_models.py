@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import http.server
-import io
 import json
 import os
 import socket

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import SimpleITK as sitk
 
 from LegSegNetLib.phantom import make_leg_phantom

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset

@@ -15,6 +15,7 @@ from .scan import volume_io
 from .core.output_set import check_outputs
 from .engines import Engine, make_engine
 from .core.progress import Progress
+from .core.text import json_safe
 
 
 def segment(
@@ -104,7 +105,7 @@ def _dicom_files(volume, labels, first: int, measurements, run_info: dict, progr
     """seg.dcm and sr.dcm for the report writer to stage with the other outputs."""
     progress.stage("DICOM SEG and SR")
     return dicom_results.dicom_output_files(
-        volume, labels, first, report.json_safe(measurements.to_dict()), dicom_results.Provenance.from_run_info(run_info)
+        volume, labels, first, json_safe(measurements.to_dict()), dicom_results.Provenance.from_run_info(run_info)
     )
 
 

@@ -33,7 +33,6 @@ file's checksum. The CT and label map given are never one of the dataset's files
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -51,6 +50,8 @@ from .. import __version__
 from ..scan.ct_volume import CTVolume
 from ..core.errors import InputError, LegSegNetError
 from ..core.progress import Progress
+from ..core.files import atomic_write_text, sha256_file
+from ..core.text import now_iso
 from ..core.tissues import MAX_LABEL, TISSUES
 
 FORMAT_PNG = "png"
@@ -285,14 +286,6 @@ def _write_2d(array: np.ndarray, path: Path, spacing_rc: tuple[float, float] | N
 
 
 # ====================================================================== helpers
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def scan_sha256(volume: CTVolume) -> str:
     """Content hash of a scan: its voxel values (HU) and size, independent of the file format it came in."""
     values = volume.hu_array()
@@ -342,24 +335,6 @@ def check_patient(patient: str) -> str:
             "(a pseudonym, not a name: it is stored in the manifest)"
         )
     return text
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 @contextlib.contextmanager
@@ -496,7 +471,7 @@ def add_slices(
         manifest = read_manifest(folder)  # again, under the lock
         if manifest is None:
             fmt = input_format or FORMAT_PNG
-            manifest = Manifest(fmt, [], _now(), encoding_description(fmt))
+            manifest = Manifest(fmt, [], now_iso(), encoding_description(fmt))
         elif input_format is not None and input_format != manifest.input_format:
             raise InputError(
                 f"the dataset '{folder}' holds {manifest.input_format.upper()}-format slices; it cannot take "
@@ -614,7 +589,7 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
             entry = {
                 "case": case, "image": image_rel, "label": label_rel,
                 "source": source, "ct_sha256": ct_sha, "slice_index": index, "n_slices": volume.n_slices,
-                "patient": patient, "round": training_round, "added_at": _now(), "version": version,
+                "patient": patient, "round": training_round, "added_at": now_iso(), "version": version,
                 "image_sha256": sha256_file(staging / Path(image_rel).name),
                 "label_sha256": sha256_file(staging / Path(label_rel).name),
                 "label_content_sha256": content,
@@ -634,7 +609,7 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
         for sub in (IMAGES_DIR, LABELS_DIR):
             (folder / sub).mkdir(exist_ok=True)
         pending = {e[key]: e[f"{key}_sha256"] for e in new_entries.values() for key in ("image", "label")}
-        _atomic_write_text(folder / PENDING_FILE, json.dumps({"files": pending}, indent=1) + "\n")
+        atomic_write_text(folder / PENDING_FILE, json.dumps({"files": pending}, indent=1) + "\n")
         for entry in new_entries.values():
             for key in ("image", "label"):
                 target = folder / entry[key]
@@ -650,8 +625,8 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
                 continue
             entries.append(e)
         entries += [new_entries[i] for i in chosen]
-        committed = Manifest(manifest.input_format, entries, manifest.created_at or _now(), manifest.encoding)
-        _atomic_write_text(manifest_path(folder), json.dumps(committed.to_dict(), indent=1) + "\n")  # the commit
+        committed = Manifest(manifest.input_format, entries, manifest.created_at or now_iso(), manifest.encoding)
+        atomic_write_text(manifest_path(folder), json.dumps(committed.to_dict(), indent=1) + "\n")  # the commit
     except BaseException:
         for path in moved:
             with contextlib.suppress(OSError):
@@ -662,7 +637,7 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
         with contextlib.suppress(OSError):
             (folder / PENDING_FILE).unlink()
 
-    _atomic_write_text(folder / DATASET_JSON, json.dumps(dataset_json(committed, _dataset_name(folder)), indent=2) + "\n")
+    atomic_write_text(folder / DATASET_JSON, json.dumps(dataset_json(committed, _dataset_name(folder)), indent=2) + "\n")
     for path in replaced_files:
         with contextlib.suppress(OSError):
             path.unlink()

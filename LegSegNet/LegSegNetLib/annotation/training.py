@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as _dt
 import json
 import math
 import os
@@ -51,8 +50,9 @@ import numpy as np
 from .. import __version__
 from . import dataset as dataset_module
 from ..core.errors import CancelledError, InputError
+from ..core.files import atomic_write_text, sha256_file
 from ..core.progress import Progress
-from ..core.text import format_duration  # noqa: F401 - also training.format_duration for callers
+from ..core.text import format_duration, now_iso  # noqa: F401 - also training.format_duration for callers
 
 CONFIGURATION = "2d"
 TRAINER_NAME = "nnUNetTrainer"  # what checkpoints record, so nnU-Net's own predictor can load them too
@@ -532,7 +532,7 @@ def _new_run(folder: Path, options: TrainOptions, name: str, training_round: int
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     run = {
-        "format_version": 1, "name": name, "status": "started", "created_at": _now(), "dataset": str(folder),
+        "format_version": 1, "name": name, "status": "started", "created_at": now_iso(), "dataset": str(folder),
         "round": training_round, "options": options.to_dict(), "epochs": epochs, "folds": [str(f) for f in folds],
         "from_model": _describe_model(base), "legsegnet": __version__,
     }
@@ -567,12 +567,8 @@ def _prepare_and_train(run_dir: Path, run: dict, folder: Path, manifest, base, o
         return paths["nnUNet_results"] / dataset_name / f"{TRAINER_NAME}__{plans['plans_name']}__{CONFIGURATION}"
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _write_json(path: Path, data: Any) -> None:
-    dataset_module._atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _open_run_for_resume(folder: Path, options: TrainOptions) -> tuple[Path, dict]:
@@ -754,7 +750,7 @@ def _prepare(run_dir: Path, folder: Path, paths: dict[str, Path], dataset_name: 
         for key in ("image", "label"):
             target = raw / entry[key]
             shutil.copyfile(folder / entry[key], target)
-            if dataset_module.sha256_file(target) != entry[f"{key}_sha256"]:
+            if sha256_file(target) != entry[f"{key}_sha256"]:
                 raise InputError(f"dataset file {entry[key]} changed while it was copied; run the training again")
     _write_json(raw / "dataset.json", dataset_module.dataset_json(manifest, dataset_name))
     _write_json(run_dir / "manifest.json", manifest.to_dict())
@@ -901,8 +897,8 @@ def _training_record(run: dict, *, manifest_path: Path, folds: list, epochs: int
     patients = sorted({e["patient"] for e in entries})
 
     return {
-        "name": run["name"], "round": run["round"], "trained_at": _now(), "dataset": run["dataset"],
-        "dataset_manifest_sha256": dataset_module.sha256_file(manifest_path),
+        "name": run["name"], "round": run["round"], "trained_at": now_iso(), "dataset": run["dataset"],
+        "dataset_manifest_sha256": sha256_file(manifest_path),
         "input_format": manifest["input_format"], "cases": len(entries), "patients": len(patients),
         "scans": len({e["ct_sha256"] for e in entries}),
         "data_rounds": sorted({int(e["round"]) for e in entries}),

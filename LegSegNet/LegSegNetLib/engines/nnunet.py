@@ -30,6 +30,7 @@ import numpy as np
 
 from ..core.errors import InputError, LegSegNetError
 from ..core.progress import Progress
+from ..core.text import first_line
 from . import published_preprocessing as published
 
 if TYPE_CHECKING:
@@ -209,7 +210,7 @@ class NnUNetEngine:
                 network.load_state_dict(ckpt["network_weights"])
             except (RuntimeError, KeyError, TypeError) as exc:
                 raise InputError(
-                    f"{path} does not fit the network that plans.json describes ({_first_line(exc)}); "
+                    f"{path} does not fit the network that plans.json describes ({first_line(exc)}); "
                     "the plans and the checkpoint come from different models — copy them from the same training run"
                 ) from None
             network.eval().to(self.device)
@@ -275,7 +276,7 @@ class NnUNetEngine:
         except Exception as exc:  # noqa: BLE001 - any failure here means plans nnU-Net cannot build
             raise InputError(
                 f"model '{self.model.name}': nnU-Net cannot build the network its plans.json describes "
-                f"({type(exc).__name__}: {_first_line(exc)})"
+                f"({type(exc).__name__}: {first_line(exc)})"
             ) from None
 
     # ------------------------------------------------------------------ the Engine protocol
@@ -550,7 +551,3 @@ class _null_context:
     def __exit__(self, *exc):
         return False
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import __version__
 from ..scan.ct_volume import CTVolume
-from ..core.errors import InputError, LegSegNetError
+from ..core.errors import InputError
 from .quantify import SIDES
 from ..core.terminology import tissue_terms
 from ..scan.dicom_seg_labels import require_highdicom

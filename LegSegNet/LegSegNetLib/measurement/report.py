@@ -19,9 +19,9 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..scan.ct_volume import CTVolume
-from ..core.errors import InputError, LegSegNetError
 from ..core.progress import Progress
 from ..core.output_set import OutputSet
+from ..core.text import json_safe
 from .quantify import PROFILE_COLUMNS, Measurements
 from ..core.tissues import MAX_LABEL, TISSUES
 
@@ -109,25 +109,6 @@ def _csv_value(value):
 def _csv_run_info(run_info: dict) -> dict:
     """Run info as CSV cells: scalars as they are, lists and dicts as JSON text."""
     return {k: json.dumps(json_safe(v)) if isinstance(v, (list, tuple, dict)) else v for k, v in run_info.items()}
-
-
-def json_safe(value):
-    """A copy that `json.dumps(..., allow_nan=False)` accepts: NaN/inf become None, numpy scalars Python ones."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- figures

@@ -18,7 +18,6 @@ installs (`modelsCommandAsync`), the device probe (`deviceProbeAsync`) and packa
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,8 @@ import SimpleITK as sitk
 from . import scene as slicer_io
 from . import tables as slicer_tables
 from ..scan.ct_volume import check_same_grid
-from ..core.errors import CancelledError, InputError, LegSegNetError
+from ..core.errors import InputError
+from ..core.text import json_safe
 from ..core.tissues import TISSUE_KEYS
 from ..worker import launcher
 from ..worker.launcher import WorkerProcess, default_python, make_workdir, segment_command, worker_environment
@@ -343,7 +343,7 @@ class LegSegNetLogic:
         writers = [
             ("labels.nii.gz", lambda path: sitk.WriteImage(slicer_io.labels_image(labels_kji, inputVolume), str(path),
                                                            useCompression=True)),
-            ("metrics.json", lambda path: path.write_text(json.dumps(_json_safe(metrics), indent=2), encoding="utf-8")),
+            ("metrics.json", lambda path: path.write_text(json.dumps(json_safe(metrics), indent=2), encoding="utf-8")),
         ]
         for role, name in ((ROLE_TISSUE_TABLE, "tissues.csv"), (ROLE_DERIVED_TABLE, "derived.csv"),
                            (ROLE_PROFILE_TABLE, "profile.csv")):
@@ -441,15 +441,3 @@ def place_beside(volumeNode, nodes: Sequence) -> None:
             sh.SetItemParent(item, parent)
         else:
             sh.CreateItem(parent, node)
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
