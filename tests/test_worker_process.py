@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from LegSegNetLib.worker import launcher as worker_process
+from LegSegNetLib.slicer_logic.run_handle import default_python
 from LegSegNetLib.worker.launcher import WorkerProcess, is_alive, make_workdir, parse_line, segment_command
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group tests are written for POSIX")
@@ -167,7 +168,7 @@ def test_worker_dying_without_error_line_is_reported_with_its_status(tmp_path):
 
 
 def test_default_python_outside_slicer_is_this_interpreter():
-    assert worker_process.default_python() == [sys.executable]
+    assert default_python() == [sys.executable]
 
 
 def test_environment_makes_the_library_importable():

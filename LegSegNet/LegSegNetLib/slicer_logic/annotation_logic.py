@@ -27,8 +27,8 @@ from ..core.errors import InputError
 from .logic import SLICES_ATTRIBUTE, Launcher, LegSegNetLogic, default_launcher
 from ..annotation.review import ReviewState
 from ..worker import launcher
-from ..worker.launcher import default_python, make_workdir
-from .run_handle import STOP_GRACE_S, RunHandle, start_run
+from ..worker.launcher import make_workdir
+from .run_handle import default_python, STOP_GRACE_S, RunHandle, start_run
 
 TrainingHandle = RunHandle  # the name `trainAsync` returned before all runs shared one handle
 

@@ -34,8 +34,8 @@ from ..core.errors import InputError
 from ..core.text import json_safe
 from ..core.tissues import TISSUE_KEYS
 from ..worker import launcher
-from ..worker.launcher import WorkerProcess, default_python, make_workdir, segment_command, worker_environment
-from .run_handle import RunHandle, start_run
+from ..worker.launcher import WorkerProcess, make_workdir, segment_command, worker_environment
+from .run_handle import default_python, RunHandle, start_run
 
 ATTRIBUTE_PREFIX = "LegSegNet."
 ROLE_INPUT = "LegSegNet.inputVolume"

@@ -17,7 +17,9 @@ The run's temporary folder is removed once the run has ended, after `finish` has
 """
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -203,3 +205,23 @@ def start_run(launch: Callable[[Sequence[str], Path], WorkerProcess], command: S
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return RunHandle(worker, **handleOptions)
+
+
+def default_python() -> list[str]:
+    """The interpreter that runs the worker: Slicer's `PythonSlicer` inside Slicer, else this one."""
+    try:
+        import slicer
+
+        inside_slicer = hasattr(slicer, "app") and slicer.app is not None
+    except ImportError:
+        inside_slicer = False
+    if inside_slicer:
+        # Slicer puts PythonSlicer on PATH and sets sys.executable to it; the folder check covers both.
+        candidates = [shutil.which("PythonSlicer"), str(Path(sys.executable).with_name("PythonSlicer"))]
+        if os.name == "nt":
+            candidates.append(str(Path(sys.executable).with_name("PythonSlicer.exe")))
+        for candidate in candidates:
+            if candidate and Path(candidate).is_file():
+                return [candidate]
+        raise RuntimeError("Slicer's PythonSlicer executable was not found next to Slicer; reinstall Slicer")
+    return [sys.executable]

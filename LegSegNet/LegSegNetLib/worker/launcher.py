@@ -24,7 +24,6 @@ import queue
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -40,27 +39,6 @@ STOP_FILE_NAME = "stop-requested"
 # Windows: no console window pops up for the worker or the helpers run here (not testable on this
 # project's Linux CI; the flag is Windows-only and documented by Python's subprocess module).
 NO_WINDOW: dict = {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)} if os.name == "nt" else {}
-
-
-# ---------------------------------------------------------------------- interpreter
-def default_python() -> list[str]:
-    """The interpreter that runs the worker: Slicer's `PythonSlicer` inside Slicer, else this one."""
-    try:
-        import slicer
-
-        inside_slicer = hasattr(slicer, "app") and slicer.app is not None
-    except ImportError:
-        inside_slicer = False
-    if inside_slicer:
-        # Slicer puts PythonSlicer on PATH and sets sys.executable to it; the folder check covers both.
-        candidates = [shutil.which("PythonSlicer"), str(Path(sys.executable).with_name("PythonSlicer"))]
-        if os.name == "nt":
-            candidates.append(str(Path(sys.executable).with_name("PythonSlicer.exe")))
-        for candidate in candidates:
-            if candidate and Path(candidate).is_file():
-                return [candidate]
-        raise RuntimeError("Slicer's PythonSlicer executable was not found next to Slicer; reinstall Slicer")
-    return [sys.executable]
 
 
 def worker_environment(base: dict[str, str] | None = None) -> dict[str, str]:
