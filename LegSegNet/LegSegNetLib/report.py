@@ -57,19 +57,6 @@ def write_outputs(
     run_info = {**run_info, "legsegnet_version": run_info.get("legsegnet_version", __version__)}
     metrics = json_safe({**run_info, **measurements.to_dict()})
 
-    existed = outdir.is_dir()
-    if outdir.exists() and not existed:
-        raise InputError(f"the output path {outdir} is a file; give a folder for the outputs")
-    created = _make_folders(outdir.parent)
-    staging = (outdir if existed else outdir.parent) / f".{outdir.name}.partial-{uuid.uuid4().hex[:12]}"
-    try:
-        os.mkdir(staging)
-    except OSError as exc:
-        _remove_created(created)
-        raise InputError(
-            f"cannot write to {outdir} ({exc.strerror or exc}); choose an output folder you can write to"
-        ) from exc
-
     writers: list[tuple[str, Callable[[Path], None]]] = [
         ("labels.nii.gz", lambda p: _write_labels(p, volume, labels_slab, first)),
         ("metrics.json", lambda p: _write_text(p, json.dumps(metrics, indent=2, allow_nan=False) + "\n")),
@@ -83,6 +70,32 @@ def write_outputs(
         ]
     else:  # Slicer does not ship matplotlib; the numbers matter more than the pictures there
         progress.note("matplotlib is not installed: overlay.png and profile.png were not drawn")
+    write_file_set(outdir, writers, progress)
+    return metrics
+
+
+def write_file_set(outdir: str | Path, writers: list[tuple[str, Callable[[Path], None]]],
+                   progress: Progress | None = None) -> None:
+    """Write files into OUTDIR all or none: each writer fills a hidden staging folder (inside OUTDIR when it
+    exists, beside it otherwise), then the files move in.
+
+    Files of OUTDIR that are not among `writers` are left alone; on any failure nothing in OUTDIR changes and
+    folders this call created are removed again.
+    """
+    progress = progress or Progress()
+    outdir = Path(outdir).expanduser().absolute()
+    existed = outdir.is_dir()
+    if outdir.exists() and not existed:
+        raise InputError(f"the output path {outdir} is a file; give a folder for the outputs")
+    created = _make_folders(outdir.parent)
+    staging = (outdir if existed else outdir.parent) / f".{outdir.name}.partial-{uuid.uuid4().hex[:12]}"
+    try:
+        os.mkdir(staging)
+    except OSError as exc:
+        _remove_created(created)
+        raise InputError(
+            f"cannot write to {outdir} ({exc.strerror or exc}); choose an output folder you can write to"
+        ) from exc
     progress.stage("writing", total=len(writers))
     try:
         for name, write in writers:
@@ -102,7 +115,6 @@ def write_outputs(
                 f"could not write the outputs to {outdir} ({exc}); check free disk space and permissions"
             ) from exc
         raise
-    return metrics
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -118,13 +130,15 @@ def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
+def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | None = None,
+               cell: Callable[[object], object] | None = None) -> None:
     columns = columns or tuple(rows[0])
+    cell = cell or _csv_value
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: _csv_value(row[key]) for key in columns})
+            writer.writerow({key: cell(row[key]) for key in columns})
 
 
 def _csv_value(value):
