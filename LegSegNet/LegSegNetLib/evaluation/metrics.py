@@ -106,7 +106,7 @@ def compare_labels(
     histogram = _slice_histograms(pred_c, ref_c)  # (slices in box, pred value, ref value)
     voxel_cm3 = float(np.prod(spacing)) / 1000.0
     hu_sums = _hu_sums(pred_c, ref_c, hu_c) if hu is not None else None
-    surfaces = _Surfaces(pred_c, ref_c, spacing)
+    surfaces = _Surfaces(pred_c, ref_c, spacing, _flat_axes(pred.shape))
 
     slice_dice = np.full((n_slices, len(tissues)), np.nan)
     result: dict[str, TissueAgreement] = {}
@@ -161,7 +161,7 @@ def surface_distances(
         return np.zeros(0), np.zeros(0)
     a_c = np.ascontiguousarray(a[box]).view(np.uint8)
     b_c = np.ascontiguousarray(b[box]).view(np.uint8)
-    return _Surfaces(a_c, b_c, spacing_arr).distances(1)
+    return _Surfaces(a_c, b_c, spacing_arr, _flat_axes(a.shape)).distances(1)
 
 
 def assd(d_ab: np.ndarray, d_ba: np.ndarray) -> float:
@@ -257,12 +257,21 @@ def _iou(both: int, a: int, b: int) -> float:
     return both / union if union else math.nan
 
 
-def _surface_flags(labels: np.ndarray) -> np.ndarray:
-    """True at labelled voxels that differ from a face neighbour or lie on the array's border (axes > 1 long)."""
+def _flat_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Axes of length 1 in the whole array: there are no neighbours across them (one slice: a 2D comparison)."""
+    return tuple(axis for axis, length in enumerate(shape) if length == 1)
+
+
+def _surface_flags(labels: np.ndarray, flat_axes: tuple[int, ...] = ()) -> np.ndarray:
+    """True at labelled voxels that differ from a face neighbour or lie on the array's border.
+
+    `labels` may be a crop: its border is then next to unlabelled voxels, which makes it surface just the
+    same. Only `flat_axes` (length 1 in the uncropped array) are not looked across.
+    """
     flags = np.zeros(labels.shape, dtype=bool)
     for axis, length in enumerate(labels.shape):
-        if length < 2:
-            continue  # a single slice: no neighbours across it, a 2D comparison
+        if axis in flat_axes:
+            continue
         lower = [slice(None)] * labels.ndim
         upper = [slice(None)] * labels.ndim
         lower[axis], upper[axis] = slice(0, -1), slice(1, None)
@@ -280,7 +289,7 @@ def _surface_flags(labels: np.ndarray) -> np.ndarray:
 class _Surfaces:
     """Surface voxels of every tissue in two cropped label arrays, and their directed distances."""
 
-    def __init__(self, pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray) -> None:
+    def __init__(self, pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray, flat_axes: tuple[int, ...] = ()) -> None:
         self.shape = pred.shape
         self.spacing = np.asarray(spacing, dtype=float)
         if pred.size == 0:
@@ -289,8 +298,8 @@ class _Surfaces:
             self.pred_shared = self.ref_shared = np.zeros(0, dtype=bool)
             return
         pred_flat, ref_flat = pred.ravel(), ref.ravel()
-        pred_surface = _surface_flags(pred).ravel()
-        ref_surface = _surface_flags(ref).ravel()
+        pred_surface = _surface_flags(pred, flat_axes).ravel()
+        ref_surface = _surface_flags(ref, flat_axes).ravel()
         self.pred_index = np.flatnonzero(pred_surface)
         self.ref_index = np.flatnonzero(ref_surface)
         self.pred_label = pred_flat[self.pred_index]

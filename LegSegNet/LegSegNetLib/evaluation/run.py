@@ -205,7 +205,7 @@ DEFINITIONS = {
     "mean_hu_diff": "mean HU over the predicted voxels - mean HU over the reference voxels (with a CT)",
     "statistics": "mean, SD (n-1) and median over scans of the finite values; NaN (undefined) and inf are left out "
                   "and counted; ci95_mean: percentile bootstrap over scans, seeded",
-    "pearson": "Pearson r of V_pred against V_ref (or mean HU), 95% CI by Fisher's z with 1.96 / sqrt(n-3)",
+    "pearson": "Pearson r of V_pred against V_ref (or mean HU), 95% CI by Fisher's z, tanh(atanh(r) +- 1.95996 / sqrt(n-3))",
     "icc": "ICC(A,1) (McGraw & Wong 1996; = Shrout & Fleiss ICC(2,1)): two-way, absolute agreement, single "
            "measurement, so a systematic bias lowers it; 95% CI by the same bootstrap",
     "bland_altman": "differences pred - ref: bias = mean, limits of agreement = bias +- 1.96 SD (n-1)",

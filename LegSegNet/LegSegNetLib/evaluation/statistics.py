@@ -5,7 +5,7 @@
   distance to an empty mask), and counted (`n_undefined`, `n_infinite`).
 - `BootstrapSample`: which scans each bootstrap replicate draws, drawn once from `seed` and shared by every
   metric and tissue, so the CIs are reproducible and one replicate is the same cohort for all numbers.
-- `pearson`: Pearson r with a 95% CI from Fisher's z transform, tanh(atanh(r) +- 1.96 / sqrt(n - 3)).
+- `pearson`: Pearson r with a 95% CI from Fisher's z transform, tanh(atanh(r) +- z_0.975 / sqrt(n - 3)).
 - `icc_agreement`: ICC(A,1) of McGraw & Wong (1996), the two-way, absolute-agreement, single-measurement
   intraclass correlation; Shrout & Fleiss's ICC(2,1) is the same number. Absolute agreement, because a method
   that measures every volume 10% too large does not agree with the reference (consistency, ICC(3,1) or
@@ -20,7 +20,8 @@ import math
 
 import numpy as np
 
-Z_95 = 1.96  # the rounded normal 97.5th percentile that Bland & Altman and Fisher-z CIs conventionally use
+Z_95 = 1.959963984540054  # standard normal 97.5th percentile (Fisher-z CI, as scipy.stats.pearsonr)
+LOA_Z = 1.96  # Bland & Altman's limits of agreement: bias +- 1.96 SD, as published
 DEFAULT_BOOTSTRAP = 2000
 
 
@@ -142,8 +143,8 @@ def bland_altman(pred, ref) -> dict:
         "n": n,
         "bias": bias,
         "sd_diff": sd,
-        "loa_lower": bias - Z_95 * sd if sd is not None else None,
-        "loa_upper": bias + Z_95 * sd if sd is not None else None,
+        "loa_lower": bias - LOA_Z * sd if sd is not None else None,
+        "loa_upper": bias + LOA_Z * sd if sd is not None else None,
     }
 
 
