@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 from . import dataset, review, slicer_io, training
 from .errors import CancelledError, InputError, LegSegNetError
-from .logic import SLICES_ATTRIBUTE, Launcher, default_launcher
+from .logic import Launcher, default_launcher, stored_slice_range
 from .review import ReviewState
 from .worker_process import WorkerEvent, WorkerProcess, default_python, make_workdir, worker_environment
 
@@ -166,16 +166,7 @@ class AnnotationLogic:
     # ------------------------------------------------------------------ review
     def reviewRange(self, segmentationNode, inputVolume) -> tuple[int, int]:
         """The analysed range stored by the segmentation run, else the whole volume."""
-        n = slicer_io.slice_count(inputVolume)
-        stored = segmentationNode.GetAttribute(SLICES_ATTRIBUTE) if segmentationNode is not None else None
-        if stored:
-            try:
-                first, last = (int(v) for v in stored.split(":"))
-                if 0 <= first <= last < n:
-                    return first, last
-            except ValueError:
-                pass
-        return 0, n - 1
+        return stored_slice_range(segmentationNode, inputVolume)
 
     def startReview(self, segmentationNode, inputVolume, slicesPerScan: int = review.DEFAULT_SLICES_PER_SCAN,
                     seed: int = 0, firstSlice: int | None = None, lastSlice: int | None = None) -> ReviewState:
