@@ -77,6 +77,7 @@ class LegSegNetParameterNode:
     engine/device/tta - worker options; folds: comma-separated nnU-Net folds ("" = all in the model).
     batchSize - slices per forward pass (0 = engine default).
     outputSegmentation - segmentation to overwrite (None: a new one named after the volume).
+    referenceSegmentation - a reference segmentation of the same CT for "Compare with reference".
     reviewSlicesPerScan/reviewSeed - slices sampled per scan for review (1-50) and the sampling seed.
     datasetFolder/patientId/annotationRound - where reviewed slices go, whose they are, which round.
     trainEpochs/trainModelName - settings of "Train next round".
@@ -93,6 +94,7 @@ class LegSegNetParameterNode:
     tta: Annotated[str, Choice(["default", "on", "off"])] = "default"
     batchSize: Annotated[int, Minimum(0)] = 0
     outputSegmentation: vtkMRMLSegmentationNode
+    referenceSegmentation: vtkMRMLSegmentationNode
     reviewSlicesPerScan: Annotated[int, Minimum(1), Maximum(50)] = 3
     reviewSeed: Annotated[int, Minimum(0)] = 0
     datasetFolder: str = ""
@@ -156,6 +158,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.updateMeasurementsButton.connect("clicked(bool)", self.onUpdateMeasurements)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.showResultsButton.connect("clicked(bool)", self.onShowResults)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareWithReference)
         self.ui.progressBar.hide()
 
         self.annotationLogic = AnnotationLogic()
@@ -254,6 +257,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasResults = segmentation is not None and volume is not None and not running
         for button in (self.ui.updateMeasurementsButton, self.ui.exportButton, self.ui.showResultsButton):
             button.enabled = hasResults
+        self.ui.compareButton.enabled = hasResults and p.referenceSegmentation is not None
         self._updateReviewDisplay()
 
     def _updateRangeDisplay(self, volume, first: int, last: int, visible: bool) -> None:
@@ -481,6 +485,15 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
             written = self.logic.exportResults(p.outputSegmentation, p.inputVolume, folder)
             self.ui.statusLabel.text = _("wrote {count} files to {folder}").format(count=len(written), folder=folder)
+
+    def onCompareWithReference(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Comparison failed."), waitCursor=True):
+            table = self.logic.compareWithReference(p.outputSegmentation, p.referenceSegmentation, p.inputVolume)
+            slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
+            self.ui.statusLabel.text = _("compared with {name}").format(name=p.referenceSegmentation.GetName())
 
     def onShowResults(self) -> None:
         self._showResults(self._parameterNode.outputSegmentation)

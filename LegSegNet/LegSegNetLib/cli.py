@@ -5,6 +5,7 @@
     legsegnet models list | install SOURCE [--name NAME] [--sha256 HEX] | remove NAME | default NAME
     legsegnet dataset add CT LABELS --dataset DIR --slices LIST [--patient ID] [--round N] [--format png|hu]
     legsegnet train DATASET [--from MODEL] [--epochs N] [--device ...] [--name NAME] [--folds 0] [--resume]
+    legsegnet evaluate PRED REF [--ct CT] -o OUTDIR | --pairs FILE.csv -o OUTDIR | PRED_DIR REF_DIR -o OUTDIR
 
 Exit status 0 on success, 2 for a bad input or argument, 1 for anything else; failures print one
 `error:` line on stderr (the traceback only with --debug). The worker process (worker.py) parses the
@@ -65,7 +66,27 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     _add_models_parser(commands)
     _add_dataset_parser(commands)
     _add_train_parser(commands)
+    _add_evaluate_parser(commands)
     return parser
+
+
+def _add_evaluate_parser(commands) -> None:
+    from .evaluation.statistics import DEFAULT_BOOTSTRAP
+
+    ev = commands.add_parser("evaluate", help="compare predicted label maps with reference label maps (Dice, ASSD, "
+                                              "HD95, volumes, agreement statistics)")
+    ev.add_argument("inputs", nargs="*", metavar="PRED REF",
+                    help="predicted and reference label map (two files), or two folders matched by scan id")
+    ev.add_argument("-o", "--outdir", required=True, help="output folder (created; files replaced atomically)")
+    ev.add_argument("--pairs", default=None, metavar="FILE.csv", help="CSV with columns id,pred,ref and optional ct")
+    ev.add_argument("--ct", default=None, help="the CT (one pair) or a folder of CTs named by scan id: adds mean HU")
+    ev.add_argument("--slices", default="all", metavar="all|reference|FIRST:LAST",
+                    help="slices to compare: all (default), those from the reference's first to last labelled "
+                         "slice, or an inclusive range")
+    ev.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the bootstrap CIs (default 0)")
+    ev.add_argument("--bootstrap", type=_positive_int, default=DEFAULT_BOOTSTRAP, metavar="N",
+                    help=f"bootstrap replicates for the CIs (default {DEFAULT_BOOTSTRAP})")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
 def _add_dataset_parser(commands) -> None:
@@ -179,6 +200,8 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
         return _run_dataset(args, progress)
     if args.command == "train":
         return _run_train(args, progress)
+    if args.command == "evaluate":
+        return _run_evaluate(args, progress)
     from . import pipeline
 
     if args.command == "segment":
@@ -292,6 +315,29 @@ def _run_train(args: argparse.Namespace, progress: Progress) -> dict:
     return result.to_dict()
 
 
+def _run_evaluate(args: argparse.Namespace, progress: Progress) -> dict:
+    """`legsegnet evaluate`: writes OUTDIR; a per-tissue line of the cohort's main numbers for people."""
+    from .evaluation.run import evaluate
+
+    summary = evaluate(args.inputs, args.outdir, pairs_csv=args.pairs, ct=args.ct, slices=args.slices,
+                       seed=args.seed, n_bootstrap=args.bootstrap, progress=progress)
+    if _for_people(progress) and not args.quiet:
+        progress.finish()
+        print(f"{summary['n_scans']} scan{'s' if summary['n_scans'] != 1 else ''} evaluated")
+        for key, tissue in summary["tissues"].items():
+            m = tissue["metrics"]
+            r = tissue["volume_cm3"]["pearson"]["r"]
+            print(f"  {key:<4} Dice {_number(m['dice']['mean'], 3)}  ASSD {_number(m['assd_mm']['mean'], 2)} mm  "
+                  f"HD95 {_number(m['hd95_mm']['mean'], 2)} mm  volume difference "
+                  f"{_number(m['volume_diff_cm3']['mean'], 1)} cm3" + (f"  volume r {r:.3f}" if r is not None else ""))
+        print(f"results in {args.outdir}")
+    return summary
+
+
+def _number(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def _print_model_table(infos, say) -> None:
     rows = [("NAME", "DEFAULT", "INPUT", "ROUND", "FOLDS", "INSTALLED", "LICENCE", "SOURCE")]
     for info in infos:
@@ -344,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress = TerminalProgress(sys.stderr)
         metrics = run_command(args, progress)
         progress.finish()
-        if not getattr(args, "quiet", False) and getattr(args, "outdir", None):
+        if not getattr(args, "quiet", False) and args.command in ("segment", "quantify"):
             _print_summary(metrics, args.outdir)
         return 0
     except SystemExit as exc:  # --help / --version

@@ -78,6 +78,12 @@ def write_outputs(
     return metrics
 
 
+def write_file_set(outdir: str | Path, writers: list[tuple[str, Callable[[Path], None]]],
+                   progress: Progress | None = None, inputs: Sequence[str | Path] = ()) -> None:
+    """Write the files of `writers` into OUTDIR as one set (core/output_set.py): all of them or none."""
+    OutputSet(outdir, [name for name, _ in writers], inputs).write(writers, progress)
+
+
 # ---------------------------------------------------------------------------------------------- files
 def _write_labels(path: Path, volume: CTVolume, labels_slab: np.ndarray, first: int) -> None:
     image = volume.labels_to_image(np.asarray(labels_slab, dtype=np.uint8), first)
@@ -91,13 +97,15 @@ def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
+def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | None = None,
+               cell: Callable[[object], object] | None = None) -> None:
     columns = columns or tuple(rows[0])
+    cell = cell or _csv_value
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: _csv_value(row[key]) for key in columns})
+            writer.writerow({key: cell(row[key]) for key in columns})
 
 
 def _csv_value(value):

@@ -184,6 +184,19 @@ def find_axial_axis(direction, tolerance_deg: float = AXIAL_TOLERANCE_DEG) -> in
 
 def check_same_grid(reference: sitk.Image, other: sitk.Image, what: str = "label map") -> None:
     """Raise InputError unless `other` has the reference's size, spacing, origin and direction."""
+    problems = grid_differences(reference, other)
+    if problems:
+        raise InputError(
+            f"the {what} does not lie on the CT's voxel grid ({'; '.join(problems)}); "
+            "export it on the CT's geometry (in Slicer: reference volume = the CT)"
+        )
+
+
+def grid_differences(reference: sitk.Image, other: sitk.Image) -> list[str]:
+    """How `other`'s grid differs from the reference's, beyond the tolerances (empty: the same grid).
+
+    Tolerances: spacing 1e-4 (relative or mm), origin 0.01 mm, direction cosines 1e-4.
+    """
     problems = []
     if reference.GetSize() != other.GetSize():
         problems.append(f"size {other.GetSize()} vs {reference.GetSize()}")
@@ -193,8 +206,4 @@ def check_same_grid(reference: sitk.Image, other: sitk.Image, what: str = "label
         problems.append(f"origin {other.GetOrigin()} vs {reference.GetOrigin()}")
     if not np.allclose(reference.GetDirection(), other.GetDirection(), atol=1e-4):
         problems.append("direction differs")
-    if problems:
-        raise InputError(
-            f"the {what} does not lie on the CT's voxel grid ({'; '.join(problems)}); "
-            "export it on the CT's geometry (in Slicer: reference volume = the CT)"
-        )
+    return problems

@@ -153,7 +153,32 @@ def read_labels(path: str | os.PathLike, volume: CTVolume, *, max_bytes: int | N
     `check_same_grid`), so later comparisons need no tolerance.
     """
     path = Path(path).expanduser()
-    limit = memory_limit_bytes() if max_bytes is None else int(max_bytes)
+    image = _read_label_file(path, memory_limit_bytes() if max_bytes is None else int(max_bytes), volume)
+    what = f"label map '{path.name}'"
+    if image.GetDimension() == 2 and volume.is_2d and volume.axial_axis == 2:
+        # A 2D label map of a one-slice CT: compare the in-plane geometry, then stack it onto the slice.
+        check_same_grid(volume.image[:, :, 0], image, what=what)
+        image = _as_one_slice(image)
+        image.CopyInformation(volume.image)
+    check_same_grid(volume.image, image, what=what)
+    labels = _label_values_checked(image, path)
+    labels.CopyInformation(volume.image)
+    return labels
+
+
+def read_label_image(path: str | os.PathLike, *, max_bytes: int | None = None) -> sitk.Image:
+    """Read a label map on its own (values 0-4) as a uint8 image with the file's geometry.
+
+    For comparing two label maps without their CT (`legsegnet evaluate`); a 2D label map becomes one slice.
+    """
+    path = Path(path).expanduser()
+    image = _read_label_file(path, memory_limit_bytes() if max_bytes is None else int(max_bytes))
+    if image.GetDimension() == 2:
+        image = _as_one_slice(image)
+    return _label_values_checked(image, path)
+
+
+def _read_label_file(path: Path, limit: int, volume: CTVolume | None = None) -> sitk.Image:
     if not path.exists():
         raise InputError(f"label map not found: '{path}'; check the path")
     if path.is_dir():
@@ -162,6 +187,8 @@ def read_labels(path: str | os.PathLike, volume: CTVolume, *, max_bytes: int | N
         )
     _check_not_empty(path)
     if _itk_suffix(path) is None and (path.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(path)):
+        if volume is None:  # a SEG's frames are placed through the CT series it references
+            raise InputError(f"'{path.name}' is a DICOM SEG, which can be read only with its CT series; give the CT too")
         from .dicom_seg_labels import read_seg_labels
 
         return read_seg_labels(path, volume)
@@ -170,14 +197,11 @@ def read_labels(path: str | os.PathLike, volume: CTVolume, *, max_bytes: int | N
             f"'{path.name}' is not a supported label map file; save the labels as NIfTI (.nii, .nii.gz), "
             "NRRD (.nrrd) or MetaImage (.mha) on the CT's grid, or give a DICOM SEG of the CT series"
         )
-    image = _read_itk_file(path, limit, what="label map")
-    what = f"label map '{path.name}'"
-    if image.GetDimension() == 2 and volume.is_2d and volume.axial_axis == 2:
-        # A 2D label map of a one-slice CT: compare the in-plane geometry, then stack it onto the slice.
-        check_same_grid(volume.image[:, :, 0], image, what=what)
-        image = _as_one_slice(image)
-        image.CopyInformation(volume.image)
-    check_same_grid(volume.image, image, what=what)
+    return _read_itk_file(path, limit, what="label map")
+
+
+def _label_values_checked(image: sitk.Image, path: Path) -> sitk.Image:
+    """The label map as uint8 after checking it holds only whole numbers 0-MAX_LABEL."""
     values = sitk.GetArrayViewFromImage(image)
     if values.dtype.kind == "f":
         n_bad = _count_nonfinite(values)
@@ -196,9 +220,7 @@ def read_labels(path: str | os.PathLike, volume: CTVolume, *, max_bytes: int | N
             f"the label map '{path.name}' holds values {shown} that are not LegSegNet labels; it may hold only "
             f"0 (background), 1 (SAT), 2 (SM), 3 (IAT) and {MAX_LABEL} (Bone): relabel or remove those voxels"
         )
-    labels = sitk.Cast(image, sitk.sitkUInt8)
-    labels.CopyInformation(volume.image)
-    return labels
+    return image if image.GetPixelID() == sitk.sitkUInt8 else sitk.Cast(image, sitk.sitkUInt8)
 
 
 def memory_limit_bytes() -> int:

@@ -24,7 +24,7 @@ from ..annotation import review
 from . import scene as slicer_io
 from ..annotation import training
 from ..core.errors import InputError
-from .logic import SLICES_ATTRIBUTE, Launcher, LegSegNetLogic, default_launcher
+from .logic import Launcher, LegSegNetLogic, default_launcher, stored_slice_range
 from ..annotation.review import ReviewState
 from ..worker import launcher
 from ..worker.launcher import make_workdir
@@ -58,16 +58,7 @@ class AnnotationLogic:
     # ------------------------------------------------------------------ review
     def reviewRange(self, segmentationNode, inputVolume) -> tuple[int, int]:
         """The analysed range stored by the segmentation run, else the whole volume."""
-        n = slicer_io.slice_count(inputVolume)
-        stored = segmentationNode.GetAttribute(SLICES_ATTRIBUTE) if segmentationNode is not None else None
-        if stored:
-            try:
-                first, last = (int(v) for v in stored.split(":"))
-                if 0 <= first <= last < n:
-                    return first, last
-            except ValueError:
-                pass
-        return 0, n - 1
+        return stored_slice_range(segmentationNode, inputVolume)
 
     def startReview(self, segmentationNode, inputVolume, slicesPerScan: int = review.DEFAULT_SLICES_PER_SCAN,
                     seed: int = 0, firstSlice: int | None = None, lastSlice: int | None = None) -> ReviewState:

@@ -45,6 +45,7 @@ ROLE_PROFILE_TABLE = "LegSegNet.profileTable"
 ROLE_CHART = "LegSegNet.profileChart"
 ROLE_SERIES = "LegSegNet.series."  # + tissue key
 ROLE_SEGMENTATION = "LegSegNet.segmentation"
+ROLE_COMPARISON_TABLE = "LegSegNet.comparisonTable"
 SLICES_ATTRIBUTE = "LegSegNet.Slices"
 
 # Rough share of the whole run that each worker stage takes, for one overall progress bar.
@@ -326,6 +327,29 @@ class LegSegNetLogic:
         n = slicer_io.slice_count(inputVolume)
         return max(0, min(bounds)), min(n - 1, max(bounds))
 
+    # ------------------------------------------------------------------ comparison with a reference
+    def compareWithReference(self, segmentationNode, referenceNode, inputVolume, table=None,
+                             firstSlice: int | None = None, lastSlice: int | None = None):
+        """Dice, IoU, ASSD, HD95 and volume difference per tissue against a reference segmentation: a table node.
+
+        Slices firstSlice..lastSlice, by default the range the segmentation run analysed (else all). The table
+        is kept with the segmentation and refilled by the next comparison. See reference_comparison.py.
+        """
+        from .reference_comparison import compare_with_reference
+
+        if segmentationNode is not None and (firstSlice is None or lastSlice is None):
+            stored = stored_slice_range(segmentationNode, inputVolume)
+            firstSlice = stored[0] if firstSlice is None else firstSlice
+            lastSlice = stored[1] if lastSlice is None else lastSlice
+        if table is None and segmentationNode is not None:
+            table = segmentationNode.GetNodeReference(ROLE_COMPARISON_TABLE)
+        slices = None if firstSlice is None else (int(firstSlice), int(lastSlice))
+        table, _ = compare_with_reference(segmentationNode, referenceNode, inputVolume, table, slices)
+        segmentationNode.SetNodeReferenceID(ROLE_COMPARISON_TABLE, table.GetID())
+        table.SetNodeReferenceID(ROLE_SEGMENTATION, segmentationNode.GetID())
+        place_beside(inputVolume, [table])
+        return table
+
     # ------------------------------------------------------------------ export
     def exportResults(self, segmentationNode, inputVolume, folder: str | Path) -> list[Path]:
         """Write labels.nii.gz (on the volume's grid), metrics.json and the tables as CSV into `folder`.
@@ -422,6 +446,20 @@ class LegSegNetLogic:
         roles = {"inputVolume": ROLE_INPUT, "tissueTable": ROLE_TISSUE_TABLE, "derivedTable": ROLE_DERIVED_TABLE,
                  "profileTable": ROLE_PROFILE_TABLE, "chart": ROLE_CHART}
         return {name: segmentationNode.GetNodeReference(role) for name, role in roles.items()}
+
+
+def stored_slice_range(segmentationNode, inputVolume) -> tuple[int, int]:
+    """The analysed range a segmentation run stored on the segmentation, else the whole volume."""
+    n = slicer_io.slice_count(inputVolume)
+    stored = segmentationNode.GetAttribute(SLICES_ATTRIBUTE) if segmentationNode is not None else None
+    if stored:
+        try:
+            first, last = (int(v) for v in stored.split(":"))
+            if 0 <= first <= last < n:
+                return first, last
+        except ValueError:
+            pass
+    return 0, n - 1
 
 
 def place_beside(volumeNode, nodes: Sequence) -> None:
