@@ -64,10 +64,8 @@ PREPROCESSORS = frozenset({"DefaultPreprocessor"})
 NORMALIZATION_SCHEMES = frozenset(
     {"ZScoreNormalization", "CTNormalization", "NoNormalization", "RescaleTo01Normalization", "RGBTo01Normalization"}
 )
-RESAMPLING_FUNCTIONS = frozenset(
-    {"resample_data_or_seg_to_shape", "resample_data_or_seg_to_spacing", "resample_torch_fornnunet",
-     "resample_torch_simple", "no_resampling_hack"}
-)
+# called as fn(data, new_shape, current_spacing, new_spacing, **kwargs from the plans)
+RESAMPLING_FUNCTIONS = frozenset({"resample_data_or_seg_to_shape", "resample_torch_fornnunet", "no_resampling_hack"})
 LABEL_MANAGERS = frozenset({"LabelManager"})
 IMAGE_READER_WRITERS = frozenset(
     {"NaturalImage2DIO", "SimpleITKIO", "SimpleITKIOWithReorient", "NibabelIO", "NibabelIOWithReorient", "Tiff3DIO"}
@@ -168,19 +166,29 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 def find_trainer_class(trainer_name: str):
     """nnU-Net's trainer class of that name (nnUNetTrainer or one of the variants nnU-Net ships), or None.
 
-    nnU-Net's own lookup returns any attribute of any module under nnunetv2.training.nnUNetTrainer (a
-    module such as `os` included); only a real trainer class is accepted here."""
+    nnU-Net's own lookup imports every module under nnunetv2/training/nnUNetTrainer (some need optional
+    packages) and returns any attribute of them, a module such as `os` included. Here the one module whose
+    source defines `class NAME(` is imported, and only a subclass of nnUNetTrainer is accepted."""
     if not isinstance(trainer_name, str) or not _IDENTIFIER.match(trainer_name):
         return None
-    import os
+    import importlib
+    from pathlib import Path
 
     import nnunetv2
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-    found = recursive_find_python_class(
-        os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), trainer_name, "nnunetv2.training.nnUNetTrainer"
-    )
-    if isinstance(found, type) and issubclass(found, nnUNetTrainer) and found.__module__.startswith("nnunetv2."):
-        return found
+    package_dir = Path(nnunetv2.__path__[0])
+    definition = re.compile(rf"^class\s+{trainer_name}\s*[(:]", re.MULTILINE)
+    for source in sorted((package_dir / "training" / "nnUNetTrainer").rglob("*.py")):
+        try:
+            if not definition.search(source.read_text(encoding="utf-8", errors="replace")):
+                continue
+            module = importlib.import_module(
+                ".".join(("nnunetv2", *source.relative_to(package_dir).with_suffix("").parts))
+            )
+            from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        except Exception:  # noqa: BLE001 - a variant that needs a package not installed here
+            return None
+        found = getattr(module, trainer_name, None)
+        if isinstance(found, type) and issubclass(found, nnUNetTrainer):
+            return found
     return None
