@@ -15,8 +15,8 @@ One slab in, labels out in the slab's own grid, in five steps per chunk of slice
    already on the native grid after step 3.
 5. Slices without body (every voxel below -500 HU) are not sent to the network: label 0.
 
-Checkpoints are loaded with torch.load(weights_only=True) (models.load_checkpoint): a model file
-cannot run code. Memory is bounded by the chunk size; nothing of a whole scan but its labels is kept.
+Checkpoints are loaded with torch.load(weights_only=True) (models.load_checkpoint) and the plans'
+imported names are checked against what nnU-Net ships (models.load_plans): a model file cannot run code. Memory is bounded by the chunk size; nothing of a whole scan but its labels is kept.
 """
 from __future__ import annotations
 
@@ -233,20 +233,18 @@ class NnUNetEngine:
         """The network the checkpoint's trainer builds from the plans (deep supervision off).
 
         nnU-Net's own trainer builds it with get_network_from_plans; that is called directly, because
-        importing the trainer module costs seconds. Other trainers are looked up as nnU-Net's predictor does.
+        importing the trainer module costs seconds. Other trainers are looked up among nnU-Net's own trainer
+        classes only (the checkpoint names the trainer; the plans' names were checked when they were read).
         """
         import inspect
 
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+        from ..models.plans_names import find_trainer_class
+
         builder = None
         if trainer_name and trainer_name != "nnUNetTrainer":
-            import nnunetv2
-            from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-
-            found = recursive_find_python_class(
-                os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), trainer_name, "nnunetv2.training.nnUNetTrainer"
-            )
+            found = find_trainer_class(trainer_name)
             if found is None:
                 if progress is not None:
                     progress.note(f"trainer '{trainer_name}' is not part of this nnU-Net; building the network from the plans")

@@ -13,8 +13,11 @@ Two things live here:
   `hf:OWNER/REPO[@REVISION]` (the published weights: `hf:GogoChen/LegSegNet`).
 
 Everything that arrives from outside is untrusted: archive members may not escape the target folder
-(absolute paths, `..`, drive letters, symlinks, device files are refused), the total expanded size is
-bounded, `--sha256` is verified before anything is extracted, the model folder is validated and every
+(absolute paths, `..`, drive letters, symlinks, device files are refused), only the files a model is
+made of are extracted and their total expanded size is bounded (declared sizes before anything is
+written, actual bytes while writing), `--sha256` is verified before anything is extracted, every name
+in plans.json that nnU-Net would import must be one nnU-Net ships (`load_plans`, at install and at every
+load), the model folder is validated and every
 checkpoint is checked to load with `torch.load(weights_only=True)` (tensors, numbers, strings and
 numeric numpy scalars only — never arbitrary pickled objects) before it is registered, and the install
 is atomic: files are staged in a hidden folder inside the store and renamed into place at the end, so
@@ -23,6 +26,7 @@ for local mirrors; everything else must be `https://`, and a redirect may not do
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -51,6 +55,7 @@ from typing import Any, Mapping, Sequence
 from .. import __version__
 from ..core.errors import InputError, LegSegNetError
 from ..core.progress import Progress
+from .plans_names import check_plans_names
 
 MODELS_DIR_ENV = "LEGSEGNET_MODELS_DIR"
 HF_ENDPOINT_ENV = "HF_ENDPOINT"  # the variable huggingface_hub itself honours (mirrors, tests)
@@ -85,6 +90,7 @@ CHECKPOINT_ALIASES = {"best": "checkpoint_best.pth", "final": "checkpoint_final.
 MAX_DOWNLOAD_BYTES = 8 * 1024**3
 MAX_UNCOMPRESSED_BYTES = 8 * 1024**3
 MAX_ARCHIVE_MEMBERS = 10_000
+MAX_JSON_BYTES = 64 * 1024**2  # plans.json, dataset.json: a few kB in practice
 DEFAULT_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
 _MIB = 1 << 20
@@ -142,8 +148,8 @@ class ModelFolder:
         return self.metadata.get("licence")
 
     def plans(self) -> dict:
-        """plans.json with null spacings replaced by 999.0 (in memory only)."""
-        return load_plans(self.path)
+        """plans.json, its imported names checked, null spacings replaced by 999.0 (in memory only)."""
+        return load_plans(self.path, self.name)
 
     def dataset(self) -> dict:
         return _read_json(self.path / "dataset.json", self.name)
@@ -234,14 +240,19 @@ def _fold_list(folds: Any, sep: str = ", ") -> str:
     return sep.join(str(f) for f in folds)
 
 
-def load_plans(folder: str | Path) -> dict:
-    """plans.json of a model folder, with each `null` in a configuration's `spacing` replaced by 999.0.
+def load_plans(folder: str | Path, model: str | None = None) -> dict:
+    """plans.json of a model folder, checked and with each `null` in a configuration's `spacing`
+    replaced by 999.0. The one way LegSegNet reads plans (install, --model FOLDER, the engine, training).
 
+    Every name in it that nnU-Net would import (network class, layers, preprocessing functions) must be
+    one nnU-Net ships (plans_names.check_plans_names), else InputError: a model file cannot run code.
     The published plans.json carries null spacings (2D natural images have no spacing); nnU-Net refuses
     them, and the reference code rewrites the user's file. We never write it: the fix is in memory.
     """
     folder = Path(folder)
-    plans = _read_json(folder / "plans.json", folder.name)
+    model = model or folder.name
+    plans = _read_json(folder / "plans.json", model)
+    check_plans_names(plans, model)
     for config in (plans.get("configurations") or {}).values():
         if isinstance(config, dict) and isinstance(config.get("spacing"), list):
             config["spacing"] = [999.0 if s is None else s for s in config["spacing"]]
@@ -281,7 +292,7 @@ def inspect_model_folder(
         )
 
     dataset = _read_json(model_dir / "dataset.json", display)
-    plans = load_plans(model_dir)
+    plans = load_plans(model_dir, display)
     warnings: list[str] = []
     labels = _check_labels(dataset, display, warnings)
     config = _check_plans(plans, display)
@@ -393,6 +404,14 @@ def _name_from_folder(model_dir: Path) -> str:
 def _read_json(path: Path, model: str) -> dict:
     if not path.is_file():
         raise InputError(f"{path.name} is missing in '{path.parent}' (model '{model}'); the model is incomplete — copy or download it again")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"cannot read {path} ({exc.strerror or exc}); check the file") from None
+    if size > MAX_JSON_BYTES:
+        raise InputError(
+            f"{path.name} of model '{model}' is {size / 1e6:.0f} MB; an nnU-Net {path.name} is a few kB — not a model file"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -829,20 +848,22 @@ class ModelStore:
                 located_from = self._unpack(archive, archive_sha, expected, staging, progress, label=str(archive))
             else:
                 located_from = Path(text).expanduser()
-            model_dir, trainer, plans_id, _config = _locate_model_dir(located_from)
             staged = staging / "model"
-            progress.stage("copying")
-            self._check_free_space(_tree_size(model_dir))
-            files_sha = _collect_model_files(model_dir, staged, move=kind != "folder")
-            if archive_sha is not None:
-                digest, digest_of = archive_sha, "archive"
-            else:
-                digest, digest_of = files_sha, "files"
-                if expected is not None and expected != files_sha:
-                    raise InputError(_checksum_message(text, files_sha, expected, "model files'"))
-            progress.stage("checking")
-            folder = inspect_model_folder(staged, name=name)
-            self._check_checkpoints(folder, progress)
+            # Messages about an archive's or a download's files name the source, not the staging folder.
+            with _naming_source(text, staged, located_from, enabled=kind != "folder"):
+                model_dir, trainer, plans_id, _config = _locate_model_dir(located_from)
+                progress.stage("copying")
+                self._check_free_space(_tree_size(model_dir))
+                files_sha = _collect_model_files(model_dir, staged, move=kind != "folder")
+                if archive_sha is not None:
+                    digest, digest_of = archive_sha, "archive"
+                else:
+                    digest, digest_of = files_sha, "files"
+                    if expected is not None and expected != files_sha:
+                        raise InputError(_checksum_message(text, files_sha, expected, "model files'"))
+                progress.stage("checking")
+                folder = inspect_model_folder(staged, name=name)
+                self._check_checkpoints(folder, progress)
             licence = licence or extra.pop("licence", None)
             metadata = {
                 "format_version": METADATA_VERSION,
@@ -921,7 +942,11 @@ class ModelStore:
         return dest
 
     def _extract_zip(self, archive: Path, dest: Path, progress: Progress, label: str) -> None:
-        """Extract an untrusted zip: every member checked before anything is written."""
+        """Extract from an untrusted zip only the files a model is made of (`_model_members`).
+
+        Every member's name and type is checked first; then the declared size of the chosen members is
+        bounded before anything is written, and their actual bytes are counted while they are written
+        (a header may lie). Other members are never decompressed."""
         try:
             zf = zipfile.ZipFile(archive)
         except (zipfile.BadZipFile, OSError):
@@ -931,8 +956,7 @@ class ModelStore:
             if len(infos) > self.max_archive_members:
                 raise InputError(f"'{label}' holds {len(infos)} entries, more than {self.max_archive_members}; not a model archive")
             seen: set[str] = set()
-            declared = 0
-            plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+            files: dict[PurePosixPath, zipfile.ZipInfo] = {}
             for info in infos:
                 rel = _safe_member_path(info.filename, label)
                 kind = stat.S_IFMT(info.external_attr >> 16)
@@ -949,13 +973,31 @@ class ModelStore:
                 if key in seen:
                     raise InputError(f"'{label}' holds '{info.filename}' twice (names differ only in case?); refused")
                 seen.add(key)
-                declared += info.file_size
-                if declared > self.max_uncompressed_bytes:
+                if not info.is_dir():
+                    files[rel] = info
+            plan = [(files[rel], rel) for rel in sorted(_model_members(files))]
+            if not any(rel.name == "plans.json" for _, rel in plan):
+                what = "it is empty" if not files else "no plans.json in it"
+                raise InputError(
+                    f"'{label}' holds no nnU-Net model ({what}); a model archive holds plans.json, dataset.json "
+                    "and fold_N/checkpoint_*.pth"
+                )
+            declared = 0
+            for info, rel in plan:
+                if rel.suffix == ".json" and info.file_size > MAX_JSON_BYTES:
                     raise InputError(
-                        f"'{label}' would expand to more than {self.max_uncompressed_bytes / 1e9:.1f} GB; "
-                        "refused (not a model archive, or a zip bomb)"
+                        f"'{label}' holds a {info.file_size / 1e6:.0f} MB '{info.filename}'; an nnU-Net {rel.name} "
+                        "is a few kB — refused (not a model archive)"
                     )
-                plan.append((info, rel))
+                declared += info.file_size
+            if declared > self.max_uncompressed_bytes:
+                raise InputError(
+                    f"'{label}' would expand to more than {self.max_uncompressed_bytes / 1e9:.1f} GB; "
+                    "refused (not a model archive, or a zip bomb)"
+                )
+            skipped = len(files) - len(plan)
+            if skipped:
+                progress.note(f"{skipped} file(s) in {Path(label).name or label} are not part of the model and were not extracted")
             self._check_free_space(declared)
             progress.stage("extracting", total=len(plan))
             dest_real = os.path.realpath(dest)
@@ -966,18 +1008,15 @@ class ModelStore:
                 if not os.path.realpath(target).startswith(dest_real + os.sep):
                     raise InputError(f"'{label}' entry '{info.filename}' points outside the target folder; refused")
                 try:
-                    if info.is_dir():
-                        target.mkdir(parents=True, exist_ok=True)
-                    else:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        written = 0
-                        with zf.open(info) as src, open(target, "xb") as out:
-                            while chunk := src.read(_CHUNK):
-                                written += len(chunk)
-                                written_total += len(chunk)
-                                if written > info.file_size or written_total > self.max_uncompressed_bytes:
-                                    raise InputError(f"'{label}' entry '{info.filename}' expands beyond its declared size; refused")
-                                out.write(chunk)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    written = 0
+                    with zf.open(info) as src, open(target, "xb") as out:
+                        while chunk := src.read(_CHUNK):
+                            written += len(chunk)
+                            written_total += len(chunk)
+                            if written > info.file_size or written_total > self.max_uncompressed_bytes:
+                                raise InputError(f"'{label}' entry '{info.filename}' expands beyond its declared size; refused")
+                            out.write(chunk)
                 except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
                     raise InputError(f"'{label}' is damaged ({_first_line(exc)} in '{info.filename}'); download it again") from None
                 except NotImplementedError as exc:
@@ -1418,6 +1457,28 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _model_members(paths: Any) -> set[PurePosixPath]:
+    """Of an archive's file paths, those a model is made of: plans.json, dataset.json and
+    dataset_fingerprint.json of every folder holding plans.json, and its fold_N/checkpoint_*.pth (not
+    checkpoint_latest.pth, not those of a 3d configuration folder). `_collect_model_files` keeps the same."""
+    paths = set(paths)
+    model_dirs = {p.parent for p in paths if p.name == "plans.json"}
+    chosen = set()
+    for path in paths:
+        if path.name in _MODEL_TOP_FILES and path.parent in model_dirs:
+            chosen.add(path)
+        elif (
+            len(path.parts) >= 2
+            and path.parent.parent in model_dirs
+            and _FOLD_RE.match(path.parent.name)
+            and _CHECKPOINT_RE.match(path.name)
+            and path.name != "checkpoint_latest.pth"
+            and _split_config_name(path.parent.parent.name)[2] in (None, CONFIGURATION)
+        ):
+            chosen.add(path)
+    return chosen
+
+
 def _tree_size(folder: Path) -> int:
     total = 0
     for name in _MODEL_TOP_FILES:
@@ -1452,6 +1513,23 @@ def _collect_model_files(src: Path, dst: Path, move: bool) -> str:
             raise InputError(f"cannot read {source} ({exc.strerror or exc}); check the model folder") from None
         lines.append(f"{_sha256_file(target)}  {rel}\n")
     return hashlib.sha256("".join(sorted(lines, key=lambda line: line[66:])).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _naming_source(source: str, *staging_paths: Path, enabled: bool = True):
+    """InputErrors raised inside name `source` (the zip, URL or hub repository) where they would name
+    one of the staging folders its files were unpacked into."""
+    try:
+        yield
+    except InputError as exc:
+        message = str(exc)
+        if not enabled:
+            raise
+        for path in sorted((str(p) for p in staging_paths), key=len, reverse=True):
+            message = message.replace(path, source)
+        if message == str(exc):
+            raise
+        raise InputError(message) from None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
