@@ -145,22 +145,24 @@ def body_mask(hu: np.ndarray, spacing: tuple[float, float, float], min_area_mm2:
 
 
 def bone_mask(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float],
-              min_seed_mm2: float = 8.0) -> np.ndarray:
+              min_seed_mm2: float = 8.0, return_unseeded: bool = False):
     """Bone on each slice: the cortical shell plus everything it encloses (marrow, trabecular bone).
 
     Candidates = HU >= 150 inside the body (also the thin, low cortex and trabecular bone of osteoporotic
-    epiphyses), closed with a 1.5 mm disk to seal small gaps in the shell. A component counts as bone only if it
-    holds at least `min_seed_mm2` of dense bone (>= 500 HU): contrast-filled vessels (~150-450 HU), tendons and small
-    calcifications do not. Holes are filled per slice (fatty marrow). The outer rings are then trimmed where a voxel
-    is below half-way between soft tissue and its brightest bone neighbour (the 50 % partial-volume edge, adaptive to
-    thin or thick cortex).
+    epiphyses), closed with a 1.5 mm disk to seal small gaps in the shell. A component counts as bone only if it holds at least `min_seed_mm2` of
+    dense bone (>= 500 HU): contrast-filled vessels (~150-450 HU), tendons and small calcifications do not. Holes
+    are filled per slice (fatty marrow). The outer rings are then trimmed where a voxel is below half-way between
+    soft tissue and its brightest bone neighbour (the 50 % partial-volume edge, adaptive to thin or thick cortex).
+
+    With `return_unseeded`, also the hole-filled components without enough dense bone (a thin, low cortex on this
+    slice, or a vessel): `bone.complete_bone` accepts them where the neighbouring slices' bone agrees.
     """
     spacing_rc = (float(spacing[1]), float(spacing[2]))
     candidates = (hu >= BONE_CANDIDATE_HU) & body
     box = bounding_box(candidates, margin=(4, 4))
     out = np.zeros(hu.shape, dtype=bool)
     if box is None:
-        return out
+        return (out, out.copy()) if return_unseeded else out
     sub = (slice(None), box[0], box[1])  # bones are a small part of the body: work on their box only
     hu, body, candidates = hu[sub], body[sub], candidates[sub]
     candidates = close(candidates, 1.5, spacing_rc) & body
@@ -170,6 +172,9 @@ def bone_mask(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, flo
     keep = dense >= min_seed_mm2
     keep[0] = False
     bone = fill_holes(keep[labels]) & body
+    if return_unseeded:
+        unseeded = np.zeros(out.shape, dtype=bool)
+        unseeded[sub] = fill_holes(~keep[labels] & candidates) & body & ~bone
     for _ in range(2):  # the point-spread function smears an edge over about two voxels
         if not bone.any():
             break
@@ -177,4 +182,4 @@ def bone_mask(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, flo
         local_max = ndi.maximum_filter(np.where(bone, hu, -1024).astype(np.float32), size=(1, 3, 3))
         bone &= ~(ring & (hu < 0.5 * (SOFT_TISSUE_HU + local_max)))
     out[sub] = bone
-    return out
+    return (out, unseeded) if return_unseeded else out

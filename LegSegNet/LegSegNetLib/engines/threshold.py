@@ -35,9 +35,12 @@ Known weaknesses:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import anatomy
+from .. import bone as bone_3d
 from ..legs import split_legs
 from ..progress import Progress
 from ..tissues import BONE, IAT, SAT, SM
@@ -81,24 +84,64 @@ class ThresholdEngine:
         if box is None:  # nothing but air (or no body at all)
             progress.advance(n)
             return labels
-        for k0 in range(0, n, self.chunk_slices):
+        # Two steps per chunk: the per-slice masks (body, bone, bone hull), then bone completed from the
+        # neighbouring slices and the labels. The first step runs ahead by the support distance, so every chunk's
+        # bone sees the same neighbours whatever the chunk size.
+        support = bone_3d.support_slices(spacing)
+        starts = list(range(0, n, self.chunk_slices))
+        masks: dict[int, _SliceMasks] = {}
+        for k0 in starts:
             k1 = min(n, k0 + self.chunk_slices)
-            hu = np.asarray(slab[k0:k1, box[0], box[1]])
-            if hu.dtype == np.float64:
-                hu = hu.astype(np.float32)
-            labels[k0:k1, box[0], box[1]] = segment_chunk(hu, spacing)
+            lo, hi = max(0, k0 - support), min(n, k1 + support)
+            for c0 in starts:
+                if c0 < hi and c0 + self.chunk_slices > lo and c0 not in masks:
+                    masks[c0] = _slice_masks(slab, c0, min(n, c0 + self.chunk_slices), box, spacing)
+            context = [masks[c0] for c0 in sorted(masks) if c0 < hi and c0 + self.chunk_slices > lo]
+            c_lo = min(c0 for c0 in masks if c0 < hi and c0 + self.chunk_slices > lo)
+            bone_ctx = np.concatenate([m.bone for m in context])[lo - c_lo:hi - c_lo]
+            hull_ctx = np.concatenate([m.hull for m in context])[lo - c_lo:hi - c_lo]
+            bone = bone_3d.complete_bone(bone_ctx, hull_ctx, k0 - lo, k1 - lo, support, lo == 0, hi == n)
+            own = masks[k0]
+            labels[k0:k1, box[0], box[1]] = label_chunk(own.hu, own.body, bone, spacing)
+            for c0 in [c0 for c0 in masks if c0 + self.chunk_slices <= k1 - support]:
+                del masks[c0]  # no later chunk looks this far back
             progress.advance(k1 - k0)
         return labels
 
 
+class _SliceMasks(NamedTuple):
+    hu: np.ndarray
+    body: np.ndarray
+    bone: np.ndarray  # per-slice bone (closed shells and what they enclose)
+    hull: np.ndarray  # per-slice bone outlines with gaps bridged (bone.bone_hull) and unseeded shells: may be bone
+
+
+def _slice_masks(slab: np.ndarray, k0: int, k1: int, box: tuple[slice, slice],
+                 spacing: tuple[float, float, float]) -> _SliceMasks:
+    hu = np.asarray(slab[k0:k1, box[0], box[1]])
+    if hu.dtype == np.float64:
+        hu = hu.astype(np.float32)
+    body = anatomy.body_mask(hu, spacing)
+    bone, unseeded = anatomy.bone_mask(hu, body, spacing, return_unseeded=True)
+    return _SliceMasks(hu, body, bone, bone_3d.bone_hull(bone, body, spacing) | unseeded)
+
+
 def segment_chunk(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Labels of a stack of slices (the whole method, steps 1-5)."""
+    """Labels of a stack of slices on its own (the whole method; the bone is completed within the stack only)."""
+    body = anatomy.body_mask(hu, spacing)
+    bone, unseeded = anatomy.bone_mask(hu, body, spacing, return_unseeded=True)
+    hull = bone_3d.bone_hull(bone, body, spacing) | unseeded
+    bone = bone_3d.complete_bone(bone, hull, 0, hu.shape[0], bone_3d.support_slices(spacing), True, True)
+    return label_chunk(hu, body, bone, spacing)
+
+
+def label_chunk(hu: np.ndarray, body: np.ndarray, bone: np.ndarray, spacing: tuple[float, float, float]
+                ) -> np.ndarray:
+    """Labels of a stack of slices from its body and bone masks (steps 2, 4 and 5)."""
     spacing_rc = (float(spacing[1]), float(spacing[2]))
     out = np.zeros(hu.shape, dtype=np.uint8)
-    body = anatomy.body_mask(hu, spacing)
     if not body.any():
         return out
-    bone = anatomy.bone_mask(hu, body, spacing)
     soft = hu >= anatomy.MUSCLE_HU[0]
     interior = anatomy.erode(body, SKIN_MM, spacing_rc)
     leg_ids = split_legs(body, spacing)
