@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import anatomy
+from .. import anatomy, label_checks
 from .. import bone as bone_3d
 from ..legs import split_legs
 from ..progress import Progress
@@ -60,6 +60,7 @@ class ThresholdEngine:
 
     def __init__(self, chunk_slices: int = CHUNK_SLICES) -> None:
         self.chunk_slices = max(1, int(chunk_slices))
+        self.label_check: label_checks.LabelCheck | None = None  # the last segment()'s check of its own labels
 
     def info(self) -> dict:
         return {
@@ -79,6 +80,9 @@ class ThresholdEngine:
             raise ValueError(f"the threshold engine needs a (slices, rows, cols) slab, not shape {slab.shape}")
         n = slab.shape[0]
         labels = np.zeros(slab.shape, dtype=np.uint8)
+        # the engine checks its own labels as it goes (label_checks): soft tissue inside bones, bone area per slice
+        self.label_check = check = label_checks.LabelCheck(np.zeros(n), np.zeros(n), float(spacing[0]))
+        pixel_cm2 = float(spacing[1]) * float(spacing[2]) / 100.0
         progress.stage("segmenting", n)
         box = _body_box(slab, spacing)
         if box is None:  # nothing but air (or no body at all)
@@ -102,7 +106,11 @@ class ThresholdEngine:
             hull_ctx = np.concatenate([m.hull for m in context])[lo - c_lo:hi - c_lo]
             bone = bone_3d.complete_bone(bone_ctx, hull_ctx, k0 - lo, k1 - lo, support, lo == 0, hi == n)
             own = masks[k0]
-            labels[k0:k1, box[0], box[1]] = label_chunk(own.hu, own.body, bone, spacing)
+            chunk = label_chunk(own.hu, own.body, bone, spacing)
+            labels[k0:k1, box[0], box[1]] = chunk
+            enclosed = label_checks.soft_tissue_in_bone(chunk, spacing, outline=own.hull)
+            check.enclosed_cm2[k0:k1] = enclosed.sum(axis=(1, 2)) * pixel_cm2
+            check.bone_cm2[k0:k1] = (chunk == BONE).sum(axis=(1, 2)) * pixel_cm2
             for c0 in [c0 for c0 in masks if c0 + self.chunk_slices <= k1 - support]:
                 del masks[c0]  # no later chunk looks this far back
             progress.advance(k1 - k0)
