@@ -5,8 +5,8 @@ thin or porous (subchondral bone near a joint, osteoporosis) or open (a gap, a l
 encloses nothing and the marrow, whose HU overlaps muscle and fat, leaks into SM or IAT. Bone is continuous along
 the leg, so such a slice is completed from what it and its neighbours show:
 
-- the slice's own *hull*: its bone pieces grown by `GAP_MM`, hole-filled and shrunk back, i.e. the outline with
-  gaps up to twice that wide bridged (this alone would also fill concavities between a bone and its neighbour);
+- the slice's own *hull*: its bone pieces grown by `GAP_MM` (a square), hole-filled and shrunk back, i.e. the
+  outline with gaps up to twice that wide bridged (this alone would also fill concavities between a bone and its neighbour);
 - *support* from the neighbouring slices within `SUPPORT_MM` on both sides: a voxel inside the hull is marrow when
   the per-slice bone of at least one slice above and one slice below covers it. A concavity or the space between
   two bones is not bone on the neighbouring slices; a joint space has no shell pieces around it in its own slice.
@@ -18,6 +18,7 @@ the labels the whole slab gives, as long as each chunk sees `support_slices()` s
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from . import anatomy
 
@@ -31,17 +32,20 @@ def support_slices(spacing: tuple[float, float, float]) -> int:
 
 
 def bone_hull(bone: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Per slice: the bone pieces grown by `GAP_MM`, hole-filled and shrunk back (outlines with gaps bridged)."""
+    """Per slice: the bone pieces grown by a `GAP_MM` square, hole-filled and shrunk back (gaps bridged)."""
     spacing_rc = (float(spacing[1]), float(spacing[2]))
-    pad = (int(np.ceil(GAP_MM / spacing_rc[0])) + 2, int(np.ceil(GAP_MM / spacing_rc[1])) + 2)
+    half = (int(np.ceil(GAP_MM / spacing_rc[0])), int(np.ceil(GAP_MM / spacing_rc[1])))
+    pad = (half[0] + 2, half[1] + 2)
     hull = np.zeros(bone.shape, dtype=bool)
     box = anatomy.bounding_box(bone, margin=pad)
     if box is None:
         return hull
     sub = (slice(None), box[0], box[1])
-    # hole filling between the dilation and the erosion: a closing alone never bridges a gap in a thin shell
-    grown = anatomy.fill_holes(anatomy.dilate(bone[sub], GAP_MM, spacing_rc))
-    hull[sub] = anatomy.erode(grown, GAP_MM, spacing_rc) & body[sub]
+    # Hole filling between the dilation and the erosion: a closing alone never bridges a gap in a thin shell.
+    # A square (not a disk) is enough here, and cheap: the neighbouring slices decide what of the hull is bone.
+    size = (1, 2 * half[0] + 1, 2 * half[1] + 1)
+    grown = anatomy.fill_holes(ndi.maximum_filter(bone[sub], size=size))
+    hull[sub] = ndi.minimum_filter(grown, size=size, mode="constant", cval=False) & body[sub]
     return hull
 
 

@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import anatomy, label_checks
+from .. import anatomy, label_checks, pads
 from .. import bone as bone_3d
 from ..legs import split_legs
 from ..progress import Progress
@@ -129,14 +129,14 @@ def _slice_masks(slab: np.ndarray, k0: int, k1: int, box: tuple[slice, slice],
     hu = np.asarray(slab[k0:k1, box[0], box[1]])
     if hu.dtype == np.float64:
         hu = hu.astype(np.float32)
-    body = anatomy.body_mask(hu, spacing)
+    body = pads.remove_pads(anatomy.body_mask(hu, spacing), hu, spacing)
     bone, unseeded = anatomy.bone_mask(hu, body, spacing, return_unseeded=True)
     return _SliceMasks(hu, body, bone, bone_3d.bone_hull(bone, body, spacing) | unseeded)
 
 
 def segment_chunk(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     """Labels of a stack of slices on its own (the whole method; the bone is completed within the stack only)."""
-    body = anatomy.body_mask(hu, spacing)
+    body = pads.remove_pads(anatomy.body_mask(hu, spacing), hu, spacing)
     bone, unseeded = anatomy.bone_mask(hu, body, spacing, return_unseeded=True)
     hull = bone_3d.bone_hull(bone, body, spacing) | unseeded
     bone = bone_3d.complete_bone(bone, hull, 0, hu.shape[0], bone_3d.support_slices(spacing), True, True)
