@@ -1,14 +1,17 @@
 """The threshold engine: classical HU windows plus anatomy, no model, CPU only.
 
-Method, slice by slice (vectorised over chunks of slices, cropped to the body's bounding box):
+Method (vectorised over chunks of slices, cropped to the body's bounding box; the README has the details):
 
 1. Body: HU > -500 (the skin's 50 % partial-volume point), opened with a 3 mm disk so that the couch shell,
    blankets, clothing, cables and skin markers fall away; components smaller than 6 cm^2 or thinner than 12 mm are
-   dropped; air inside the body (e.g. trapped between touching legs) stays background.
+   dropped; air inside the body (e.g. trapped between touching legs) stays background; gel positioning pads
+   touching the legs are taken out (`pads.remove_pads`).
 2. Legs: `legs.split_legs` (touching legs are cut along the power line of their two inscribed circles).
-3. Bone: the cortical shell (>= 150 HU, small gaps closed) with at least 8 mm^2 of dense bone (>= 500 HU) plus
-   everything it encloses (marrow, trabecular bone), the outer rings trimmed at the adaptive 50 % edge.
-   Contrast-filled vessels (< ~450 HU), tendons and small calcifications are not bone.
+3. Bone: per slice the cortical shell (>= 150 HU, small gaps closed) with at least 8 mm^2 of dense bone (>= 500 HU)
+   plus everything it encloses, the outer rings trimmed at the adaptive 50 % edge (`anatomy.bone_mask`); then,
+   where a cortex is thin or open, the marrow inside its bridged outline where the bone of the neighbouring slices
+   above and below covers it (`bone.complete_bone`). Contrast-filled vessels (< ~450 HU), tendons and small
+   calcifications are not bone.
 4. Muscle compartment of each leg (inside the deep fascia): soft tissue (>= -29 HU) at least 2.5 mm under the skin,
    opened with a 1.2 mm disk (cuts thin strands such as the fascia line over fat), without islands under 80 mm^2
    (superficial veins, lymph nodes, fibrous septa of the SAT), plus the leg's bone; closed with a 15 mm disk and
@@ -18,20 +21,15 @@ Method, slice by slice (vectorised over chunks of slices, cropped to the body's 
    lower -> IAT; outside it: a 1 mm band along the compartment's edge with HU >= -29 -> SM (the fascia line),
    everything else -> SAT (skin, subcutaneous fat, superficial veins). The windows -190..-30 (fat) and -29..150
    (muscle) are the classical body-composition ones; their common edge is the fat/muscle 50 % point.
+6. The engine checks its own labels (`label_checks`: soft tissue inside a bone's outline, bone-area dips) and
+   keeps the result in `label_check` for the pipeline to report.
 
-Known weaknesses:
-- The fascia is inferred from the shape of the muscle, not traced: where the true fascia is concave over more than
-  ~15 mm (rare in the calf, more common at the proximal thigh) SAT in the concavity is called IAT; conversely a fat
-  pocket wider than ~30 mm that opens onto the fascia (a large popliteal fossa) is partly called SAT.
-- A superficial vein, lymph node or scar lying on the fascia is taken into the compartment with the fat around it.
-- Partial-volume voxels and noise decide thin structures: septa thinner than a voxel and small intramuscular fat
-  are under-counted; IAT is the least accurate tissue (as for every method).
-- Soft tissue under the skin where the SAT is thinner than ~2.5 mm (anterior tibia, patella) may be called SAT.
-- Touching legs pressed together over a long contact (heavy thighs) may not be split; both legs then share one
-  compartment search (labels are still right if the two compartments stay apart).
-- Edema, hematoma, muscle atrophy with fat replacement, metal implants (streaks) and contrast-filled vessels
-  touching the cortex are not modelled; a bone whose cortex is broken (fracture, nutrient canal larger than a
-  voxel) may lose its marrow.
+Known weaknesses (the README lists them with examples): the fascia is inferred from the shape of the muscle, not
+traced (concavities, wide fat pockets opening onto it such as the fat in front of the Achilles tendon, chords across
+the fat in front of the femur near the knee); superficial structures lying on the fascia; sub-voxel septa and fat;
+thin SAT over the tibia and patella; clothing on the skin (SAT); legs pressed together over a long contact; edema,
+hematoma, metal; a contrast-filled vessel lying on the cortex; a cortex open over more than ~12 mm or on every slice
+within 15 mm.
 """
 from __future__ import annotations
 
@@ -68,7 +66,8 @@ class ThresholdEngine:
             "model": None,
             "device": "cpu",
             "method": "HU windows (fat -190..-30, muscle -29..150) inside the body; bone = cortical shell + "
-            "enclosed; SAT/IAT split by the muscle compartment (closed muscle outline)",
+            "enclosed, completed from the neighbouring slices where the cortex is open; SAT/IAT split by the muscle "
+            "compartment (closed muscle outline)",
         }
 
     def segment(self, slab: np.ndarray, spacing: tuple[float, float, float], progress: Progress | None = None
