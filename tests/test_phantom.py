@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from LegSegNetLib.core import tissues
+from LegSegNetLib import phantom as phantom_module
 from LegSegNetLib.phantom import make_leg_phantom
 
 
@@ -164,3 +165,79 @@ def test_bad_arguments_are_refused():
         make_leg_phantom(one_leg="both")
     with pytest.raises(ValueError, match="does not fit"):
         make_leg_phantom(shape=(2, 64, 64), spacing=(5.0, 1.0, 1.0))
+
+
+# ------------------------------------------------------------------------------------------- the hard phantom
+@pytest.fixture(scope="module")
+def hard_calf():
+    # 12 slices of 3 mm from below the knee: the first few hold the osteoporotic bone with its gaps
+    return make_leg_phantom(shape=(12, 192, 256), spacing=(3.0, 300 / 256, 300 / 256), seed=2, touching=True,
+                            difficulty="hard")
+
+
+def test_easy_is_the_default_and_hard_keeps_the_same_legs(hard_calf):
+    default = make_leg_phantom(shape=(4, 96, 128), spacing=(5.0, 2.4, 2.4), seed=7)
+    easy = make_leg_phantom(shape=(4, 96, 128), spacing=(5.0, 2.4, 2.4), seed=7, difficulty="easy")
+    assert np.array_equal(default.hu, easy.hu) and np.array_equal(default.labels, easy.labels)
+    assert hard_calf.params["difficulty"] == "hard"
+    with pytest.raises(ValueError, match="difficulty"):
+        make_leg_phantom(difficulty="brutal")
+
+
+def test_hard_gel_pad_and_clothing_are_background(hard_calf):
+    body = hard_calf.labels > 0
+    near = ndi.binary_dilation(body, structure=np.ones((1, 3, 3), bool)) & ~body
+    # the gel pad: soft-tissue HU, touching the legs, background
+    gel = (hard_calf.labels == 0) & (hard_calf.hu > 0) & (hard_calf.hu < 120)
+    assert (gel & near).sum() > 100
+    rows = np.nonzero(gel.any(axis=(0, 2)))[0]
+    assert rows.max() - rows.min() >= 8  # a slab several millimetres thick
+    # clothing on the skin: below fat, above air, background
+    cloth = near & (hard_calf.hu < -150) & (hard_calf.hu > -400)
+    assert cloth.sum() > 200
+
+
+def test_hard_bone_has_gaps_osteoporotic_marrow_and_an_artery_on_it(hard_calf):
+    bone = hard_calf.labels == tissues.BONE
+    muscle = hard_calf.labels == tissues.SM
+    touching_muscle = bone & ndi.binary_dilation(muscle, structure=np.ones((1, 3, 3), bool))
+    near_joint = slice(0, 4)
+    # in a gap the marrow (below cortex density) touches the muscle directly
+    assert (touching_muscle[near_joint] & (hard_calf.hu[near_joint] < 250)).sum() > 20
+    marrow = ndi.binary_erosion(bone, structure=np.ones((1, 7, 7), bool))
+    assert 0 < np.median(hard_calf.hu[near_joint][marrow[near_joint]]) < 200  # overlaps muscle
+    assert hard_calf.hu[near_joint][marrow[near_joint]].std() > 40  # textured
+    artery_on_bone = muscle & (hard_calf.hu > 250) & ndi.binary_dilation(bone, structure=np.ones((1, 3, 3), bool))
+    assert artery_on_bone.sum() > 10
+
+
+def test_hard_fatty_infiltration(hard_calf):
+    easy = make_leg_phantom(shape=(12, 192, 256), spacing=(3.0, 300 / 256, 300 / 256), seed=2, touching=True)
+    iat_fraction = [(p.labels == tissues.IAT).sum() / (p.labels == tissues.SM).sum() for p in (easy, hard_calf)]
+    assert iat_fraction[1] > iat_fraction[0] + 0.02
+
+
+def test_hard_through_plane_partial_volume(monkeypatch):
+    """Each slice's HU is the mean of sub-slices across its thickness; its labels are those of its centre."""
+    rendered = []
+    original = phantom_module._render_slice
+
+    def recording(*args, **kwargs):
+        result = original(*args, **kwargs)
+        rendered.append(result)
+        return result
+
+    monkeypatch.setattr(phantom_module, "_render_slice", recording)
+    options = dict(shape=(3, 96, 128), spacing=(5.0, 2.4, 2.4), seed=4, noise_hu=0.0, blur_mm=0.0)
+    hard = make_leg_phantom(difficulty="hard", **options)
+    n_sub = phantom_module.THROUGH_PLANE_SUBSLICES
+    assert n_sub == 3 and len(rendered) == 3 * n_sub
+    for k in range(3):
+        parts = rendered[k * n_sub:(k + 1) * n_sub]
+        mean = np.mean([hu for hu, _, _ in parts], axis=0)
+        assert np.array_equal(hard.hu[k], np.clip(np.rint(mean), -1024, 3071).astype(np.int16))
+        assert np.array_equal(hard.labels[k], phantom_module.CODE_LABEL[parts[n_sub // 2][1]])
+        assert np.abs(parts[0][0] - parts[-1][0]).max() > 100  # the anatomy does change across the thickness
+    rendered.clear()
+    make_leg_phantom(**options)
+    assert len(rendered) == 3  # the easy phantom: one section per slice

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from LegSegNetLib.core import tissues
 from LegSegNetLib.scan import volume_io
 from LegSegNetLib.scan.ct_volume import check_same_grid
-from LegSegNetLib.anatomy.legs import split_legs
+from LegSegNetLib.anatomy.primitives.legs import split_legs
 
 pytestmark = pytest.mark.slow
 
@@ -80,3 +80,52 @@ def test_profile_sums_to_the_volumes(calf_run):
     for t in tissues.TISSUES:
         total = sum(float(r[f"A_{t.key}_cm2"]) for r in rows) * dz_cm
         assert total == pytest.approx(metrics["tissues"][t.key]["volume_cm3"], rel=1e-6)
+
+
+# The tibial plateau (slices 321-326) and the fibular head (305-310) have a thin, porous cortex: the engine must keep
+# their marrow as bone. These checks are computed here from the output files, independently of the engine's own
+# label check.
+def _disk_element(radius_px: int) -> np.ndarray:
+    rr, cc = np.indices((2 * radius_px + 1, 2 * radius_px + 1)) - radius_px
+    return rr**2 + cc**2 <= radius_px**2
+
+
+def test_no_slice_has_muscle_or_fat_inside_a_bone(calf_run):
+    from scipy import ndimage as ndi
+
+    folder, out, _ = calf_run
+    volume = volume_io.read_ct(folder)
+    labels = volume.slab_from_image(sitk.ReadImage(str(out / "labels.nii.gz")))
+    pixel_cm2 = volume.slab_spacing[1] * volume.slab_spacing[2] / 100.0
+    radius = int(round(5.0 / volume.slab_spacing[1]))  # each bone's outline with openings up to ~10 mm bridged
+    disk = _disk_element(radius)
+    worst = (0.0, -1)
+    for k in range(labels.shape[0]):
+        pieces, n = ndi.label(labels[k] == tissues.BONE, structure=np.ones((3, 3), bool))
+        inside = np.zeros(labels.shape[1:], dtype=bool)
+        for i, obj in enumerate(ndi.find_objects(pieces), start=1):
+            window = tuple(slice(max(0, s.start - radius - 2), s.stop + radius + 2) for s in obj)
+            piece = np.pad(pieces[window] == i, radius + 2)
+            outline = ndi.binary_erosion(ndi.binary_fill_holes(ndi.binary_dilation(piece, disk)), disk)
+            inside[window] |= outline[radius + 2:-radius - 2, radius + 2:-radius - 2][
+                :inside[window].shape[0], :inside[window].shape[1]]
+        soft = np.isin(labels[k], (tissues.SM, tissues.IAT))
+        area = float((inside & soft).sum() * pixel_cm2)
+        worst = max(worst, (area, k))
+    assert worst[0] <= 2.0, f"{worst[0]:.1f} cm2 of SM/IAT inside a bone's outline on slice {worst[1]}"
+
+
+def test_bone_area_profile_has_no_single_slice_drops(calf_run):
+    _, out, _ = calf_run
+    area = np.array([float(r["A_Bone_cm2"]) for r in csv.DictReader((out / "profile.csv").open())])
+    for k in range(2, len(area) - 2):  # slices are 1 mm apart: the anatomy is continuous over +-2 slices
+        below, above = area[k - 2:k].max(), area[k + 1:k + 3].max()
+        if min(below, above) >= 0.8 * max(below, above):
+            assert area[k] >= 0.9 * min(below, above) - 1.0, f"bone area drops to {area[k]:.1f} cm2 on slice {k}"
+
+
+def test_metrics_json_reports_a_clean_label_check(calf_run):
+    _, _, metrics = calf_run
+    assert metrics["label_checks"]["flags"] == []
+    assert metrics["label_checks"]["soft_tissue_in_bone_max_cm2"] < 2.0
+    assert "engine: threshold" in metrics["notes"]

@@ -24,6 +24,19 @@ Anatomy per region (sizes vary with `seed`; the first slice is the superior end 
   hamstring groups; femoral vessels in a fat pocket (adductor canal), deep femoral vessels; popliteal fossa fat at
   the inferior end.
 
+`difficulty="hard"` adds what real scans of elderly patients show and the easy phantom leaves out (each with exact
+labels; the easy phantom is unchanged):
+- bone near the joint (the proximal tibia and fibula, the distal femur) is osteoporotic: a thin, less dense cortex
+  with pores and gaps of 3-10 mm running 4-15 mm along the bone, where the textured trabecular marrow (mean 0-150 HU,
+  overlapping muscle) touches the muscle directly; the gaps are Bone, like the marrow;
+- the legs lie on a gel positioning pad (soft-tissue HU, background) into which they sink, and are pressed together
+  (a long contact);
+- clothing (a 1-2.5 mm layer of -320..-180 HU, background) lies on the skin over the front and outer side;
+- fatty infiltration of one muscle group: fine fat streaks (IAT) in lower-attenuating muscle;
+- a contrast-filled artery (300-420 HU, SM) runs along the bone touching its cortex;
+- through-plane partial volume: each slice's HU is the mean over three sub-slices across its thickness (the label is
+  still the tissue at the voxel's centre).
+
 Geometry of `to_volume()`: slab rows run toward the patient's posterior (the couch is at the bottom of the image),
 columns toward the patient's LEFT, slices toward the feet. So the leg with the larger column index is the patient's
 left leg; `Phantom.sides` says which leg id is which side.
@@ -46,7 +59,8 @@ PHANTOM_DIRECTION = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 # Tissue codes of the model (finer than labels, so that HU and label are looked up per code).
 AIR, PAD, SHELL, SKIN, SAT_FAT, SUP_VEIN, FASCIA, MUSCLE = 0, 1, 2, 3, 4, 5, 6, 7
 SEPTUM_FAT, POCKET_FAT, MARBLING, ARTERY, VEIN, CALCIFICATION, CORTEX, MARROW, AIR_POCKET, SAT_STRAND = range(8, 18)
-N_CODES = 18
+GEL, CLOTH = 18, 19  # the hard phantom's positioning gel pad and clothing (background)
+N_CODES = 20
 
 CODE_LABEL = np.zeros(N_CODES, dtype=np.uint8)
 CODE_LABEL[[SKIN, SAT_FAT, SUP_VEIN, SAT_STRAND]] = tissues.SAT
@@ -57,6 +71,8 @@ CODE_LABEL[[CORTEX, MARROW]] = tissues.BONE
 SUPERSAMPLE = 3  # subsamples per voxel edge; odd, so the middle subsample is the voxel centre
 DEFAULT_FOV_MM = {"calf": 300.0, "thigh": 420.0}  # field of view across the columns when spacing is not given
 DEFAULT_SLICE_MM = 5.0
+DIFFICULTIES = ("easy", "hard")
+THROUGH_PLANE_SUBSLICES = 3  # hard phantom: sub-slices averaged per slice (odd: the middle one is the centre)
 
 
 @dataclass
@@ -113,6 +129,9 @@ class _Leg:
     blobs: list[tuple] = field(default_factory=list)  # intramuscular fat: (k_first, k_last, angle, ...)
     air_pockets: list[tuple] = field(default_factory=list)
     sat_strands: list[tuple] = field(default_factory=list)  # (depth fraction, first angle, last angle, width)
+    infiltration: list[tuple] = field(default_factory=list)  # hard: fatty muscle (centre, a, b, orient, waves, level)
+    clothing: tuple | None = None  # hard: (first angle, last angle, thickness mm) of the clothing on the skin
+    slice_mm: float = 0.0  # the model's slice spacing (textures that change along z)
 
     def frame(self) -> tuple[np.ndarray, np.ndarray]:
         a = self.rot * self.lateral_sign
@@ -184,6 +203,7 @@ def make_leg_phantom(
     calcifications: bool = True,
     air_pockets: bool = True,
     marbling: float = 1.0,
+    difficulty: str = "easy",
 ) -> Phantom:
     """Draw a leg phantom. `spacing` (slice, row, column) mm defaults to a region-typical field of view.
 
@@ -192,7 +212,11 @@ def make_leg_phantom(
     arteries at ~300 HU instead of ~40. calcifications: small arterial wall calcifications (~900 HU, label SM).
     marbling: scales the amount of intramuscular fat (0 = none). blur_mm: the scanner's in-plane point-spread
     function (Gaussian sigma, mm; ~0.5 mm for a standard soft-tissue kernel), applied before the noise.
+    difficulty: "easy" or "hard" (see the module docstring: osteoporotic gapped cortex, gel pad, clothing, fatty
+    infiltration, an artery on the cortex, through-plane partial volume). The same seed draws the same legs.
     """
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, not {difficulty!r}")
     if region not in ("calf", "thigh"):
         raise ValueError(f"region must be 'calf' or 'thigh', not {region!r}")
     if one_leg not in (None, "left", "right"):
@@ -206,21 +230,42 @@ def make_leg_phantom(
     sz, sr, sc = (float(s) for s in spacing)
     rng = np.random.default_rng(seed)
     t = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+    # the hard phantom's own draws come from a second generator, so the easy one stays exactly as it was
+    hard = np.random.default_rng([seed, 1]) if difficulty == "hard" else None
+    zsub = THROUGH_PLANE_SUBSLICES if hard is not None else 1
+    if zsub > 1:  # the model is drawn at sub-slices across each slice's thickness
+        span = (n - 1) * sz if n > 1 else 120.0
+        offsets = (np.arange(zsub) - (zsub - 1) / 2) * (sz / zsub) / span
+        t = (t[:, None] + offsets[None, :]).ravel()
+    n_model, sz_model = n * zsub, sz / zsub
 
-    legs, pad_top = _make_legs(region, t, rng, touching, rows * sr, cols * sc)
+    legs, pad_top = _make_legs(region, t, rng, touching, rows * sr, cols * sc, pressed=hard is not None)
     for leg in legs:
-        _add_anatomy(leg, region, t, rng, contrast_vessels, calcifications, marbling, sz)
+        _add_anatomy(leg, region, t, rng, contrast_vessels, calcifications, marbling, sz_model, hard)
     if touching and air_pockets and one_leg is None:
         for _ in range(3):
-            length = rng.uniform(8.0, 30.0) / sz
-            k0 = rng.uniform(0, n - 1)
+            length = rng.uniform(8.0, 30.0) / sz_model
+            k0 = rng.uniform(0, n_model - 1)
             end = rng.choice([-1.0, 1.0])  # anterior or posterior end of the contact line
             legs[0].air_pockets.append((k0 - length / 2, k0 + length / 2, end, rng.uniform(0.8, 1.6)))
     kept = [leg for leg in legs if one_leg is None or leg.side == one_leg]
     air_pocket_list = legs[0].air_pockets if len(kept) == 2 else []
 
-    background = _couch_codes(rows, cols, sr, sc, pad_top, rng) if couch else None
     hu_table = _hu_table(contrast_vessels)
+    if hard is not None and couch:  # the legs sink a few mm into a gel pad lying on the foam mattress
+        gel_top = pad_top + 1.5 - hard.uniform(3.0, 6.0)
+        foam_top = gel_top + hard.uniform(10.0, 20.0)
+        hu_table[GEL] = hard.uniform(20.0, 70.0)
+        background = _couch_codes(rows, cols, sr, sc, foam_top, rng)
+        y = _sub_coords(rows, sr)
+        gel_rows = (y >= gel_top) & (y < foam_top)
+        background[gel_rows] = np.where(background[gel_rows] == AIR, GEL, background[gel_rows])
+    else:
+        background = _couch_codes(rows, cols, sr, sc, pad_top, rng) if couch else None
+    if hard is not None:
+        hu_table[CLOTH] = hard.uniform(-320.0, -180.0)
+        if contrast_vessels:
+            hu_table[ARTERY] = hard.uniform(300.0, 420.0)
     hu = np.empty((n, rows, cols), dtype=np.int16)
     labels = np.empty((n, rows, cols), dtype=np.uint8)
     leg_ids = np.zeros((n, rows, cols), dtype=np.uint8)
@@ -229,9 +274,15 @@ def make_leg_phantom(
     for new_id, i in enumerate(order, start=1):
         id_of[i + 1] = new_id
     for k in range(n):
-        hu_k, codes_k, owner_k = _render_slice(k, kept, background, (rows, cols), hu_table, sr, sc, air_pocket_list)
-        labels[k] = CODE_LABEL[codes_k]
-        leg_ids[k] = id_of[owner_k]
+        parts = []
+        for s in range(zsub):  # through-plane partial volume; the label is the middle sub-slice's (the centre's)
+            hu_s, codes_s, owner_s = _render_slice(k * zsub + s, kept, background, (rows, cols), hu_table, sr, sc,
+                                                   air_pocket_list)
+            parts.append(hu_s)
+            if s == zsub // 2:
+                labels[k] = CODE_LABEL[codes_s]
+                leg_ids[k] = id_of[owner_s]
+        hu_k = parts[0] if zsub == 1 else np.mean(parts, axis=0, dtype=np.float32)
         if blur_mm > 0:
             hu_k = ndi.gaussian_filter(hu_k, (blur_mm / sr, blur_mm / sc), mode="nearest")
         noise = _correlated_noise(rng, (rows, cols), noise_hu)
@@ -241,6 +292,7 @@ def make_leg_phantom(
     params = {
         "region": region, "seed": seed, "touching": touching, "one_leg": one_leg,
         "contrast_vessels": contrast_vessels, "couch": couch, "noise_hu": noise_hu, "blur_mm": blur_mm,
+        "difficulty": difficulty,
         "label_rule": "tissue at the voxel's analytic centre", "supersample": SUPERSAMPLE,
         "slice_order": "superior to inferior",
     }
@@ -250,7 +302,7 @@ def make_leg_phantom(
 
 # ---------------------------------------------------------------------------------------------------- anatomy
 def _make_legs(region: str, t: np.ndarray, rng: np.random.Generator, touching: bool, height_mm: float,
-               width_mm: float) -> tuple[list[_Leg], float]:
+               width_mm: float, pressed: bool = False) -> tuple[list[_Leg], float]:
     if region == "calf":  # from below the knee (t=0) toward the ankle (t=1)
         r_start, r_end, sat_mean = rng.uniform(48, 56), rng.uniform(38, 44), rng.uniform(6.0, 11.0)
     else:  # from mid-thigh (t=0) toward the knee (t=1)
@@ -279,6 +331,8 @@ def _make_legs(region: str, t: np.ndarray, rng: np.random.Generator, touching: b
     medial = np.array([[leg.skin_radius(k, np.pi) for k in range(len(t))] for leg in legs])
     if touching:
         overlap = rng.uniform(6.0, 9.0)  # the medial skins press into each other
+        if pressed:  # hard phantom: pressed together, a long contact
+            overlap *= 2.0
         for leg, r_med in zip(legs, medial):
             leg.cx = mid + leg.lateral_sign * (r_med - overlap / 2)
     else:
@@ -302,9 +356,15 @@ def _make_legs(region: str, t: np.ndarray, rng: np.random.Generator, touching: b
 
 
 def _add_anatomy(leg: _Leg, region: str, t: np.ndarray, rng: np.random.Generator, contrast: bool,
-                 calcifications: bool, marbling: float, sz: float) -> None:
-    """Fill `leg.per_slice` with the shapes inside the leg (local frame, mm) and `leg.blobs` with marbling."""
+                 calcifications: bool, marbling: float, sz: float, hard: np.random.Generator | None = None) -> None:
+    """Fill `leg.per_slice` with the shapes inside the leg (local frame, mm) and `leg.blobs` with marbling.
+
+    With `hard` (the hard phantom's generator) bones near the joint get `_BoneDefects`, and the leg gets fatty
+    infiltration, clothing and an artery lying on the cortex.
+    """
     n = len(t)
+    leg.slice_mm = sz
+    defects = _HardBones(hard, region, t, sz) if hard is not None else None
 
     def polar(k: int, angle: float, frac: float) -> tuple[float, float]:
         rho = leg.fascia_radius(k, angle) * frac
@@ -332,8 +392,16 @@ def _add_anatomy(leg: _Leg, region: str, t: np.ndarray, rng: np.random.Generator
             tib = (rho_t * np.cos(tib_ang), rho_t * np.sin(tib_ang))
             fib_r = 6.5 + 1.0 * trab + jitter[2] * 5
             fib = polar(k, 0.35 + jitter[3], 0.52)
-            shapes.append(("bone", tib, tib_r, 4.5 * (1 - trab) + 1.6 * trab, 3, 0.13, tib_ang + np.pi, trab))
-            shapes.append(("bone", fib, fib_r, 2.2, 3, 0.1, 0.35, trab))
+            if defects is None:
+                shapes.append(("bone", tib, tib_r, 4.5 * (1 - trab) + 1.6 * trab, 3, 0.13, tib_ang + np.pi, trab))
+                shapes.append(("bone", fib, fib_r, 2.2, 3, 0.1, 0.35, trab))
+            else:  # osteoporotic near the knee: thinner cortex, gaps, textured marrow; an artery on the tibia
+                shapes.append(("bone", tib, tib_r, 4.5 * (1 - trab) + 0.9 * trab, 3, 0.13, tib_ang + np.pi, trab,
+                               defects.at("tibia", k, trab)))
+                shapes.append(("bone", fib, fib_r, 2.2 * (1 - trab) + 0.9 * trab, 3, 0.1, 0.35, trab,
+                               defects.at("fibula", k, trab)))
+                if t[k] < defects.artery_extent:
+                    shapes.append(defects.artery_on(tib, tib_r, 3, 0.13, tib_ang + np.pi))
             back = polar(k, 1.75 + jitter[4], 0.42)
             shapes.append(("septum", fib, fascia_point(k, -0.75 + jitter[5]), 1.8))  # anterior intermuscular
             shapes.append(("septum", fib, fascia_point(k, 1.05 + jitter[6]), 1.8))  # posterior intermuscular
@@ -365,7 +433,13 @@ def _add_anatomy(leg: _Leg, region: str, t: np.ndarray, rng: np.random.Generator
             trab = float(np.clip((t[k] - 0.65) / 0.35, 0.0, 1.0))  # metaphysis toward the knee
             fem_r = 14.0 + jitter[0] * 10 + 12.0 * trab**2
             fem = polar(k, -0.5, 0.12)
-            shapes.append(("bone", fem, fem_r, 6.0 * (1 - trab) + 1.8 * trab, 1, 0.0, 0.0, trab))
+            if defects is None:
+                shapes.append(("bone", fem, fem_r, 6.0 * (1 - trab) + 1.8 * trab, 1, 0.0, 0.0, trab))
+            else:
+                shapes.append(("bone", fem, fem_r, 6.0 * (1 - trab) + 1.0 * trab, 1, 0.0, 0.0, trab,
+                               defects.at("femur", k, trab)))
+                if t[k] > 1.0 - defects.artery_extent:
+                    shapes.append(defects.artery_on(fem, fem_r, 1, 0.0, 0.0))
             la = (fem[0], fem[1] + fem_r - 1.0)  # linea aspera
             shapes.append(("bone", la, 4.0 * (1 - trab) + 0.5, 3.0, 1, 0.0, 0.0, 0.0))
             shapes.append(("septum", la, fascia_point(k, 0.45 + jitter[1]), 2.0))  # lateral intermuscular
@@ -396,6 +470,12 @@ def _add_anatomy(leg: _Leg, region: str, t: np.ndarray, rng: np.random.Generator
                 shapes[i] = sh + (bends[n_septa],)
                 n_septa += 1
         leg.per_slice.append(shapes)
+    if hard is not None:
+        angle = hard.uniform(1.3, 2.3)  # one posterior muscle group with fatty infiltration
+        leg.infiltration.append((angle, hard.uniform(0.55, 0.7), hard.uniform(14.0, 22.0), hard.uniform(8.0, 12.0),
+                                 hard.uniform(0, np.pi), _streak_waves(hard), 0.5))
+        a0 = hard.uniform(-2.5, -2.2)  # clothing over the front and the outer side, not between the legs or below
+        leg.clothing = (a0, a0 + hard.uniform(2.8, 3.2), hard.uniform(1.2, 2.5))
     # intramuscular fat: small ellipses running 10-45 mm along the fibres
     n_blobs = int(round(marbling * (70 if region == "calf" else 120) * max(1.0, n * sz / 120.0)))
     for _ in range(n_blobs):
@@ -404,6 +484,105 @@ def _add_anatomy(leg: _Leg, region: str, t: np.ndarray, rng: np.random.Generator
         leg.blobs.append((k0 - length / 2, k0 + length / 2, rng.uniform(-np.pi, np.pi),
                           np.sqrt(rng.uniform(0.05, 0.85)), rng.uniform(0.8, 3.0), rng.uniform(0.6, 1.6),
                           rng.uniform(0, np.pi)))
+
+
+# ---------------------------------------------------------------------------------------------------- hard phantom
+FATTY_MUSCLE_SHIFT_HU = 12.0  # muscle between the fat streaks of an infiltrated group attenuates less
+
+
+@dataclass
+class _BoneDefect:
+    """An osteoporotic bone cross-section near the joint: cortex HU and texture, marrow HU and texture, gaps."""
+
+    gaps: list[tuple[float, float]]  # (angle around the bone's centre, half the gap's width along the shell in mm)
+    cortex_hu: float
+    cortex_texture: float
+    marrow_hu: float
+    marrow_texture: float
+    waves: tuple
+    z_mm: float
+
+
+class _HardBones:
+    """The hard phantom's bones near the joint (gaps drawn once per leg, so they run along z) and the artery."""
+
+    def __init__(self, rng: np.random.Generator, region: str, t: np.ndarray, sz: float) -> None:
+        self.sz = sz
+        trab = np.clip(1.0 - t / 0.35, 0.0, 1.0) if region == "calf" else np.clip((t - 0.65) / 0.35, 0.0, 1.0)
+        near_joint = np.flatnonzero(trab >= 0.3)
+        self.gaps: dict[str, list[tuple]] = {}
+        self.waves: dict[str, tuple] = {}
+        for bone, count in (("tibia", int(rng.integers(2, 4))), ("fibula", 1), ("femur", int(rng.integers(2, 4)))):
+            gaps = []
+            for _ in range(count if near_joint.size else 0):
+                k_centre = rng.uniform(near_joint[0], near_joint[-1])
+                half_length = rng.uniform(2.0, 7.5) / sz  # 4-15 mm along the bone
+                gaps.append((k_centre - half_length, k_centre + half_length, rng.uniform(-np.pi, np.pi),
+                             rng.uniform(1.5, 5.0)))
+            self.gaps[bone] = gaps
+            self.waves[bone] = _trabecular_waves(rng)
+        self.artery_extent = rng.uniform(0.4, 0.6)  # fraction of the segment, from the joint's end
+        self.artery_angle = rng.uniform(-0.3, 0.3) + (np.pi / 2 if region == "calf" else np.pi / 2 + 0.7)
+        self.artery_r = rng.uniform(2.2, 3.0)
+
+    def at(self, bone: str, k: int, trab: float) -> _BoneDefect | None:
+        if trab <= 0:  # fatty marrow in a thick cortex: as in the easy phantom
+            return None
+        gaps = [(angle, half) for k0, k1, angle, half in self.gaps[bone] if k0 <= k <= k1]
+        return _BoneDefect(gaps=gaps, cortex_hu=1350.0 - 550.0 * trab, cortex_texture=200.0 * trab,
+                           marrow_hu=-40.0 + 170.0 * trab, marrow_texture=25.0 + 90.0 * trab, waves=self.waves[bone],
+                           z_mm=k * self.sz)
+
+    def artery_on(self, centre, r: float, lobes: int, lobe_amp: float, lobe_phase: float) -> tuple:
+        """An artery touching the bone (centre, radius r, outline lobes) on its posterior side."""
+        a = self.artery_angle
+        rb = r * (1 + lobe_amp * np.cos(lobes * (a - lobe_phase))) if lobes > 1 else r
+        d = rb + 0.6 * self.artery_r  # overlapping: the bone, painted last, leaves the artery touching it
+        return ("artery", (centre[0] + d * np.cos(a), centre[1] + d * np.sin(a)), self.artery_r)
+
+
+def _trabecular_waves(rng: np.random.Generator, n: int = 8) -> tuple:
+    """Plane waves (1.2-2.6 mm in-plane, 3-8 mm along z) whose sum looks like trabecular bone."""
+    wavelength, direction = rng.uniform(1.2, 2.6, n), rng.uniform(0, np.pi, n)
+    kz = 2 * np.pi / rng.uniform(3.0, 8.0, n) * rng.choice([-1.0, 1.0], n)
+    return (2 * np.pi / wavelength * np.cos(direction), 2 * np.pi / wavelength * np.sin(direction), kz,
+            rng.uniform(0, 2 * np.pi, n))
+
+
+def _streak_waves(rng: np.random.Generator, n: int = 6) -> tuple:
+    """Plane waves across one direction (2.5-5 mm), nearly constant along z: fat streaks between muscle fibres."""
+    wavelength, direction = rng.uniform(2.5, 5.0, n), rng.uniform(0, np.pi) + rng.uniform(-0.35, 0.35, n)
+    kz = 2 * np.pi / rng.uniform(20.0, 60.0, n)
+    return (2 * np.pi / wavelength * np.cos(direction), 2 * np.pi / wavelength * np.sin(direction), kz,
+            rng.uniform(0, 2 * np.pi, n))
+
+
+def _wave_field(u: np.ndarray, v: np.ndarray, z_mm: float, waves: tuple) -> np.ndarray:
+    """Sum of the plane waves at (u, v, z), scaled to a standard deviation of about 1."""
+    kx, ky, kz, phase = waves
+    field = np.zeros(np.shape(u), dtype=np.float32)
+    for i in range(len(kx)):
+        field += np.cos(kx[i] * u + ky[i] * v + (kz[i] * z_mm + phase[i])).astype(np.float32)
+    return field * np.float32(np.sqrt(2.0 / len(kx)))
+
+
+def _paint_infiltration(g: _Grid, codes: np.ndarray) -> np.ndarray:
+    """Fat streaks (IAT) in the fatty muscle groups of slice k; returns the groups' region (for the muscle HU)."""
+    leg, k = g.leg, g.k
+    region = np.zeros(codes.shape, dtype=bool)
+    for angle, frac, a, b, orient, waves, level in leg.infiltration:
+        rho = leg.fascia_radius(k, angle) * frac
+        centre = (rho * np.cos(angle), rho * np.sin(angle))
+        w = g.window(centre, max(a, b))
+        if w is None:
+            continue
+        du, dv = g.u[w] - centre[0], g.v[w] - centre[1]
+        co, si = np.cos(orient), np.sin(orient)
+        inside = (((du * co + dv * si) / a) ** 2 + ((-du * si + dv * co) / b) ** 2 <= 1.0) & (codes[w] == MUSCLE)
+        streak = inside & (_wave_field(g.u[w], g.v[w], k * leg.slice_mm, waves) > level)
+        codes[w][streak] = MARBLING
+        region[w] |= inside
+    return region
 
 
 # ---------------------------------------------------------------------------------------------------- rendering
@@ -506,6 +685,10 @@ def _render_slice(k: int, legs: list[_Leg], background: np.ndarray | None, shape
         leg_hu[merged] = legs[i].sat_hu
         codes[box][mine] = leg_codes[mine]
         hu_sub[box][mine] = leg_hu[mine]
+        if legs[i].clothing is not None:  # on the skin, where no leg and no couch is
+            cloth = (leg_codes == CLOTH) & (owner[box] == 0) & (codes[box] == AIR)
+            codes[box][cloth] = CLOTH
+            hu_sub[box][cloth] = leg_hu[cloth]
     if air_pockets:
         _paint_air_pockets(k, air_pockets, codes, hu_sub, owner, y_all, x_all)
     hu = hu_sub.reshape(shape[0], f, shape[1], f).mean(axis=(1, 3))
@@ -529,6 +712,7 @@ def _leg_codes(g: _Grid, hu_table: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     compartment = dcomp >= 0
     codes[compartment] = MUSCLE
     marrow_hu = np.zeros(u.shape, dtype=np.float32)
+    cortex_hu = None  # hard phantom: per-subsample HU of an osteoporotic cortex
     inner = (MUSCLE, SEPTUM_FAT, POCKET_FAT, MARBLING)
     if leg.sat_strands:
         in_sat = np.flatnonzero(codes == SAT_FAT)
@@ -573,10 +757,17 @@ def _leg_codes(g: _Grid, hu_table: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
             rho_b = leg.fascia_radius(k, ang) * frac
             _paint_ellipse(g, codes, (rho_b * np.cos(ang), rho_b * np.sin(ang)), a * s, b * s, orient, MARBLING,
                            (MUSCLE,))
+    fatty_muscle = _paint_infiltration(g, codes) if leg.infiltration else None
+    if leg.clothing is not None:  # outside the skin; `_render_slice` keeps it only where nothing else is
+        a0, a1, thickness = leg.clothing
+        codes[(depth <= 0) & (depth > -thickness) & ((theta - a0) % (2 * np.pi) <= a1 - a0)] = CLOTH
 
     for shape in leg.per_slice[k]:
         kind = shape[0]
-        if kind == "vessels":
+        if kind == "artery":  # hard phantom: an artery lying on the cortex (the bone is painted over it below)
+            _, centre, r_art = shape
+            _paint_ellipse(g, codes, centre, r_art, r_art, 0.0, ARTERY, inner)
+        elif kind == "vessels":
             _, (cu, cv), r_art, r_vein, calc = shape
             _paint_ellipse(g, codes, (cu - r_vein - r_art * 0.6, cv), r_vein, r_vein * 0.8, 0.0, VEIN, inner)
             _paint_ellipse(g, codes, (cu + r_vein + r_art * 0.6, cv + 0.5), r_vein * 0.9, r_vein * 0.75, 0.3,
@@ -593,18 +784,31 @@ def _leg_codes(g: _Grid, hu_table: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
     for shape in leg.per_slice[k]:
         if shape[0] == "bone":
-            _, centre, r, cortex, lobes, lobe_amp, lobe_phase, trab = shape
+            _, centre, r, cortex, lobes, lobe_amp, lobe_phase, trab, *hard = shape
+            defect = hard[0] if hard else None
             w = g.window(centre, r * (1 + lobe_amp) + 1.0)
             if w is None:
                 continue
             bu, bv = u[w] - centre[0], v[w] - centre[1]
             rr = np.hypot(bu, bv)
-            rb = r * (1 + lobe_amp * np.cos(lobes * (np.arctan2(bv, bu) - lobe_phase))) if lobes > 1 else r
+            angle = np.arctan2(bv, bu)
+            rb = r * (1 + lobe_amp * np.cos(lobes * (angle - lobe_phase))) if lobes > 1 else r
             inside = compartment[w] & (rr < rb)
             codes[w][inside] = CORTEX
             marrow = inside & (rr < rb - cortex)
+            if defect is None:
+                codes[w][marrow] = MARROW
+                marrow_hu[w][marrow] = -60.0 + 310.0 * trab
+                continue
+            for gap_angle, half_width in defect.gaps:  # the cortex is missing: marrow reaches the muscle
+                marrow |= inside & (np.abs(_wrap(angle - gap_angle)) * rr < half_width)
             codes[w][marrow] = MARROW
-            marrow_hu[w][marrow] = -60.0 + 310.0 * trab
+            texture = _wave_field(bu, bv, defect.z_mm, defect.waves)
+            marrow_hu[w][marrow] = defect.marrow_hu + defect.marrow_texture * texture[marrow]
+            shell = inside & ~marrow
+            if cortex_hu is None:
+                cortex_hu = np.full(u.shape, np.nan, dtype=np.float32)
+            cortex_hu[w][shell] = defect.cortex_hu + defect.cortex_texture * texture[shell]
 
     hu = hu_table[codes]
     muscle = codes == MUSCLE
@@ -613,6 +817,11 @@ def _leg_codes(g: _Grid, hu_table: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     hu[codes == SAT_FAT] = leg.sat_hu
     marrow = codes == MARROW
     hu[marrow] = marrow_hu[marrow]
+    if fatty_muscle is not None:  # lower-attenuating muscle between the fat streaks
+        hu[fatty_muscle & muscle] -= FATTY_MUSCLE_SHIFT_HU
+    if cortex_hu is not None:
+        custom = (codes == CORTEX) & np.isfinite(cortex_hu)
+        hu[custom] = cortex_hu[custom]
     power = (rho**2 - r_skin**2).astype(np.float32)
     return codes, hu, power
 

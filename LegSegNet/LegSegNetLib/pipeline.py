@@ -5,10 +5,11 @@ engine factory, the progress reporter) are passed in so tests can use real ones 
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
-from .anatomy import axial_range
+from .anatomy import axial_range, label_checks
 from .measurement import quantify
 from .measurement import dicom_results, report
 from .scan import volume_io
@@ -54,9 +55,10 @@ def segment(
     progress.note(f"engine: {chosen.name}")
     slab = volume.slab(first, last)
     labels = chosen.segment(slab, volume.slab_spacing, progress)
+    checked = _check_labels(labels, volume, first, progress, getattr(chosen, "label_check", None))
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
-    run_info = {"input": str(input_path), **chosen.info()}
+    run_info = {"input": str(input_path), **chosen.info(), **checked, "notes": list(progress.notes)}
     metrics = report.write_outputs(
         outdir, volume, labels, first, last, measurements, run_info, progress, inputs=[input_path],
         extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
@@ -90,9 +92,11 @@ def quantify_files(
     else:
         first, last = axial_range.parse_slices(slices, volume.n_slices)
     labels = volume.slab_from_image(labels_image, first, last)
+    checked = _check_labels(labels, volume, first, progress)
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
-    run_info = {"input": str(ct_path), "labels": str(labels_path), "engine": "external", "model": None}
+    run_info = {"input": str(ct_path), "labels": str(labels_path), "engine": "external", "model": None, **checked,
+                "notes": list(progress.notes)}
     metrics = report.write_outputs(
         outdir, volume, labels, first, last, measurements, run_info, progress, inputs=[ct_path, labels_path],
         extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
@@ -107,6 +111,19 @@ def _dicom_files(volume, labels, first: int, measurements, run_info: dict, progr
     return dicom_results.dicom_output_files(
         volume, labels, first, json_safe(measurements.to_dict()), dicom_results.Provenance.from_run_info(run_info)
     )
+
+
+def _check_labels(labels, volume, first: int, progress: Progress,
+                  engine_check: label_checks.LabelCheck | None = None) -> dict:
+    """The label check (the engine's own, or run here), as notes and as metrics.json's `label_checks`."""
+    if engine_check is not None and len(engine_check.bone_cm2) == labels.shape[0]:
+        check = dataclasses.replace(engine_check, first=first)
+    else:
+        progress.stage("checking")
+        check = label_checks.check_labels(labels, volume.slab_spacing, first)
+    for note in check.notes():
+        progress.note(note)
+    return {"label_checks": check.to_dict()}
 
 
 def _report_notes(volume, progress: Progress) -> None:

@@ -1,14 +1,17 @@
 """The threshold engine: classical HU windows plus anatomy, no model, CPU only.
 
-Method, slice by slice (vectorised over chunks of slices, cropped to the body's bounding box):
+Method (vectorised over chunks of slices, cropped to the body's bounding box; the README has the details):
 
 1. Body: HU > -500 (the skin's 50 % partial-volume point), opened with a 3 mm disk so that the couch shell,
    blankets, clothing, cables and skin markers fall away; components smaller than 6 cm^2 or thinner than 12 mm are
-   dropped; air inside the body (e.g. trapped between touching legs) stays background.
+   dropped; air inside the body (e.g. trapped between touching legs) stays background; gel positioning pads
+   touching the legs are taken out (`pads.remove_pads`).
 2. Legs: `legs.split_legs` (touching legs are cut along the power line of their two inscribed circles).
-3. Bone: the cortical shell (>= 150 HU, small gaps closed) with at least 8 mm^2 of dense bone (>= 500 HU) plus
-   everything it encloses (marrow, trabecular bone), the outer rings trimmed at the adaptive 50 % edge.
-   Contrast-filled vessels (< ~450 HU), tendons and small calcifications are not bone.
+3. Bone: per slice the cortical shell (>= 150 HU, small gaps closed) with at least 8 mm^2 of dense bone (>= 500 HU)
+   plus everything it encloses, the outer rings trimmed at the adaptive 50 % edge (`anatomy.bone_mask`); then,
+   where a cortex is thin or open, the marrow inside its bridged outline where the bone of the neighbouring slices
+   above and below covers it (`bone.complete_bone`). Contrast-filled vessels (< ~450 HU), tendons and small
+   calcifications are not bone.
 4. Muscle compartment of each leg (inside the deep fascia): soft tissue (>= -29 HU) at least 2.5 mm under the skin,
    opened with a 1.2 mm disk (cuts thin strands such as the fascia line over fat), without islands under 80 mm^2
    (superficial veins, lymph nodes, fibrous septa of the SAT), plus the leg's bone; closed with a 15 mm disk and
@@ -18,25 +21,24 @@ Method, slice by slice (vectorised over chunks of slices, cropped to the body's 
    lower -> IAT; outside it: a 1 mm band along the compartment's edge with HU >= -29 -> SM (the fascia line),
    everything else -> SAT (skin, subcutaneous fat, superficial veins). The windows -190..-30 (fat) and -29..150
    (muscle) are the classical body-composition ones; their common edge is the fat/muscle 50 % point.
+6. The engine checks its own labels (`label_checks`: soft tissue inside a bone's outline, bone-area dips) and
+   keeps the result in `label_check` for the pipeline to report.
 
-Known weaknesses:
-- The fascia is inferred from the shape of the muscle, not traced: where the true fascia is concave over more than
-  ~15 mm (rare in the calf, more common at the proximal thigh) SAT in the concavity is called IAT; conversely a fat
-  pocket wider than ~30 mm that opens onto the fascia (a large popliteal fossa) is partly called SAT.
-- A superficial vein, lymph node or scar lying on the fascia is taken into the compartment with the fat around it.
-- Partial-volume voxels and noise decide thin structures: septa thinner than a voxel and small intramuscular fat
-  are under-counted; IAT is the least accurate tissue (as for every method).
-- Soft tissue under the skin where the SAT is thinner than ~2.5 mm (anterior tibia, patella) may be called SAT.
-- Touching legs pressed together over a long contact (heavy thighs) may not be split; both legs then share one
-  compartment search (labels are still right if the two compartments stay apart).
-- Edema, hematoma, muscle atrophy with fat replacement, metal implants (streaks) and contrast-filled vessels
-  touching the cortex are not modelled; a bone whose cortex is broken (fracture, nutrient canal larger than a
-  voxel) may lose its marrow.
+Known weaknesses (the README lists them with examples): the fascia is inferred from the shape of the muscle, not
+traced (concavities, wide fat pockets opening onto it such as the fat in front of the Achilles tendon, chords across
+the fat in front of the femur near the knee); superficial structures lying on the fascia; sub-voxel septa and fat;
+thin SAT over the tibia and patella; clothing on the skin (SAT); legs pressed together over a long contact; edema,
+hematoma, metal; a contrast-filled vessel lying on the cortex; a cortex open over more than ~12 mm or on every slice
+within 15 mm.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
+from ..anatomy import label_checks, pads
+from ..anatomy import bone as bone_3d
 from ..anatomy import primitives as anatomy
 from ..anatomy.legs import split_legs
 from ..core.progress import Progress
@@ -57,6 +59,7 @@ class ThresholdEngine:
 
     def __init__(self, chunk_slices: int = CHUNK_SLICES) -> None:
         self.chunk_slices = max(1, int(chunk_slices))
+        self.label_check: label_checks.LabelCheck | None = None  # the last segment()'s check of its own labels
 
     def info(self) -> dict:
         return {
@@ -64,7 +67,8 @@ class ThresholdEngine:
             "model": None,
             "device": "cpu",
             "method": "HU windows (fat -190..-30, muscle -29..150) inside the body; bone = cortical shell + "
-            "enclosed; SAT/IAT split by the muscle compartment (closed muscle outline)",
+            "enclosed, completed from the neighbouring slices where the cortex is open; SAT/IAT split by the muscle "
+            "compartment (closed muscle outline)",
         }
 
     def segment(self, slab: np.ndarray, spacing: tuple[float, float, float], progress: Progress | None = None
@@ -76,29 +80,76 @@ class ThresholdEngine:
             raise ValueError(f"the threshold engine needs a (slices, rows, cols) slab, not shape {slab.shape}")
         n = slab.shape[0]
         labels = np.zeros(slab.shape, dtype=np.uint8)
+        # the engine checks its own labels as it goes (label_checks): soft tissue inside bones, bone area per slice
+        self.label_check = check = label_checks.LabelCheck(np.zeros(n), np.zeros(n), float(spacing[0]))
+        pixel_cm2 = float(spacing[1]) * float(spacing[2]) / 100.0
         progress.stage("segmenting", n)
         box = _body_box(slab, spacing)
         if box is None:  # nothing but air (or no body at all)
             progress.advance(n)
             return labels
-        for k0 in range(0, n, self.chunk_slices):
+        # Two steps per chunk: the per-slice masks (body, bone, bone hull), then bone completed from the
+        # neighbouring slices and the labels. The first step runs ahead by the support distance, so every chunk's
+        # bone sees the same neighbours whatever the chunk size.
+        support = bone_3d.support_slices(spacing)
+        starts = list(range(0, n, self.chunk_slices))
+        masks: dict[int, _SliceMasks] = {}
+        for k0 in starts:
             k1 = min(n, k0 + self.chunk_slices)
-            hu = np.asarray(slab[k0:k1, box[0], box[1]])
-            if hu.dtype == np.float64:
-                hu = hu.astype(np.float32)
-            labels[k0:k1, box[0], box[1]] = segment_chunk(hu, spacing)
+            lo, hi = max(0, k0 - support), min(n, k1 + support)
+            for c0 in starts:
+                if c0 < hi and c0 + self.chunk_slices > lo and c0 not in masks:
+                    masks[c0] = _slice_masks(slab, c0, min(n, c0 + self.chunk_slices), box, spacing)
+            context = [masks[c0] for c0 in sorted(masks) if c0 < hi and c0 + self.chunk_slices > lo]
+            c_lo = min(c0 for c0 in masks if c0 < hi and c0 + self.chunk_slices > lo)
+            bone_ctx = np.concatenate([m.bone for m in context])[lo - c_lo:hi - c_lo]
+            hull_ctx = np.concatenate([m.hull for m in context])[lo - c_lo:hi - c_lo]
+            bone = bone_3d.complete_bone(bone_ctx, hull_ctx, k0 - lo, k1 - lo, support, lo == 0, hi == n)
+            own = masks[k0]
+            chunk = label_chunk(own.hu, own.body, bone, spacing)
+            labels[k0:k1, box[0], box[1]] = chunk
+            enclosed = label_checks.soft_tissue_in_bone(chunk, spacing, outline=own.hull)
+            check.enclosed_cm2[k0:k1] = enclosed.sum(axis=(1, 2)) * pixel_cm2
+            check.bone_cm2[k0:k1] = (chunk == BONE).sum(axis=(1, 2)) * pixel_cm2
+            for c0 in [c0 for c0 in masks if c0 + self.chunk_slices <= k1 - support]:
+                del masks[c0]  # no later chunk looks this far back
             progress.advance(k1 - k0)
         return labels
 
 
+class _SliceMasks(NamedTuple):
+    hu: np.ndarray
+    body: np.ndarray
+    bone: np.ndarray  # per-slice bone (closed shells and what they enclose)
+    hull: np.ndarray  # per-slice bone outlines with gaps bridged (bone.bone_hull) and unseeded shells: may be bone
+
+
+def _slice_masks(slab: np.ndarray, k0: int, k1: int, box: tuple[slice, slice],
+                 spacing: tuple[float, float, float]) -> _SliceMasks:
+    hu = np.asarray(slab[k0:k1, box[0], box[1]])
+    if hu.dtype == np.float64:
+        hu = hu.astype(np.float32)
+    body = pads.remove_pads(anatomy.body_mask(hu, spacing), hu, spacing)
+    bone, unseeded = anatomy.bone_mask(hu, body, spacing, return_unseeded=True)
+    return _SliceMasks(hu, body, bone, bone_3d.bone_hull(bone, body, spacing) | unseeded)
+
+
 def segment_chunk(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Labels of a stack of slices (the whole method, steps 1-5)."""
+    """Labels of a stack of slices on its own (the whole method; the bone is completed within the stack only)."""
+    body = pads.remove_pads(anatomy.body_mask(hu, spacing), hu, spacing)
+    bone, unseeded = anatomy.bone_mask(hu, body, spacing, return_unseeded=True)
+    hull = bone_3d.bone_hull(bone, body, spacing) | unseeded
+    bone = bone_3d.complete_bone(bone, hull, 0, hu.shape[0], bone_3d.support_slices(spacing), True, True)
+    return label_chunk(hu, body, bone, spacing)
+
+
+def label_chunk(hu: np.ndarray, body: np.ndarray, bone: np.ndarray, spacing: tuple[float, float, float]
+                ) -> np.ndarray:
+    """Labels of a stack of slices from its body and bone masks (steps 2, 4 and 5)."""
     spacing_rc = (float(spacing[1]), float(spacing[2]))
     out = np.zeros(hu.shape, dtype=np.uint8)
-    body = anatomy.body_mask(hu, spacing)
     if not body.any():
         return out
-    bone = anatomy.bone_mask(hu, body, spacing)
     soft = hu >= anatomy.MUSCLE_HU[0]
     interior = anatomy.erode(body, SKIN_MM, spacing_rc)
     leg_ids = split_legs(body, spacing)
