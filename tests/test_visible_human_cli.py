@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from LegSegNetLib.core import tissues
 from LegSegNetLib.scan import volume_io
 from LegSegNetLib.scan.ct_volume import check_same_grid
-from LegSegNetLib.anatomy.primitives.legs import split_legs
+from LegSegNetLib.anatomy.legs import split_legs
 
 pytestmark = pytest.mark.slow
 
