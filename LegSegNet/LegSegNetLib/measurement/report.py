@@ -9,8 +9,10 @@ Figures use matplotlib's object API with the Agg canvas, never pyplot, so no GUI
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
+import zlib
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -86,11 +88,29 @@ def write_file_set(outdir: str | Path, writers: list[tuple[str, Callable[[Path],
 
 # ---------------------------------------------------------------------------------------------- files
 def _write_labels(path: Path, volume: CTVolume, labels_slab: np.ndarray, first: int) -> None:
-    image = volume.labels_to_image(np.asarray(labels_slab, dtype=np.uint8), first)
+    write_label_image(path, volume.labels_to_image(np.asarray(labels_slab, dtype=np.uint8), first))
+
+
+def write_label_image(path: Path, image: sitk.Image) -> None:
+    """Write a label image as compressed NIfTI (`labels.nii.gz`), or raise OSError.
+
+    SimpleITK does not notice when the compressed stream cannot be written to the end (a full disk, a file size
+    limit): it leaves a cut-off file and reports success. So the file is read through once: a complete gzip
+    stream of the expected length, or OSError.
+    """
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
-    except RuntimeError as exc:  # SimpleITK reports I/O failures as RuntimeError
+    except RuntimeError as exc:  # SimpleITK reports the I/O failures it notices as RuntimeError
         raise OSError(f"writing {path.name} failed: {str(exc).strip().splitlines()[-1]}") from exc
+    voxel_bytes = int(np.prod(image.GetSize())) * image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
+    try:
+        with gzip.open(path, "rb") as stream:
+            length = sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 20), b""))
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise OSError(f"writing {path.name} failed: the file was cut off ({exc}); check free disk space") from exc
+    if length < voxel_bytes:
+        raise OSError(f"writing {path.name} failed: it holds {length} of at least {voxel_bytes} bytes; "
+                      "check free disk space")
 
 
 def _write_text(path: Path, text: str) -> None:

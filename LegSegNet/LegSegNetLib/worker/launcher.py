@@ -18,6 +18,7 @@ Nothing here imports Qt or MRML.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
@@ -27,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -186,8 +188,8 @@ class WorkerProcess:
 
     `command` is the full argument list (interpreter included). `workdir` (usually a temporary folder
     made by `make_workdir`) is deleted by `cleanup()` once the process has ended: the caller reads the
-    outputs first, then cleans up. `cancel()` cleans up by itself, and so does garbage collection as a
-    last resort. With a workdir, `request_stop()` asks the worker to stop gracefully through a stop file
+    outputs first, then cleans up. `cancel()` cleans up by itself, and so do garbage collection and the
+    interpreter's exit as a last resort (a worker nobody waits for is ended, its folder removed). With a workdir, `request_stop()` asks the worker to stop gracefully through a stop file
     there (see the module docstring).
     """
 
@@ -231,18 +233,15 @@ class WorkerProcess:
             bufsize=1,
             **kwargs,
         )
-        self._reader = threading.Thread(target=self._read, name="legsegnet-worker-reader", daemon=True)
+        # the reader holds the pipe and the queue, not this object: a worker nobody refers to any more is
+        # collected (and ended by __del__) even while its reader still runs
+        self._reader = threading.Thread(target=_read_lines, args=(self.process.stdout, self.events),
+                                        name="legsegnet-worker-reader", daemon=True)
         self._finished = False
         self._eof = False
         self._exited_at: float | None = None
         self._reader.start()
-
-    # --- background thread
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.events.put(parse_line(line))
-        self.events.put(None)  # end of output
+        _LIVE_WORKERS.add(self)
 
     # --- state
     @property
@@ -379,6 +378,7 @@ class WorkerProcess:
             self.process.stdout.close()
         if self.workdir is not None and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        _LIVE_WORKERS.discard(self)
 
     def __del__(self) -> None:  # last resort: never leave a worker behind
         try:
@@ -386,6 +386,27 @@ class WorkerProcess:
                 kill_tree(self.process, grace_s=0.5, also=[self.worker_pid] if self.worker_pid else [])
             self.cleanup()
         except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _read_lines(stream, events: "queue.Queue[WorkerEvent | None]") -> None:
+    """The reader thread: every line of the worker's output as an event, then None for the end."""
+    for line in stream:
+        events.put(parse_line(line))
+    events.put(None)
+
+
+# Every worker not yet ended. A script that starts a run and exits without waiting for it (or Slicer closing)
+# must not leave the worker running, or its run folder behind: at interpreter exit each is cancelled.
+_LIVE_WORKERS: "weakref.WeakSet[WorkerProcess]" = weakref.WeakSet()
+
+
+@atexit.register
+def _end_workers_at_exit() -> None:
+    for worker in list(_LIVE_WORKERS):
+        try:
+            worker.cancel()
+        except Exception:  # noqa: BLE001 - the interpreter is going away; end the others still
             pass
 
 
