@@ -398,8 +398,10 @@ def test_sampling_again_keeps_review_progress_unless_told_to_replace_it():
     annotation.markReviewed(segmentation, state.slices[0])
     annotation.markReviewed(segmentation, state.slices[1])
     assert annotation.reviewSummary(segmentation).startswith("2 of 3")
-    # the same sample asked for again: nothing changes
+    # the same sample asked for again: nothing changes (and the module need not ask)
+    assert annotation.progressAStartWouldDrop(segmentation, node, slicesPerScan=3, seed=4) is None
     assert annotation.startReview(segmentation, node, slicesPerScan=3, seed=4).reviewed == state.slices[:2]
+    assert annotation.progressAStartWouldDrop(segmentation, node, slicesPerScan=5, seed=4).done == 2  # it asks
     # another sample would drop the progress: refused unless replace=True
     with pytest.raises(InputError, match="2 of 3"):
         annotation.startReview(segmentation, node, slicesPerScan=5, seed=4)
@@ -570,15 +572,17 @@ def _read_only(folder: Path):
         finally:
             folder.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True)
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True,
+                             timeout=30)
     if mounted.returncode != 0:
         pytest.skip(f"running as root and a read-only bind mount is not allowed here: {mounted.stderr.strip()}")
     try:
-        remounted = subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, text=True)
+        remounted = subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, text=True,
+                                   timeout=30)
         assert remounted.returncode == 0, remounted.stderr
         yield
     finally:
-        subprocess.run(["umount", str(folder)], capture_output=True, text=True)
+        subprocess.run(["umount", str(folder)], capture_output=True, text=True, timeout=30)
 
 
 def test_bad_export_folders_are_refused_with_a_clear_message(tmp_path):

@@ -202,7 +202,10 @@ def run(tmp_path_factory):
     handle = logic.processAsync(node, *RANGE, engine="threshold", device="cpu", outputFolder=outdir,
                                 onProgress=lambda h: events.append(dict(h.progress)),
                                 onFinished=lambda h: events.append("finished"))
-    result = handle.wait(timeout=120)
+    try:
+        result = handle.wait(timeout=120)
+    finally:
+        handle.cancel()
     seconds = time.monotonic() - started
     return {"scene": scene, "node": node, "phantom": phantom, "logic": logic, "handle": handle, "result": result,
             "outdir": outdir, "events": events, "sh": sh, "study": study, "seconds": seconds}
@@ -435,12 +438,14 @@ def test_cancel_kills_the_worker_and_leaves_the_scene_as_it_was():
     handle: RunHandle = LegSegNetLogic().processAsync(node, engine="threshold", device="cpu",
                                                           onFinished=lambda h: finished.append(h.state))
     workdir = handle.worker.workdir
-    deadline = time.monotonic() + 60
-    while handle.poll() and handle.progress["stage"] in ("starting", "reading") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert handle.running, f"the worker finished before it could be cancelled ({handle.state})"
-    pids = [handle.worker.pid] + worker_process.descendants(handle.worker.pid)
-    handle.cancel()
+    try:
+        deadline = time.monotonic() + 60
+        while handle.poll() and handle.progress["stage"] in ("starting", "reading") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert handle.running, f"the worker finished before it could be cancelled ({handle.state})"
+        pids = [handle.worker.pid] + worker_process.descendants(handle.worker.pid)
+    finally:
+        handle.cancel()
     assert handle.state == "cancelled" and finished == ["cancelled"]
     assert isinstance(handle.error, CancelledError)
     with pytest.raises(CancelledError):
@@ -455,16 +460,20 @@ def test_closing_the_scene_or_removing_the_volume_cancels_the_run():
         scene = slicer.vtkMRMLScene()
         node, _ = _phantom_node(scene, shape=(30, 128, 160), seed=4)
         handle = LegSegNetLogic().processAsync(node, engine="threshold", device="cpu")
-        pid, workdir = handle.worker.pid, handle.worker.workdir
-        handle.poll()
-        unrelated = scene.AddNewNodeByClass("vtkMRMLTableNode", "unrelated")
-        scene.RemoveNode(unrelated)
-        assert handle.running  # removing another node changes nothing
-        if action == "close":
-            scene.Clear(0)
-        else:
-            scene.RemoveNode(node)
-        assert handle.state == "cancelled", action
+        try:
+            pid, workdir = handle.worker.pid, handle.worker.workdir
+            handle.poll()
+            unrelated = scene.AddNewNodeByClass("vtkMRMLTableNode", "unrelated")
+            scene.RemoveNode(unrelated)
+            assert handle.running  # removing another node changes nothing
+            if action == "close":
+                scene.Clear(0)
+            else:
+                scene.RemoveNode(node)
+            state = handle.state
+        finally:
+            handle.cancel()
+        assert state == "cancelled", action
         assert not worker_process.is_alive(pid) and not workdir.exists() and _descendant_pids() == []
         assert scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
 

@@ -70,16 +70,10 @@ class AnnotationLogic:
         Asking again for the sample already stored changes nothing. A different sample would drop the review's
         progress (slices marked reviewed or added to a training set): refused unless `replace` is True.
         """
-        self._require(segmentationNode, inputVolume)
-        stored_first, stored_last = self.reviewRange(segmentationNode, inputVolume)
-        first = stored_first if firstSlice is None else firstSlice
-        last = stored_last if lastSlice is None else lastSlice
-        first, last = checks.slice_range(inputVolume, first, last)
-        state = ReviewState.start(first, last, review.check_slices_per_scan(slicesPerScan), checks.seed(seed))
-        current = None if replace else self.reviewState(segmentationNode)
-        if current is not None and (current.reviewed or current.exported):
-            if (current.first, current.last, current.slices_per_scan, current.seed) == (
-                    state.first, state.last, state.slices_per_scan, state.seed):
+        state = self._new_review(segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice)
+        current = self.reviewState(segmentationNode)
+        if not replace and _has_progress(current):
+            if _same_sample(current, state):
                 return current
             raise InputError(
                 f"'{segmentationNode.GetName()}' is under review ({current.summary()}); a new sample would drop that "
@@ -88,6 +82,22 @@ class AnnotationLogic:
             )
         self.saveReviewState(segmentationNode, state)
         return state
+
+    def progressAStartWouldDrop(self, segmentationNode, inputVolume,
+                                slicesPerScan: int = review.DEFAULT_SLICES_PER_SCAN, seed: int = 0,
+                                firstSlice: int | None = None, lastSlice: int | None = None) -> ReviewState | None:
+        """The review in progress that `startReview` with these settings would replace (None: nothing would be
+        lost), so the module can ask first."""
+        state = self._new_review(segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice)
+        current = self.reviewState(segmentationNode)
+        return current if _has_progress(current) and not _same_sample(current, state) else None
+
+    def _new_review(self, segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice) -> ReviewState:
+        self._require(segmentationNode, inputVolume)
+        stored_first, stored_last = self.reviewRange(segmentationNode, inputVolume)
+        first, last = checks.slice_range(inputVolume, stored_first if firstSlice is None else firstSlice,
+                                         stored_last if lastSlice is None else lastSlice)
+        return ReviewState.start(first, last, review.check_slices_per_scan(slicesPerScan), checks.seed(seed))
 
     def reviewState(self, segmentationNode) -> ReviewState | None:
         if segmentationNode is None:
@@ -273,6 +283,14 @@ class AnnotationLogic:
             return devices.has_gpu(LegSegNetLogic(self.launcher, self.python).deviceProbeAsync().wait(timeout_s))
         except Exception:  # noqa: BLE001 - no torch, or the probe failed: no GPU to use
             return False
+
+
+def _has_progress(state: ReviewState | None) -> bool:
+    return state is not None and bool(state.reviewed or state.exported)
+
+
+def _same_sample(a: ReviewState, b: ReviewState) -> bool:
+    return (a.first, a.last, a.slices_per_scan, a.seed) == (b.first, b.last, b.slices_per_scan, b.seed)
 
 
 __all__ = ["AnnotationLogic", "TrainingHandle"]

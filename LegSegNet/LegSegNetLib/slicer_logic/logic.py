@@ -165,7 +165,10 @@ class LegSegNetLogic:
         """
         handle = self.processAsync(inputVolume, firstSlice, lastSlice, engine, device, model, segmentation, table,
                                    **options)
-        result = handle.wait()
+        try:
+            result = handle.wait()
+        finally:
+            handle.cancel()  # interrupted (e.g. Ctrl-C in a script): the worker does not outlive the call
         return result.segmentation, result.tissueTable
 
     def processAsync(self, inputVolume, firstSlice: int | None = None, lastSlice: int | None = None,

@@ -363,7 +363,11 @@ class WorkerProcess:
             _signal_pids([self.worker_pid or self.process.pid], signal.SIGTERM)
 
     def cancel(self) -> None:
-        """Kill the worker tree (if still running), drop its output and remove the temporary folder."""
+        """Kill the worker tree (if still running), drop its output and remove the temporary folder. A worker that
+        has already ended and been read keeps its outcome (so a test's or a caller's `finally` may always call it)."""
+        if self._finished and self.process.poll() is not None and not self.worker_alive:
+            self.cleanup()
+            return
         self.cancelled = True
         if self.process.poll() is None or self.worker_alive:
             kill_tree(self.process, also=[self.worker_pid] if self.worker_pid else [])
