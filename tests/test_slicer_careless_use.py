@@ -399,8 +399,8 @@ def test_sampling_again_keeps_review_progress_unless_told_to_replace_it():
     annotation.markReviewed(segmentation, state.slices[1])
     assert annotation.reviewSummary(segmentation).startswith("2 of 3")
     # the same sample asked for again: nothing changes (and the module need not ask)
-    assert annotation.progressAStartWouldDrop(segmentation, node, slicesPerScan=3, seed=4) is None
     assert annotation.startReview(segmentation, node, slicesPerScan=3, seed=4).reviewed == state.slices[:2]
+    assert annotation.progressAStartWouldDrop(segmentation, node, slicesPerScan=3, seed=4) is None
     assert annotation.progressAStartWouldDrop(segmentation, node, slicesPerScan=5, seed=4).done == 2  # it asks
     # another sample would drop the progress: refused unless replace=True
     with pytest.raises(InputError, match="2 of 3"):
