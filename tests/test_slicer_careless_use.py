@@ -16,7 +16,6 @@ import gc
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
 import mrml_helpers as h  # noqa: E402
+import writers as w  # noqa: E402
 
 from LegSegNetLib.core.errors import InputError, LegSegNetError  # noqa: E402
 from LegSegNetLib.core.tissues import TISSUE_BY_KEY, TISSUES  # noqa: E402
@@ -522,17 +522,6 @@ def test_a_run_never_polled_ends_when_the_script_exits():
 
 
 # ---------------------------------------------------------------------- 12: export is all or nothing
-@contextlib.contextmanager
-def _file_size_limit(size_bytes: int):
-    """A real write failure: files cannot grow beyond `size_bytes` (EFBIG, as on a full quota)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size_bytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-
-
 def test_an_export_that_cannot_be_written_leaves_the_previous_export_whole(tmp_path):
     scene, node, _, labels, segmentation = _segmented_calf()
     logic = LegSegNetLogic()
@@ -541,7 +530,7 @@ def test_an_export_that_cannot_be_written_leaves_the_previous_export_whole(tmp_p
     (out / "my notes.txt").write_text("mine")
     previous = {p.name: p.read_bytes() for p in out.iterdir()}
     assert selftest.paint_block(segmentation, node, "SM", "IAT", (4, 9)) > 0
-    with _file_size_limit(3000):  # the CSVs fit, labels.nii.gz and metrics.json do not
+    with w.file_size_limit(3000):  # the CSVs fit, labels.nii.gz and metrics.json do not
         with pytest.raises(LegSegNetError, match="could not write"):
             logic.exportResults(segmentation, node, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == previous

@@ -183,8 +183,15 @@ def _claim(parent: Path, target: str, names: tuple[str, ...], created: list[Path
             _remove_created(created)
             raise InputError(f"cannot write beside {parent / target} ({exc.strerror or exc}); choose an output "
                              "folder in a folder you can write to") from exc
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(record, out)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(record, out)
+        except OSError as exc:  # e.g. a full disk: the marker is ours and holds nothing yet
+            with contextlib.suppress(OSError):
+                marker.unlink()
+            _remove_created(created)
+            raise LegSegNetError(f"could not write the outputs beside {parent / target} ({exc.strerror or exc}); "
+                                 "check free disk space") from exc
         try:
             os.mkdir(parent / stem)
         except OSError as exc:

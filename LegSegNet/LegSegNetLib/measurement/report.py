@@ -12,6 +12,8 @@ import csv
 import gzip
 import json
 import math
+import os
+import struct
 import zlib
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -95,8 +97,9 @@ def write_label_image(path: Path, image: sitk.Image) -> None:
     """Write a label image as compressed NIfTI (`labels.nii.gz`), or raise OSError.
 
     SimpleITK does not notice when the compressed stream cannot be written to the end (a full disk, a file size
-    limit): it leaves a cut-off file and reports success. So the file is read through once: a complete gzip
-    stream of the expected length, or OSError.
+    limit): it leaves a cut-off file and reports success. So the file's end is checked: a gzip stream ends with
+    the length of what it holds, which must be the NIfTI header plus every voxel (a cut-off file ends in the
+    middle of compressed data instead). Reading that costs microseconds, not a second pass over the file.
     """
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
@@ -105,12 +108,21 @@ def write_label_image(path: Path, image: sitk.Image) -> None:
     voxel_bytes = int(np.prod(image.GetSize())) * image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
     try:
         with gzip.open(path, "rb") as stream:
-            length = sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 20), b""))
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise OSError(f"writing {path.name} failed: the file was cut off ({exc}); check free disk space") from exc
-    if length < voxel_bytes:
-        raise OSError(f"writing {path.name} failed: it holds {length} of at least {voxel_bytes} bytes; "
-                      "check free disk space")
+            header = stream.read(NIFTI1_HEADER_BYTES)
+        order = "<" if struct.unpack_from("<i", header, 0)[0] == NIFTI1_HEADER_BYTES else ">"  # sizeof_hdr
+        vox_offset = int(struct.unpack_from(order + "f", header, NIFTI1_VOX_OFFSET_AT)[0])
+        with open(path, "rb") as raw:
+            raw.seek(-4, os.SEEK_END)
+            stored_length = struct.unpack("<I", raw.read(4))[0]  # gzip's ISIZE: the length modulo 2**32
+    except (OSError, EOFError, zlib.error, struct.error) as exc:
+        raise OSError(f"writing {path.name} failed: the file cannot be read back ({exc}); check free disk space") \
+            from exc
+    if len(header) < NIFTI1_HEADER_BYTES or stored_length != (vox_offset + voxel_bytes) % 2**32:
+        raise OSError(f"writing {path.name} failed: the file was cut off; check free disk space")
+
+
+NIFTI1_HEADER_BYTES = 348
+NIFTI1_VOX_OFFSET_AT = 108  # byte offset of the float32 vox_offset field (in the header's byte order)
 
 
 def _write_text(path: Path, text: str) -> None:
