@@ -40,6 +40,7 @@ from LegSegNetLib.slicer_logic import selftest  # noqa: E402
 from LegSegNetLib.slicer_logic import tables as slicer_tables  # noqa: E402
 from LegSegNetLib.slicer_logic.annotation_logic import AnnotationLogic  # noqa: E402
 from LegSegNetLib.slicer_logic.logic import LegSegNetLogic  # noqa: E402
+from LegSegNetLib.slicer_logic.run_handle import RunHandle  # noqa: E402
 from LegSegNetLib.worker import launcher as worker_process  # noqa: E402
 
 SPACING = (0.8, 0.8, 2.0)  # (i, j, k) in mm: a 4 mm move along S is two whole slices
@@ -128,6 +129,18 @@ def _wait(handle, timeout=180):
         handle.cancel()
 
 
+def _refused(start, match):
+    """`start()` must be refused with an InputError matching `match`; a run it started anyway is ended."""
+    started = []
+    try:
+        with pytest.raises(InputError, match=match):
+            started.append(start())
+    finally:
+        for result in started:
+            if isinstance(result, RunHandle):
+                result.cancel()
+
+
 def _world_slice_z(node, k):
     """S (world, mm) of slice k's centre, computed here from the node's matrices (not by the logic)."""
     ijk_to_ras = vtk.vtkMatrix4x4()
@@ -169,6 +182,20 @@ def test_quantify_measures_through_parent_transforms_or_refuses():
     table = logic.quantify(segmentation, node)
     # the stored range 3:12, widened to the slices that now hold labels (5..14)
     h.assert_table_matches(table, shifted[FIRST:LAST + 3], hu[FIRST:LAST + 3], VOXEL_CM3)
+
+    # (b') turned by 180 degrees about S around a point that puts voxel centres onto voxel centres: i, j mirrored
+    dims = node.GetImageData().GetDimensions()
+    centre = (-SPACING[0] * (dims[0] - 1) / 2.0, -SPACING[1] * (dims[1] - 1) / 2.0, 0.0)  # RAS of the axis
+    turn = vtk.vtkTransform()
+    turn.Translate(*centre)
+    turn.RotateZ(180.0)
+    turn.Translate(*(-c for c in centre))
+    turned = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    turned.SetMatrixTransformToParent(turn.GetMatrix())
+    segmentation.SetAndObserveTransformNodeID(turned.GetID())
+    mirrored = np.ascontiguousarray(_on_slices(labels)[:, ::-1, ::-1])
+    logic.quantify(segmentation, node)
+    h.assert_table_matches(table, mirrored[FIRST:LAST + 1], hu[FIRST:LAST + 1], VOXEL_CM3)
 
     # (c) moves that would need resampling (half a slice, a warp) are refused, and nothing is added
     for transform in (_linear_transform(scene, translation=(0.0, 0.0, 1.0)), _warp_transform(scene)):
@@ -260,8 +287,7 @@ def test_apply_again_keeps_the_corrections_of_reviewed_slices(tmp_path, children
     # a segmentation under review belongs to its volume: segmenting another volume into it is refused
     other, _ = selftest.add_phantom_volume(scene, "other calf", (16, 112, 144), seed=9)
     runs = h.temp_runs()
-    with pytest.raises(InputError, match="review"):
-        logic.processAsync(other, FIRST, LAST, segmentation=segmentation, **options)
+    _refused(lambda: logic.processAsync(other, FIRST, LAST, segmentation=segmentation, **options), "review")
     assert h.temp_runs() == runs and h.new_descendants(children_before) == []
 
 
@@ -419,10 +445,8 @@ def test_output_nodes_not_in_the_scene_are_refused_and_removing_them_mid_run_can
     runs = h.temp_runs()
     never_added = slicer.vtkMRMLSegmentationNode()
     other_scene_table = slicer.vtkMRMLScene().AddNewNodeByClass("vtkMRMLTableNode", "elsewhere")
-    with pytest.raises(InputError, match="not in the scene"):
-        logic.processAsync(node, segmentation=never_added, **options)
-    with pytest.raises(InputError, match="not in the scene"):
-        logic.processAsync(node, table=other_scene_table, **options)
+    _refused(lambda: logic.processAsync(node, segmentation=never_added, **options), "not in the scene")
+    _refused(lambda: logic.processAsync(node, table=other_scene_table, **options), "not in the scene")
     assert h.temp_runs() == runs and h.new_descendants(children_before) == []
 
     for removed in ("segmentation", "table"):
@@ -451,9 +475,8 @@ def test_a_bad_argument_is_refused_before_any_node_is_touched_and_a_failure_rest
     labels_before, rows_before = _labels(segmentation, node), slicer_tables.table_rows(table)
     nodes_before, runs = h.node_ids(scene), h.temp_runs()
     for bad in (dict(table=node), dict(segmentation=table)):  # a volume as the table, a table as the segmentation
-        with pytest.raises(InputError, match="choose"):
-            logic.processAsync(node, FIRST, LAST, engine="threshold", device="cpu",
-                               **{"segmentation": segmentation, "table": table, **bad})
+        _refused(lambda bad=bad: logic.processAsync(node, FIRST, LAST, engine="threshold", device="cpu",
+                                                    **{"segmentation": segmentation, "table": table, **bad}), "choose")
     with pytest.raises(InputError, match="not a table"):
         logic.quantify(segmentation, node, table=node)
     assert np.array_equal(_labels(segmentation, node), labels_before)
@@ -544,8 +567,7 @@ def test_negative_spacing_is_refused_with_advice(children_before):
     logic, runs = LegSegNetLogic(), h.temp_runs()
     for call in (lambda: logic.processAsync(node, engine="threshold", device="cpu"),
                  lambda: logic.quantify(segmentation, node), lambda: logic.sliceCount(node)):
-        with pytest.raises(InputError, match=r"spacing .*negative.*Volume Information"):
-            call()
+        _refused(call, r"spacing .*negative.*Volume Information")
     assert h.temp_runs() == runs and h.new_descendants(children_before) == []
 
 
@@ -601,8 +623,8 @@ def test_fractional_or_missing_slice_numbers_and_bad_seeds_are_refused(children_
     scene, node, _, labels, segmentation = _segmented_calf()
     logic, annotation, runs = LegSegNetLogic(), AnnotationLogic(python=["unused"]), h.temp_runs()
     for first, last in ((math.nan, 5), (3.7, 6.2), (2, math.inf), ("3", 5), (True, 5)):
-        with pytest.raises(InputError, match="whole slice number"):
-            logic.processAsync(node, first, last, engine="threshold", device="cpu")
+        _refused(lambda first=first, last=last: logic.processAsync(node, first, last, engine="threshold", device="cpu"),
+                 "whole slice number")
         with pytest.raises(InputError, match="whole slice number"):
             logic.updateRangeROI(node, first, last)
     assert h.temp_runs() == runs and h.new_descendants(children_before) == []
