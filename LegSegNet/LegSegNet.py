@@ -538,14 +538,21 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainButton.text = _("Stop training") if training else _("Train next round")
 
     def _redSliceIndex(self, volume) -> int:
+        """The slice nearest to the red view's centre (world coordinates, transforms included)."""
         sliceToRAS = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode().GetSliceToRAS()
         return self.logic.sliceIndexAtRAS(volume, [sliceToRAS.GetElement(r, 3) for r in range(3)])
 
     def onSampleSlices(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not sample the slices."), waitCursor=True):
+            atStake = self.annotationLogic.progressAStartWouldDrop(p.outputSegmentation, p.inputVolume,
+                                                                    p.reviewSlicesPerScan, p.reviewSeed)
+            if atStake is not None and not slicer.util.confirmOkCancelDisplay(
+                    _("This segmentation is under review ({summary}). A new sample starts the review again: "
+                      "the marks are dropped (the corrected labels stay). Continue?").format(summary=atStake.summary())):
+                return
             state = self.annotationLogic.startReview(p.outputSegmentation, p.inputVolume, p.reviewSlicesPerScan,
-                                                     p.reviewSeed)
+                                                     p.reviewSeed, replace=atStake is not None)
             if state.slices:
                 self._jumpTo(state.slices[0])
         self._updateReviewDisplay()
@@ -567,7 +574,8 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onMarkReviewed(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not mark the slice."), waitCursor=True):
-            self.annotationLogic.markReviewed(p.outputSegmentation, self._redSliceIndex(p.inputVolume))
+            redView = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+            self.annotationLogic.markReviewed(p.outputSegmentation, self.logic.sliceIndexInView(p.inputVolume, redView))
         self._updateReviewDisplay()
 
     def onBrowseDataset(self) -> None:

@@ -56,3 +56,25 @@ class DrainedProcess:
         if self.process.poll() is None:
             self.process.kill()
         self.wait(timeout=30)
+
+
+def stop(process: "subprocess.Popen | None", *pids: "int | None") -> None:
+    """Test clean-up for a `finally`: kill `process` (and the other processes `pids` it left, e.g. a worker
+    behind a launcher) if they still run, reap it and close its pipes."""
+    import os
+    import signal
+
+    for pid in pids:
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if process is None:
+        return
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=30)
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()

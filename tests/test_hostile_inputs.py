@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
+import processes
 import writers as w
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,17 +259,19 @@ def test_a_run_killed_while_writing_leaves_a_whole_set_and_the_next_run_sweeps(s
     out = _outdir_with_a(scans, tmp_path)
     run = subprocess.Popen([sys.executable, "-m", "LegSegNetLib.cli", "segment", paths["B"][0], "-o", out,
                             "--engine", "threshold"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    seen = b""
-    deadline = time.monotonic() + 120
-    while b"writing" not in seen and time.monotonic() < deadline:
-        byte = run.stderr.read(1)
-        if not byte:
-            break
-        seen += byte
+    try:
+        seen = b""
+        deadline = time.monotonic() + 120
+        while b"writing" not in seen and time.monotonic() < deadline:
+            byte = run.stderr.read(1)
+            if not byte:
+                break
+            seen += byte
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=60)
+    finally:
+        processes.stop(run)
     assert b"writing" in seen, seen
-    run.send_signal(signal.SIGKILL)
-    run.wait(timeout=60)
-    run.stderr.close()
     assert run.returncode == -signal.SIGKILL
     if _assert_whole_set(out, refs) == "A":  # killed before the swap: its staging (and marker) wait beside OUTDIR
         assert sorted(p.name[13:] for p in tmp_path.iterdir() if p.name.startswith(".lsn-")) == ["", ".pid"]

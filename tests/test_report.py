@@ -12,11 +12,14 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+import writers as w
+
 from LegSegNetLib.scan.ct_volume import CTVolume, check_same_grid, find_axial_axis
-from LegSegNetLib.core.errors import InputError
+from LegSegNetLib.core.errors import InputError, LegSegNetError
 from LegSegNetLib.core.progress import Progress
 from LegSegNetLib.measurement.quantify import quantify
-from LegSegNetLib.measurement.report import OUTPUT_FILES, display_orientation, orient_for_display, write_outputs
+from LegSegNetLib.measurement.report import (OUTPUT_FILES, display_orientation, orient_for_display, write_label_image,
+                                             write_outputs)
 
 SAT, SM, IAT, BONE = 1, 2, 3, 4
 RUN_INFO = {"input": "/data/calf.nii.gz", "engine": "threshold", "model": None}
@@ -222,6 +225,30 @@ def test_failure_in_an_existing_folder_keeps_its_old_files(tmp_path):
     write_outputs(outdir, volume, labels, first, last, measurements, RUN_INFO)
     assert sorted(p.name for p in outdir.iterdir()) == sorted(OUTPUT_FILES + ("notes.txt",))
     assert _strict_json(outdir / "metrics.json")["engine"] == "threshold"
+
+
+def test_a_labels_file_cut_off_by_a_full_disk_is_an_error(tmp_path):
+    # SimpleITK reports success for a compressed file it could not write to the end
+    labels = np.random.default_rng(0).integers(0, 5, size=(6, 64, 64)).astype(np.uint8)  # hardly compressible
+    image = sitk.GetImageFromArray(labels)
+    whole = tmp_path / "whole.nii.gz"
+    write_label_image(whole, image)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(whole))), labels)
+    with w.file_size_limit(whole.stat().st_size // 2):
+        with pytest.raises(OSError, match="labels.nii.gz failed: the file was cut off"):
+            write_label_image(tmp_path / "labels.nii.gz", image)
+
+
+def test_a_disk_full_before_the_first_file_fails_cleanly_and_leaves_nothing(tmp_path):
+    volume, labels, first, last, measurements = _inputs()
+    outdir = tmp_path / "out"
+    write_outputs(outdir, volume, labels, first, last, measurements, RUN_INFO)
+    before = {p.name: p.read_bytes() for p in outdir.iterdir()}
+    with w.file_size_limit(8):  # not even the staging folder's marker can be written
+        with pytest.raises(LegSegNetError, match="could not write"):
+            write_outputs(outdir, volume, labels, first, last, measurements, RUN_INFO)
+    assert {p.name: p.read_bytes() for p in outdir.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_unwritable_target_is_an_input_error_and_leaves_nothing(tmp_path):

@@ -148,7 +148,7 @@ def test_review_range_comes_from_the_segmentation_run_and_the_state_lives_on_the
     assert logic.nextUnreviewedSlice(segmentation) == state.slices[1]
     assert logic.reviewSummary(segmentation).startswith("1 of 4 slices reviewed")
     # without a stored range the whole volume is reviewed
-    _, volume_node2, segmentation2, _ = _scene_with_segmentation(None)
+    scene2, volume_node2, segmentation2, _ = _scene_with_segmentation(None)  # the scene kept: nodes live in it
     assert logic.startReview(segmentation2, volume_node2).last == 15
 
 

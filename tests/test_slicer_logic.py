@@ -11,9 +11,7 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,32 +19,23 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from LegSegNetLib.slicer_logic import selftest  # noqa: E402
-from LegSegNetLib.slicer_logic import scene as slicer_io  # noqa: E402
-from LegSegNetLib.slicer_logic import tables as slicer_tables  # noqa: E402
-from LegSegNetLib.worker import launcher as worker_process  # noqa: E402
+import mrml_helpers as h  # noqa: E402
+
 from LegSegNetLib.core.errors import CancelledError, InputError  # noqa: E402
+from LegSegNetLib.core.tissues import TISSUE_BY_KEY, TISSUE_KEYS, TISSUES  # noqa: E402
+from LegSegNetLib.slicer_logic import scene as slicer_io  # noqa: E402
+from LegSegNetLib.slicer_logic import selftest  # noqa: E402
+from LegSegNetLib.slicer_logic import tables as slicer_tables  # noqa: E402
 from LegSegNetLib.slicer_logic.logic import LegSegNetLogic  # noqa: E402
 from LegSegNetLib.slicer_logic.run_handle import RunHandle  # noqa: E402
-from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
-from LegSegNetLib.core.tissues import TISSUE_BY_KEY, TISSUE_KEYS, TISSUES  # noqa: E402
+from LegSegNetLib.worker import launcher as worker_process  # noqa: E402
 
 RANGE = (3, 12)
 
 
 # ---------------------------------------------------------------------- helpers
 def _phantom_node(scene, shape=(16, 112, 144), seed=5, name="calf"):
-    phantom = make_leg_phantom(shape=shape, seed=seed)
-    volume, _labels = phantom.to_volume()
-    return slicer_io.node_volume_from_image(scene, volume.image, name), phantom
-
-
-def _image(array_kji, spacing=(0.8, 0.9, 2.5), origin=(10.0, -20.0, 30.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)):
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection([float(d) for d in direction])
-    return image
+    return selftest.add_phantom_volume(scene, name, shape, seed)
 
 
 _CHILDREN_BEFORE_TEST: set[int] = set()
@@ -64,19 +53,7 @@ def _children_before_test():
 
 def _descendant_pids() -> list[int]:
     """Processes started during this test that are still alive."""
-    return [
-        p for p in worker_process.descendants(os.getpid())
-        if p not in _CHILDREN_BEFORE_TEST and worker_process.is_alive(p)
-    ]
-
-
-def _temp_runs() -> set[str]:
-    # run folders only: another pytest process may make its own test model store there meanwhile
-    return {p.name for p in Path(tempfile.gettempdir()).glob("legsegnet-*") if not p.name.startswith("legsegnet-test-")}
-
-
-def _node_ids(scene) -> set[str]:
-    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    return h.new_descendants(_CHILDREN_BEFORE_TEST)
 
 
 def _in_subject_hierarchy(scene, volume_node):
@@ -101,7 +78,7 @@ def _in_subject_hierarchy(scene, volume_node):
 def test_volume_node_round_trip_keeps_voxels_and_lps_geometry(direction):
     scene = slicer.vtkMRMLScene()
     values = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7) - 100
-    image = _image(values, direction=direction)
+    image = h.image(values, direction=direction)
     node = slicer_io.node_volume_from_image(scene, image, "v")
     back = slicer_io.image_from_node(node)
     assert np.array_equal(sitk.GetArrayViewFromImage(back), values)
@@ -121,7 +98,7 @@ def test_slab_keeps_physical_positions_and_range_is_checked():
     scene = slicer.vtkMRMLScene()
     values = np.random.default_rng(0).integers(-1000, 1000, size=(4, 9, 20)).astype(np.int16)  # (k, j, i)
     # S/I runs along index axis 1 (j): a coronal-stored volume, slices counted along j
-    image = _image(values, direction=(1, 0, 0, 0, 0, 1, 0, -1, 0))
+    image = h.image(values, direction=(1, 0, 0, 0, 0, 1, 0, -1, 0))
     node = slicer_io.node_volume_from_image(scene, image, "v")
     assert slicer_io.axial_axis_of_node(node) == 1 and slicer_io.slice_count(node) == 9
     slab = slicer_io.slab_image_from_node(node, 2, 5)
@@ -144,10 +121,10 @@ def test_bad_volume_nodes_are_refused_with_a_reason():
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(InputError, match="holds no voxels"):
         slicer_io.slice_count(empty)
-    labelmap = slicer_io.node_volume_from_image(scene, _image(np.zeros((3, 4, 5), np.uint8)), "lm", labelmap=True)
+    labelmap = slicer_io.node_volume_from_image(scene, h.image(np.zeros((3, 4, 5), np.uint8)), "lm", labelmap=True)
     with pytest.raises(InputError, match="label map"):
         slicer_io.slice_count(labelmap)
-    oblique = _image(np.zeros((3, 4, 5), np.int16),
+    oblique = h.image(np.zeros((3, 4, 5), np.int16),
                      direction=(1, 0, 0, 0, math.cos(0.6), -math.sin(0.6), 0, math.sin(0.6), math.cos(0.6)))
     with pytest.raises(InputError, match="oblique"):
         slicer_io.slice_count(slicer_io.node_volume_from_image(scene, oblique, "oblique"))
@@ -156,7 +133,7 @@ def test_bad_volume_nodes_are_refused_with_a_reason():
 def test_segmentation_round_trip_uses_tissue_values_not_segment_order():
     scene = slicer.vtkMRMLScene()
     rng = np.random.default_rng(1)
-    node = slicer_io.node_volume_from_image(scene, _image(np.zeros((10, 12, 14), np.int16)), "ct")
+    node = slicer_io.node_volume_from_image(scene, h.image(np.zeros((10, 12, 14), np.int16)), "ct")
     slab = rng.integers(0, 5, size=(4, 12, 14)).astype(np.uint8)
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     slicer_io.fill_segmentation(segmentation, node, slab, first=3)
@@ -174,7 +151,7 @@ def test_segmentation_round_trip_uses_tissue_values_not_segment_order():
 
 def test_segments_have_ids_names_colours_terminology_and_reference_geometry():
     scene = slicer.vtkMRMLScene()
-    node = slicer_io.node_volume_from_image(scene, _image(np.zeros((4, 5, 6), np.int16)), "ct")
+    node = slicer_io.node_volume_from_image(scene, h.image(np.zeros((4, 5, 6), np.int16)), "ct")
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     slicer_io.fill_segmentation(segmentation, node, np.ones((4, 5, 6), np.uint8), first=0)
     seg = segmentation.GetSegmentation()
@@ -225,7 +202,10 @@ def run(tmp_path_factory):
     handle = logic.processAsync(node, *RANGE, engine="threshold", device="cpu", outputFolder=outdir,
                                 onProgress=lambda h: events.append(dict(h.progress)),
                                 onFinished=lambda h: events.append("finished"))
-    result = handle.wait(timeout=120)
+    try:
+        result = handle.wait(timeout=120)
+    finally:
+        handle.cancel()
     seconds = time.monotonic() - started
     return {"scene": scene, "node": node, "phantom": phantom, "logic": logic, "handle": handle, "result": result,
             "outdir": outdir, "events": events, "sh": sh, "study": study, "seconds": seconds}
@@ -345,11 +325,11 @@ def test_export_writes_labels_on_the_volume_grid_and_the_tables(run, tmp_path):
 
 def test_processing_again_into_the_same_nodes_adds_nothing(run):
     scene, node, logic, result = run["scene"], run["node"], run["logic"], run["result"]
-    before = _node_ids(scene)
+    before = h.node_ids(scene)
     segmentation, table = logic.process(node, *RANGE, engine="threshold", device="cpu",
                                         segmentation=result.segmentation, table=result.tissueTable)
     assert segmentation is result.segmentation and table is result.tissueTable
-    assert _node_ids(scene) == before
+    assert h.node_ids(scene) == before
 
 
 # ---------------------------------------------------------------------- edits and quantify()
@@ -396,7 +376,7 @@ def test_quantify_a_hand_made_segmentation_uses_names_and_labelled_slices():
     values = np.full((8, 20, 24), -1000, np.int16)
     values[2:5, 4:16, 4:20] = 40  # "muscle"
     values[2:5, 8:12, 8:12] = -100  # "fat"
-    node = slicer_io.node_volume_from_image(scene, _image(values, spacing=(1.0, 1.0, 2.0)), "hand")
+    node = slicer_io.node_volume_from_image(scene, h.image(values, spacing=(1.0, 1.0, 2.0)), "hand")
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "hand-made")
     segmentation.CreateDefaultDisplayNodes()
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(node)
@@ -409,7 +389,7 @@ def test_quantify_a_hand_made_segmentation_uses_names_and_labelled_slices():
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
             slicer_io.oriented_labels(node, mask, first=0), segmentation, segment_id)
     logic = LegSegNetLogic()
-    before = _node_ids(scene)
+    before = h.node_ids(scene)
     table = logic.quantify(segmentation, node)
     rows = {r["Tissue"]: r for r in slicer_tables.table_rows(table)}
     assert rows["SM"]["Voxels"] == muscle.sum() and rows["IAT"]["Voxels"] == fat.sum()
@@ -417,7 +397,7 @@ def test_quantify_a_hand_made_segmentation_uses_names_and_labelled_slices():
     assert rows["SM"]["Mean (HU)"] == 40.0 and rows["IAT"]["Mean (HU)"] == -100.0
     profile = slicer_tables.table_rows(segmentation.GetNodeReference("LegSegNet.profileTable"))
     assert [int(r["slice_index"]) for r in profile] == [2, 3, 4]  # the slices that hold labels
-    added = sorted(scene.GetNodeByID(i).GetClassName() for i in _node_ids(scene) - before)
+    added = sorted(scene.GetNodeByID(i).GetClassName() for i in h.node_ids(scene) - before)
     assert added == ["vtkMRMLPlotChartNode"] + ["vtkMRMLPlotSeriesNode"] * 4 + ["vtkMRMLTableNode"] * 3, added
     with pytest.raises(InputError, match="no visible segment"):
         for segment_id in ("Segment_1", "Segment_2"):
@@ -429,46 +409,48 @@ def test_quantify_a_hand_made_segmentation_uses_names_and_labelled_slices():
 def test_a_failed_worker_leaves_no_nodes_no_process_no_files():
     scene = slicer.vtkMRMLScene()
     not_ct = slicer_io.node_volume_from_image(scene, selftest._not_ct_image(), "not CT")
-    before, runs_before = _node_ids(scene), _temp_runs()
+    before, runs_before = h.node_ids(scene), h.temp_runs()
     with pytest.raises(InputError) as caught:
         LegSegNetLogic().process(not_ct, engine="threshold", device="cpu")
     message = str(caught.value)
     assert "\n" not in message and "Traceback" not in message and "internal error" not in message
     assert "volume 'not CT'" in message and "input.nrrd" not in message  # names what the user chose
-    assert _node_ids(scene) == before
-    assert _temp_runs() == runs_before
+    assert h.node_ids(scene) == before
+    assert h.temp_runs() == runs_before
     assert _descendant_pids() == []
 
 
 def test_a_bad_range_is_refused_before_any_worker_starts():
     scene = slicer.vtkMRMLScene()
     node, _ = _phantom_node(scene, shape=(6, 40, 48))
-    runs_before = _temp_runs()
+    runs_before = h.temp_runs()
     for first, last in ((4, 2), (0, 6), (-1, 3)):
         with pytest.raises(InputError):
             LegSegNetLogic().processAsync(node, first, last, engine="threshold")
-    assert _temp_runs() == runs_before and _descendant_pids() == []
+    assert h.temp_runs() == runs_before and _descendant_pids() == []
 
 
 def test_cancel_kills_the_worker_and_leaves_the_scene_as_it_was():
     scene = slicer.vtkMRMLScene()
     node, _ = _phantom_node(scene, shape=(40, 160, 192), seed=2)
-    before = _node_ids(scene)
+    before = h.node_ids(scene)
     finished = []
     handle: RunHandle = LegSegNetLogic().processAsync(node, engine="threshold", device="cpu",
                                                           onFinished=lambda h: finished.append(h.state))
     workdir = handle.worker.workdir
-    deadline = time.monotonic() + 60
-    while handle.poll() and handle.progress["stage"] in ("starting", "reading") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert handle.running, f"the worker finished before it could be cancelled ({handle.state})"
-    pids = [handle.worker.pid] + worker_process.descendants(handle.worker.pid)
-    handle.cancel()
+    try:
+        deadline = time.monotonic() + 60
+        while handle.poll() and handle.progress["stage"] in ("starting", "reading") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert handle.running, f"the worker finished before it could be cancelled ({handle.state})"
+        pids = [handle.worker.pid] + worker_process.descendants(handle.worker.pid)
+    finally:
+        handle.cancel()
     assert handle.state == "cancelled" and finished == ["cancelled"]
     assert isinstance(handle.error, CancelledError)
     with pytest.raises(CancelledError):
         handle.wait()
-    assert _node_ids(scene) == before
+    assert h.node_ids(scene) == before
     assert not workdir.exists()
     assert not any(worker_process.is_alive(p) for p in pids) and _descendant_pids() == []
 
@@ -478,16 +460,20 @@ def test_closing_the_scene_or_removing_the_volume_cancels_the_run():
         scene = slicer.vtkMRMLScene()
         node, _ = _phantom_node(scene, shape=(30, 128, 160), seed=4)
         handle = LegSegNetLogic().processAsync(node, engine="threshold", device="cpu")
-        pid, workdir = handle.worker.pid, handle.worker.workdir
-        handle.poll()
-        unrelated = scene.AddNewNodeByClass("vtkMRMLTableNode", "unrelated")
-        scene.RemoveNode(unrelated)
-        assert handle.running  # removing another node changes nothing
-        if action == "close":
-            scene.Clear(0)
-        else:
-            scene.RemoveNode(node)
-        assert handle.state == "cancelled", action
+        try:
+            pid, workdir = handle.worker.pid, handle.worker.workdir
+            handle.poll()
+            unrelated = scene.AddNewNodeByClass("vtkMRMLTableNode", "unrelated")
+            scene.RemoveNode(unrelated)
+            assert handle.running  # removing another node changes nothing
+            if action == "close":
+                scene.Clear(0)
+            else:
+                scene.RemoveNode(node)
+            state = handle.state
+        finally:
+            handle.cancel()
+        assert state == "cancelled", action
         assert not worker_process.is_alive(pid) and not workdir.exists() and _descendant_pids() == []
         assert scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+import processes
 from LegSegNetLib.phantom import make_leg_phantom
 
 WORKER = [sys.executable, "-m", "LegSegNetLib.worker"]
@@ -79,13 +80,16 @@ def _start_long_run(tmp_path: Path, launcher: list[str] | None = None) -> tuple[
 
 def test_sigterm_mid_run_stops_promptly_and_leaves_nothing(tmp_path):
     proc, out = _start_long_run(tmp_path)
-    for line in proc.stdout:  # wait until segmentation has really started
-        event = json.loads(line)
-        if event["event"] == "progress" and event["stage"] == "segmenting" and event["done"] > 0:
-            break
-    proc.send_signal(signal.SIGTERM)
-    start = time.monotonic()
-    rest, stderr = proc.communicate(timeout=30)
+    try:
+        for line in proc.stdout:  # wait until segmentation has really started
+            event = json.loads(line)
+            if event["event"] == "progress" and event["stage"] == "segmenting" and event["done"] > 0:
+                break
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        rest, stderr = proc.communicate(timeout=30)
+    finally:
+        processes.stop(proc)
     assert time.monotonic() - start < 10
     assert proc.returncode == 1
     assert "cancelled" in stderr
@@ -106,18 +110,23 @@ def test_worker_exits_when_its_parent_dies(tmp_path):
         "time.sleep(600)\n"
     )
     launcher = subprocess.Popen([sys.executable, "-c", launcher_code])
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    worker_pid = int(pid_file.read_text())
-    time.sleep(2.0)  # let it get into its work
-    launcher.kill()
-    launcher.wait()
-    deadline = time.monotonic() + 20
-    while _alive(worker_pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _alive(worker_pid), "worker outlived its parent"
+    worker_pid = None
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        worker_pid = int(pid_file.read_text())
+        time.sleep(2.0)  # let it get into its work
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 20
+        while _alive(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        outlived = _alive(worker_pid)
+    finally:
+        processes.stop(launcher, worker_pid if worker_pid and _alive(worker_pid) else None)
+    assert not outlived, "worker outlived its parent"
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -73,11 +73,14 @@ def test_cancel_kills_the_whole_tree_and_removes_the_folder(tmp_path):
     workdir = make_workdir()
     (workdir / "input.nrrd").write_text("x")
     worker = WorkerProcess([sys.executable, str(script), "0"], workdir=workdir)
-    pids = _collect_pids(worker, 3)
-    assert all(is_alive(pid) for pid in pids.values())
-    started = time.monotonic()
-    worker.cancel()
-    elapsed = time.monotonic() - started
+    try:
+        pids = _collect_pids(worker, 3)
+        assert all(is_alive(pid) for pid in pids.values())
+        started = time.monotonic()
+        worker.cancel()
+        elapsed = time.monotonic() - started
+    finally:
+        worker.cancel()
     assert worker.cancelled and worker.finished and not worker.succeeded
     assert not workdir.exists()
     deadline = time.monotonic() + 5
@@ -104,13 +107,16 @@ def test_kill_reaches_a_descendant_that_left_the_process_group(tmp_path):
         ),
     )
     worker = WorkerProcess([sys.executable, str(script), "parent"])
-    pids = _collect_pids(worker, 2)
-    assert os.getpgid(pids[1]) != os.getpgid(pids[0])
-    worker.cancel()
-    deadline = time.monotonic() + 5
-    while is_alive(pids[1]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not is_alive(pids[1])
+    try:
+        pids = _collect_pids(worker, 2)
+        assert os.getpgid(pids[1]) != os.getpgid(pids[0])
+        worker.cancel()
+        deadline = time.monotonic() + 5
+        while is_alive(pids[1]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not is_alive(pids[1])
+    finally:
+        worker.cancel()
 
 
 def test_a_real_worker_failure_gives_its_error_line(tmp_path):
@@ -118,14 +124,17 @@ def test_a_real_worker_failure_gives_its_error_line(tmp_path):
     missing = tmp_path / "no-such-scan.nii.gz"
     command = segment_command([sys.executable], missing, workdir / "out", engine="threshold")
     worker = WorkerProcess(command, workdir=workdir, env=worker_process.worker_environment())
-    code = worker.wait(timeout=60)
-    assert code == 2
-    assert worker.error_exit_code == 2
-    message = worker.failure_message()
-    assert "no-such-scan" in message and "\n" not in message and "Traceback" not in message
-    assert workdir.exists()  # outputs stay readable until the caller cleans up
-    worker.cleanup()
-    assert not workdir.exists()
+    try:
+        code = worker.wait(timeout=60)
+        assert code == 2
+        assert worker.error_exit_code == 2
+        message = worker.failure_message()
+        assert "no-such-scan" in message and "\n" not in message and "Traceback" not in message
+        assert workdir.exists()  # outputs stay readable until the caller cleans up
+        worker.cleanup()
+        assert not workdir.exists()
+    finally:
+        worker.cancel()
 
 
 def test_exit_while_a_leftover_child_holds_the_pipe_still_finishes(tmp_path):
@@ -146,13 +155,16 @@ def test_exit_while_a_leftover_child_holds_the_pipe_still_finishes(tmp_path):
     )
     worker = WorkerProcess([sys.executable, str(script), "parent"])
     child_pid = None
-    deadline = time.monotonic() + 20
-    while not worker.finished and time.monotonic() < deadline:
-        for event in worker.poll():
-            if event.event == "note":
-                child_pid = event.data["pid"]
-        time.sleep(0.05)
-    assert worker.finished and worker.returncode == 0 and worker.result == {"event": "result", "outdir": "x"}
+    try:
+        deadline = time.monotonic() + 20
+        while not worker.finished and time.monotonic() < deadline:
+            for event in worker.poll():
+                if event.event == "note":
+                    child_pid = event.data["pid"]
+            time.sleep(0.05)
+        assert worker.finished and worker.returncode == 0 and worker.result == {"event": "result", "outdir": "x"}
+    finally:
+        worker.cancel()
     assert child_pid is not None
     deadline = time.monotonic() + 5
     while is_alive(child_pid) and time.monotonic() < deadline:
@@ -163,7 +175,10 @@ def test_exit_while_a_leftover_child_holds_the_pipe_still_finishes(tmp_path):
 def test_worker_dying_without_error_line_is_reported_with_its_status(tmp_path):
     script = _write_script(tmp_path, "import os, sys\nprint('partial output', flush=True)\nos._exit(7)\n")
     worker = WorkerProcess([sys.executable, str(script)])
-    assert worker.wait(timeout=30) == 7
+    try:
+        assert worker.wait(timeout=30) == 7
+    finally:
+        worker.cancel()
     assert "exit status 7" in worker.failure_message() and "partial output" in worker.failure_message()
 
 

@@ -8,6 +8,7 @@ voxel array and adjusts the geometry, so every copy holds the same HU at the sam
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import sys
@@ -283,3 +284,17 @@ def run_legsegnet(*args: str | Path, cwd: str | Path | None = None, timeout: flo
         text=True,
         timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def file_size_limit(size_bytes: int):
+    """A real write failure: while active, no file of this process can grow beyond `size_bytes` (the write fails
+    with EFBIG, as on a full quota; Python ignores the SIGXFSZ signal that would otherwise end the process)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

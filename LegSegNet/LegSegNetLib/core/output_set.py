@@ -74,8 +74,9 @@ def check_outputs(outdir: str | os.PathLike, names: Iterable[str], inputs: Seque
         with contextlib.suppress(OSError):
             cwd = Path(os.getcwd())
             if cwd == folder or folder in cwd.parents:
+                example = f"e.g. {option} results" if option.startswith("-") else "e.g. a new folder inside it"
                 raise InputError(f"the output folder {given} holds the current folder; the results are swapped in "
-                                 f"as a whole folder: give a folder of their own, e.g. {option} results")
+                                 f"as a whole folder: give a folder of their own, {example}")
         if not os.access(folder.parent, os.W_OK | os.X_OK):
             raise InputError(f"cannot replace the results in {given}: its parent folder {folder.parent} is not "
                              "writable (the new set is prepared beside it); choose another output folder")
@@ -102,9 +103,10 @@ def _refuse_same_file(source: Path, target: Path, option: str) -> None:
 class OutputSet:
     """The files `names` in `outdir`, replaced together (see the module docstring)."""
 
-    def __init__(self, outdir: str | os.PathLike, names: Iterable[str], inputs: Sequence[str | os.PathLike] = ()):
+    def __init__(self, outdir: str | os.PathLike, names: Iterable[str], inputs: Sequence[str | os.PathLike] = (),
+                 option: str = "-o"):
         self.names = tuple(names)
-        self.folder = check_outputs(outdir, self.names, inputs)
+        self.folder = check_outputs(outdir, self.names, inputs, option)
 
     def write(self, writers: Sequence[tuple[str, Callable[[Path], None]]], progress: Progress | None = None) -> None:
         """Call each `write(path)` into the staging folder, then swap the set in. Raises LegSegNetError (exit 1)
@@ -181,8 +183,15 @@ def _claim(parent: Path, target: str, names: tuple[str, ...], created: list[Path
             _remove_created(created)
             raise InputError(f"cannot write beside {parent / target} ({exc.strerror or exc}); choose an output "
                              "folder in a folder you can write to") from exc
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(record, out)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(record, out)
+        except OSError as exc:  # e.g. a full disk: the marker is ours and holds nothing yet
+            with contextlib.suppress(OSError):
+                marker.unlink()
+            _remove_created(created)
+            raise LegSegNetError(f"could not write the outputs beside {parent / target} ({exc.strerror or exc}); "
+                                 "check free disk space") from exc
         try:
             os.mkdir(parent / stem)
         except OSError as exc:

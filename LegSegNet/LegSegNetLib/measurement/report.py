@@ -9,8 +9,12 @@ Figures use matplotlib's object API with the Agg canvas, never pyplot, so no GUI
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
+import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -86,11 +90,39 @@ def write_file_set(outdir: str | Path, writers: list[tuple[str, Callable[[Path],
 
 # ---------------------------------------------------------------------------------------------- files
 def _write_labels(path: Path, volume: CTVolume, labels_slab: np.ndarray, first: int) -> None:
-    image = volume.labels_to_image(np.asarray(labels_slab, dtype=np.uint8), first)
+    write_label_image(path, volume.labels_to_image(np.asarray(labels_slab, dtype=np.uint8), first))
+
+
+def write_label_image(path: Path, image: sitk.Image) -> None:
+    """Write a label image as compressed NIfTI (`labels.nii.gz`), or raise OSError.
+
+    SimpleITK does not notice when the compressed stream cannot be written to the end (a full disk, a file size
+    limit): it leaves a cut-off file and reports success. So the file's end is checked: a gzip stream ends with
+    the length of what it holds, which must be the NIfTI header plus every voxel (a cut-off file ends in the
+    middle of compressed data instead). Reading that costs microseconds, not a second pass over the file.
+    """
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
-    except RuntimeError as exc:  # SimpleITK reports I/O failures as RuntimeError
+    except RuntimeError as exc:  # SimpleITK reports the I/O failures it notices as RuntimeError
         raise OSError(f"writing {path.name} failed: {str(exc).strip().splitlines()[-1]}") from exc
+    voxel_bytes = int(np.prod(image.GetSize())) * image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
+    try:
+        with gzip.open(path, "rb") as stream:
+            header = stream.read(NIFTI1_HEADER_BYTES)
+        order = "<" if struct.unpack_from("<i", header, 0)[0] == NIFTI1_HEADER_BYTES else ">"  # sizeof_hdr
+        vox_offset = int(struct.unpack_from(order + "f", header, NIFTI1_VOX_OFFSET_AT)[0])
+        with open(path, "rb") as raw:
+            raw.seek(-4, os.SEEK_END)
+            stored_length = struct.unpack("<I", raw.read(4))[0]  # gzip's ISIZE: the length modulo 2**32
+    except (OSError, EOFError, zlib.error, struct.error) as exc:
+        raise OSError(f"writing {path.name} failed: the file cannot be read back ({exc}); check free disk space") \
+            from exc
+    if len(header) < NIFTI1_HEADER_BYTES or stored_length != (vox_offset + voxel_bytes) % 2**32:
+        raise OSError(f"writing {path.name} failed: the file was cut off; check free disk space")
+
+
+NIFTI1_HEADER_BYTES = 348
+NIFTI1_VOX_OFFSET_AT = 108  # byte offset of the float32 vox_offset field (in the header's byte order)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -21,10 +21,12 @@ from typing import Callable, Sequence
 
 from ..annotation import dataset
 from ..annotation import review
+from . import checks
+from . import frames
 from . import scene as slicer_io
 from ..annotation import training
 from ..core.errors import InputError
-from .logic import Launcher, LegSegNetLogic, default_launcher, stored_slice_range
+from .logic import Launcher, LegSegNetLogic, check_segmentation_of, default_launcher, stored_slice_range
 from ..annotation.review import ReviewState
 from ..worker import launcher
 from ..worker.launcher import make_workdir
@@ -61,16 +63,41 @@ class AnnotationLogic:
         return stored_slice_range(segmentationNode, inputVolume)
 
     def startReview(self, segmentationNode, inputVolume, slicesPerScan: int = review.DEFAULT_SLICES_PER_SCAN,
-                    seed: int = 0, firstSlice: int | None = None, lastSlice: int | None = None) -> ReviewState:
-        """Sample the slices to review (stratified random, see review.sample_slices) and store the new state."""
-        self._require(segmentationNode, inputVolume)
-        first, last = self.reviewRange(segmentationNode, inputVolume)
-        first = first if firstSlice is None else int(firstSlice)
-        last = last if lastSlice is None else int(lastSlice)
-        slicer_io.check_range(first, last, slicer_io.slice_count(inputVolume))
-        state = ReviewState.start(first, last, slicesPerScan, seed)
+                    seed: int = 0, firstSlice: int | None = None, lastSlice: int | None = None,
+                    replace: bool = False) -> ReviewState:
+        """Sample the slices to review (stratified random, see review.sample_slices) and store the new state.
+
+        Asking again for the sample already stored changes nothing. A different sample would drop the review's
+        progress (slices marked reviewed or added to a training set): refused unless `replace` is True.
+        """
+        state = self._new_review(segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice)
+        current = self.reviewState(segmentationNode)
+        if not replace and _has_progress(current):
+            if _same_sample(current, state):
+                return current
+            raise InputError(
+                f"'{segmentationNode.GetName()}' is under review ({current.summary()}); a new sample would drop that "
+                "progress: finish the review, or start a new one on purpose (replace=True; in the module, confirm "
+                "the question Sample slices asks)"
+            )
         self.saveReviewState(segmentationNode, state)
         return state
+
+    def progressAStartWouldDrop(self, segmentationNode, inputVolume,
+                                slicesPerScan: int = review.DEFAULT_SLICES_PER_SCAN, seed: int = 0,
+                                firstSlice: int | None = None, lastSlice: int | None = None) -> ReviewState | None:
+        """The review in progress that `startReview` with these settings would replace (None: nothing would be
+        lost), so the module can ask first."""
+        state = self._new_review(segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice)
+        current = self.reviewState(segmentationNode)
+        return current if _has_progress(current) and not _same_sample(current, state) else None
+
+    def _new_review(self, segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice) -> ReviewState:
+        self._require(segmentationNode, inputVolume)
+        stored_first, stored_last = self.reviewRange(segmentationNode, inputVolume)
+        first, last = checks.slice_range(inputVolume, stored_first if firstSlice is None else firstSlice,
+                                         stored_last if lastSlice is None else lastSlice)
+        return ReviewState.start(first, last, review.check_slices_per_scan(slicesPerScan), checks.seed(seed))
 
     def reviewState(self, segmentationNode) -> ReviewState | None:
         if segmentationNode is None:
@@ -86,12 +113,16 @@ class AnnotationLogic:
             segmentationNode.EndModify(was)
 
     def markReviewed(self, segmentationNode, sliceIndex: int, reviewed: bool = True) -> ReviewState:
+        """Mark a slice reviewed (or not). In the module the slice is the one the red view shows
+        (LegSegNetLogic.sliceIndexInView, transforms included)."""
+        sliceIndex = checks.slice_number(sliceIndex)
         state = self._state_or_error(segmentationNode)
         state = state.mark(sliceIndex, reviewed)
         self.saveReviewState(segmentationNode, state)
         return state
 
     def nextUnreviewedSlice(self, segmentationNode, after: int | None = None) -> int | None:
+        after = None if after is None else checks.slice_number(after)
         return self._state_or_error(segmentationNode).next_unreviewed(after)
 
     def reviewSummary(self, segmentationNode) -> str:
@@ -108,8 +139,10 @@ class AnnotationLogic:
         return text
 
     def jumpToSlice(self, inputVolume, sliceIndex: int, sliceNode) -> list[float]:
-        """Show slice `sliceIndex` of the volume in an axial slice view; returns the RAS point jumped to."""
-        ras = [float(v) for v in slicer_io.slice_position_ras(inputVolume, sliceIndex)]
+        """Show slice `sliceIndex` of the volume in an axial slice view; returns the world RAS point jumped to
+        (the volume's parent transforms applied, as the view shows it)."""
+        first, _ = checks.slice_range(checks.volume(inputVolume), sliceIndex, sliceIndex)
+        ras = [float(v) for v in frames.slice_position_world(inputVolume, first)]
         sliceNode.JumpSliceByOffsetting(*ras)
         return ras
 
@@ -125,6 +158,7 @@ class AnnotationLogic:
             raise InputError("no segmentation selected; run the segmentation first or choose one")
         if inputVolume is None:
             raise InputError("no CT volume selected; choose the volume the segmentation belongs to")
+        check_segmentation_of(segmentationNode, inputVolume)
 
     # ------------------------------------------------------------------ export
     def patientId(self, inputVolume) -> str | None:
@@ -249,6 +283,14 @@ class AnnotationLogic:
             return devices.has_gpu(LegSegNetLogic(self.launcher, self.python).deviceProbeAsync().wait(timeout_s))
         except Exception:  # noqa: BLE001 - no torch, or the probe failed: no GPU to use
             return False
+
+
+def _has_progress(state: ReviewState | None) -> bool:
+    return state is not None and bool(state.reviewed or state.exported)
+
+
+def _same_sample(a: ReviewState, b: ReviewState) -> bool:
+    return (a.first, a.last, a.slices_per_scan, a.seed) == (b.first, b.last, b.slices_per_scan, b.seed)
 
 
 __all__ = ["AnnotationLogic", "TrainingHandle"]

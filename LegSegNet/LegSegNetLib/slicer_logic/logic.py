@@ -27,10 +27,12 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from . import checks
+from . import frames
 from . import scene as slicer_io
 from . import tables as slicer_tables
 from ..scan.ct_volume import check_same_grid
-from ..core.errors import InputError
+from ..core.errors import CancelledError, InputError
 from ..core.text import json_safe
 from ..core.tissues import TISSUE_KEYS
 from ..worker import launcher
@@ -104,12 +106,18 @@ class LegSegNetLogic:
         return slicer_io.slice_count(inputVolume)
 
     def slicePositionMm(self, inputVolume, sliceIndex: float) -> float:
-        """S coordinate (RAS/LPS z, mm) of a slice's centre, as shown next to the slice numbers."""
-        return float(slicer_io.slice_position_ras(inputVolume, sliceIndex)[2])
+        """S coordinate (world RAS, mm; parent transforms applied) of a slice's centre, as shown next to the slice
+        numbers and in the slice views."""
+        return float(frames.slice_position_world(inputVolume, sliceIndex)[2])
 
     def sliceIndexAtRAS(self, inputVolume, ras: Sequence[float]) -> int:
-        """The slice through a RAS point (e.g. the red slice view's centre)."""
-        return slicer_io.slice_index_at_ras(inputVolume, ras)
+        """The slice nearest to a world RAS point (e.g. a slice view's centre: "From view"), clamped to the volume."""
+        return frames.slice_index_at_world(inputVolume, ras)
+
+    def sliceIndexInView(self, inputVolume, sliceNode) -> int:
+        """The slice of the volume a slice view shows ("Mark reviewed"); InputError when it shows none of them
+        (its plane is beyond the volume, or tilted against the volume's slices)."""
+        return frames.slice_index_in_view(inputVolume, sliceNode)
 
     def detectLegRange(self, inputVolume) -> tuple[int, int]:
         """The slices where legs are present (axial_range.detect_leg_range); InputError if none."""
@@ -121,7 +129,8 @@ class LegSegNetLogic:
         """A locked ROI box around the chosen slices, aligned with the volume's voxel axes."""
         import vtk
 
-        center, size, axes = slicer_io.slab_corners_ras(inputVolume, firstSlice, lastSlice)
+        first, last = checks.slice_range(checks.volume(inputVolume), firstSlice, lastSlice)
+        center, size, axes = slicer_io.slab_corners_ras(inputVolume, first, last)
         scene = inputVolume.GetScene()
         if roiNode is None:
             roiNode = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{inputVolume.GetName()} LegSegNet range")
@@ -135,8 +144,7 @@ class LegSegNetLogic:
         roiNode.SetAndObserveObjectToNodeMatrix(matrix)
         roiNode.SetSize(*[float(s) for s in size])
         roiNode.SetLocked(True)
-        if inputVolume.GetParentTransformNode() is not None:
-            roiNode.SetAndObserveTransformNodeID(inputVolume.GetParentTransformNode().GetID())
+        roiNode.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())  # the box is in the volume's frame
         display = roiNode.GetDisplayNode()
         if display is not None:
             display.SetFillOpacity(0.0)
@@ -157,7 +165,10 @@ class LegSegNetLogic:
         """
         handle = self.processAsync(inputVolume, firstSlice, lastSlice, engine, device, model, segmentation, table,
                                    **options)
-        result = handle.wait()
+        try:
+            result = handle.wait()
+        finally:
+            handle.cancel()  # interrupted (e.g. Ctrl-C in a script): the worker does not outlive the call
         return result.segmentation, result.tissueTable
 
     def processAsync(self, inputVolume, firstSlice: int | None = None, lastSlice: int | None = None,
@@ -166,12 +177,21 @@ class LegSegNetLogic:
                      onFinished: Callable[[RunHandle], None] | None = None, folds: Sequence[int] | None = None,
                      tta: bool | None = None, batchSize: int | None = None,
                      outputFolder: str | Path | None = None) -> RunHandle:
-        """Start the worker and return at once; the caller polls `handle.poll()` (e.g. every 100 ms)."""
+        """Start the worker and return at once; the caller polls `handle.poll()` (e.g. every 100 ms).
+
+        Every argument is checked before the worker starts. The run is cancelled when the scene closes, when the
+        volume or a chosen output node is removed from the scene, or when the volume's grid or voxels change
+        meanwhile (the labels would no longer fit it).
+        """
+        import vtk
+
         started = time.monotonic()
-        n_slices = slicer_io.slice_count(inputVolume)  # also validates the node
-        first = 0 if firstSlice is None else int(firstSlice)
-        last = n_slices - 1 if lastSlice is None else int(lastSlice)
-        slicer_io.check_range(first, last, n_slices)
+        scene = checks.volume(inputVolume).GetScene()
+        first, last = checks.slice_range(inputVolume, firstSlice, lastSlice)
+        checks.segmentation(segmentation, scene, "output segmentation", optional=True)
+        checks.table(table, scene, "output table")
+        if segmentation is not None:
+            self.reviewedSlicesToKeep(segmentation, inputVolume)  # refuses another volume's review now
         workdir = make_workdir()
         try:
             slab = slicer_io.slab_image_from_node(inputVolume, first, last)
@@ -186,8 +206,21 @@ class LegSegNetLogic:
         slab_geometry = slicer_io.geometry_of_image(slab)
         del slab
         launched = time.monotonic()
+        given = volume_state(inputVolume)
+
+        def changed() -> str | None:
+            now = volume_state(inputVolume)
+            what = [name for name in given if now[name] != given[name]]
+            if not what:
+                return None
+            return (f"volume '{inputVolume.GetName()}' changed while it was being segmented (its {' and '.join(what)}); "
+                    "the segmentation was cancelled and the scene left as it was: press Apply again to segment the "
+                    "volume as it is now")
 
         def finish(finished: WorkerProcess) -> ProcessResult:
+            reason = changed()  # also edits that sent no event
+            if reason:
+                raise CancelledError(reason)
             importing = time.monotonic()
             result = self._import_results(inputVolume, first, last, outdir, slab_geometry, segmentation, table,
                                           notes=handle.notes)
@@ -200,12 +233,18 @@ class LegSegNetLogic:
                                   cancelMessage="segmentation cancelled; the scene was left as it was")
         meant = f"volume '{inputVolume.GetName()}' (slices {first}:{last})"
         handle.inputNames = {f"'{slab_path}'": meant, str(slab_path): meant, f"'{slab_path.name}'": meant}
-        handle.watchScene(inputVolume.GetScene(), inputVolume)
+        handle.watchScene(scene, inputVolume, {"the output segmentation": segmentation, "the output table": table})
+        handle.watchNode(inputVolume, (vtk.vtkCommand.ModifiedEvent, inputVolume.ImageDataModifiedEvent), changed)
         return handle
 
     def _import_results(self, inputVolume, first: int, last: int, outdir: Path, slab_geometry, segmentation, table,
                         notes: Sequence[str] = ()) -> ProcessResult:
-        """Read the worker's files and put them in the scene; on any failure remove what was added."""
+        """Read the worker's files and put them in the scene; on any failure the scene is put back as it was.
+
+        The review rule: when `segmentation` holds slices marked reviewed, their labels (the corrections) are kept
+        and only the other slices get the new run's labels, so no reviewed mark ever stands on labels nobody
+        reviewed; the tables then measure what the segmentation holds.
+        """
         labels_image = sitk.ReadImage(str(outdir / "labels.nii.gz"))
         reference = slab_geometry.apply_to(sitk.Image(list(slab_geometry.size_ijk), sitk.sitkUInt8))
         check_same_grid(reference, labels_image, what="worker's label map")
@@ -220,34 +259,75 @@ class LegSegNetLogic:
         self.lastResult = result
         return result
 
+    def reviewedSlicesToKeep(self, segmentationNode, inputVolume) -> tuple[int, ...]:
+        """The slices of `segmentationNode` marked reviewed, whose labels a new run into it keeps (the review rule).
+
+        InputError when the segmentation holds a review of another volume (its labels cannot be kept on this
+        one, and dropping them would leave reviewed marks on labels nobody reviewed).
+        """
+        from ..annotation.review import ReviewState
+
+        state = ReviewState.from_attributes(segmentationNode.GetAttribute)
+        if state is None or not (state.reviewed or state.exported):
+            return ()
+        owner = other_input_volume(segmentationNode, inputVolume)
+        if owner is not None:
+            raise InputError(
+                f"'{segmentationNode.GetName()}' holds a review of volume '{owner.GetName()}' ({state.summary()}); "
+                f"segmenting '{inputVolume.GetName()}' into it would mix two scans: choose another output "
+                f"segmentation (or none) for '{inputVolume.GetName()}'"
+            )
+        return tuple(state.reviewed)
+
+    def _with_kept_slices(self, segmentation, inputVolume, labels_kji: np.ndarray, first: int, last: int,
+                          kept: Sequence[int]) -> tuple[np.ndarray, int]:
+        """The run's slab labels with the kept (reviewed) slices taken from the segmentation as it is now:
+        (labels over slices lo..hi, lo), widened to cover every kept slice."""
+        axis = 2 - slicer_io.axial_axis_of_node(inputVolume)  # numpy axis of the slices
+        lo, hi = min(first, *kept), max(last, *kept)
+        shape = list(labels_kji.shape)
+        shape[axis] = hi - lo + 1
+        merged = np.zeros(shape, np.uint8)
+        merged[_along(axis, slice(first - lo, last - lo + 1))] = labels_kji
+        current = slicer_io.labels_from_segmentation(segmentation, inputVolume, visible_only=False)
+        for k in kept:
+            merged[_along(axis, k - lo)] = current[_along(axis, k)]
+        return merged, lo
+
     def _store_results(self, inputVolume, labels_kji: np.ndarray | None, first: int, last: int, metrics: dict,
                        profile: list[dict], segmentation, table) -> ProcessResult:
+        """Fill (or add) the segmentation, tables and chart. Any failure puts the scene back: nodes added are
+        removed, existing nodes get their earlier content back (copied before they are touched)."""
         scene = inputVolume.GetScene()
-        created: list = []
-
-        def node(existing, cls: str, name: str):
-            if existing is not None:
-                return existing
-            new = scene.AddNewNodeByClass(cls, name)
-            created.append(new)
-            return new
-
+        changes = SceneChanges(scene)
         try:
             name = inputVolume.GetName()
-            segmentation = node(segmentation, "vtkMRMLSegmentationNode", f"{name} segmentation")
+            segmentation = changes.use(segmentation, "vtkMRMLSegmentationNode", f"{name} segmentation")
             if labels_kji is not None:
-                slicer_io.fill_segmentation(segmentation, inputVolume, labels_kji, first)
-                if inputVolume.GetParentTransformNode() is not None:
-                    segmentation.SetAndObserveTransformNodeID(inputVolume.GetParentTransformNode().GetID())
-            tissue_table = node(table if table is not None else segmentation.GetNodeReference(ROLE_TISSUE_TABLE),
-                                "vtkMRMLTableNode", f"{name} tissues")
-            derived_table = node(segmentation.GetNodeReference(ROLE_DERIVED_TABLE), "vtkMRMLTableNode",
-                                 f"{name} derived metrics")
-            profile_table = node(segmentation.GetNodeReference(ROLE_PROFILE_TABLE), "vtkMRMLTableNode",
-                                 f"{name} profile")
-            chart = node(segmentation.GetNodeReference(ROLE_CHART), "vtkMRMLPlotChartNode", f"{name} profile chart")
-            series = {key: node(chart.GetNodeReference(ROLE_SERIES + key), "vtkMRMLPlotSeriesNode", f"{name} {key} area")
-                      for key in TISSUE_KEYS}
+                kept = self.reviewedSlicesToKeep(segmentation, inputVolume)
+                labels_first = first
+                if kept:
+                    labels_kji, labels_first = self._with_kept_slices(segmentation, inputVolume, labels_kji, first,
+                                                                      last, kept)
+                slicer_io.fill_segmentation(segmentation, inputVolume, labels_kji, labels_first)
+                segmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())  # the volume's frame
+                segmentation.SetAttribute(SLICES_ATTRIBUTE, f"{first}:{last}")
+                if kept:  # the worker measured its own labels; measure what the segmentation holds now
+                    measurements, _, _, _ = self._measure(segmentation, inputVolume)
+                    metrics = {**measurements.to_dict(), **{k: metrics[k] for k in RUN_KEYS if k in metrics},
+                               "notes": list(metrics.get("notes") or []) + [
+                                   f"the corrections of the reviewed slices {', '.join(map(str, kept))} were kept"]}
+                    profile = slicer_tables.profile_rows_as_dicts(measurements.profile_rows())
+            tissue_table = changes.use(table if table is not None else segmentation.GetNodeReference(ROLE_TISSUE_TABLE),
+                                       "vtkMRMLTableNode", f"{name} tissues")
+            derived_table = changes.use(segmentation.GetNodeReference(ROLE_DERIVED_TABLE), "vtkMRMLTableNode",
+                                        f"{name} derived metrics")
+            profile_table = changes.use(segmentation.GetNodeReference(ROLE_PROFILE_TABLE), "vtkMRMLTableNode",
+                                        f"{name} profile")
+            chart = changes.use(segmentation.GetNodeReference(ROLE_CHART), "vtkMRMLPlotChartNode",
+                                f"{name} profile chart")
+            series = {key: changes.use(chart.GetNodeReference(ROLE_SERIES + key), "vtkMRMLPlotSeriesNode",
+                                       f"{name} {key} area") for key in TISSUE_KEYS}
             slicer_tables.fill_tissue_table(tissue_table, metrics)
             slicer_tables.fill_derived_table(derived_table, metrics)
             slicer_tables.fill_profile_table(profile_table, profile)
@@ -267,15 +347,20 @@ class LegSegNetLogic:
                     segmentation.SetAttribute(ATTRIBUTE_PREFIX + key.capitalize(), str(metrics[key]))
             place_beside(inputVolume, [segmentation, tissue_table, derived_table, profile_table, chart])
         except BaseException:
-            for new in reversed(created):
-                scene.RemoveNode(new)
+            changes.undo()
             raise
         return ProcessResult(segmentation, tissue_table, derived_table, profile_table, chart, metrics, first, last,
-                             created)
+                             changes.created)
 
     # ------------------------------------------------------------------ measurement after edits
     def measure(self, segmentationNode, inputVolume):
         """Measurements of the segmentation's visible tissue segments on the volume: (Measurements, first, last)."""
+        check_segmentation_of(segmentationNode, inputVolume)
+        measurements, first, last, _ = self._measure(segmentationNode, inputVolume)
+        return measurements, first, last
+
+    def _measure(self, segmentationNode, inputVolume):
+        """(Measurements, first, last, labels_kji) of the visible tissue segments, from one reading of them."""
         from ..measurement import quantify as quantify_module
 
         if not slicer_io.visible_tissue_segment_ids(segmentationNode):
@@ -287,24 +372,27 @@ class LegSegNetLogic:
         first, last = self._measured_range(segmentationNode, inputVolume, labels_kji)
         volume = slicer_io.ct_volume_from_node(inputVolume)
         labels_slab = slicer_io.labels_slab(volume, labels_kji, first, last)
-        return quantify_module.quantify(volume, labels_slab, first, last), first, last
+        return quantify_module.quantify(volume, labels_slab, first, last), first, last, labels_kji
 
     def quantify(self, segmentationNode, inputVolume, table=None):
         """Measure the segments again (e.g. after Segment Editor changes) and refresh the tables and plot.
 
         Measures the stored range, widened to every slice that holds a label. Returns the tissue table.
         """
-        if segmentationNode is None:
-            raise InputError("no segmentation selected; run the segmentation first or choose one")
-        measurements, first, last = self.measure(segmentationNode, inputVolume)
-        metrics = measurements.to_dict()
-        metrics["input"] = inputVolume.GetName()
-        metrics["engine"] = segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Engine")
-        metrics["model"] = segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Model")
+        scene = check_segmentation_of(segmentationNode, inputVolume)
+        checks.table(table, scene)
+        measurements, first, last, _ = self._measure(segmentationNode, inputVolume)
+        metrics = self._run_metrics(measurements, segmentationNode, inputVolume)
         profile = slicer_tables.profile_rows_as_dicts(measurements.profile_rows())
         result = self._store_results(inputVolume, None, first, last, metrics, profile, segmentationNode, table)
         self.lastResult = result
         return result.tissueTable
+
+    @staticmethod
+    def _run_metrics(measurements, segmentationNode, inputVolume) -> dict:
+        """metrics.json's content for measurements made in Slicer (the run's engine and model as stored)."""
+        return {"input": inputVolume.GetName(), "engine": segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Engine"),
+                "model": segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Model"), **measurements.to_dict()}
 
     def _measured_range(self, segmentationNode, inputVolume, labels_kji: np.ndarray) -> tuple[int, int]:
         axis = slicer_io.axial_axis_of_node(inputVolume)
@@ -337,6 +425,11 @@ class LegSegNetLogic:
         """
         from .reference_comparison import compare_with_reference
 
+        scene = check_segmentation_of(segmentationNode, inputVolume)
+        checks.segmentation(referenceNode, scene, "reference segmentation")
+        checks.table(table, scene, "comparison table")
+        if firstSlice is not None or lastSlice is not None:
+            firstSlice, lastSlice = checks.slice_range(inputVolume, firstSlice, lastSlice)
         if segmentationNode is not None and (firstSlice is None or lastSlice is None):
             stored = stored_slice_range(segmentationNode, inputVolume)
             firstSlice = stored[0] if firstSlice is None else firstSlice
@@ -354,27 +447,38 @@ class LegSegNetLogic:
     def exportResults(self, segmentationNode, inputVolume, folder: str | Path) -> list[Path]:
         """Write labels.nii.gz (on the volume's grid), metrics.json and the tables as CSV into `folder`.
 
-        The files are one set (output_set.OutputSet): prepared beside the folder and swapped in as a whole,
-        the folder's other files kept.
+        Every file comes from one fresh measurement of the segmentation as it is now (the same visible segments
+        in each; edits since the last Update included), not from the table nodes. The files are one set
+        (output_set.OutputSet): prepared beside the folder and swapped in as a whole, the folder's other files
+        kept; if anything fails the folder keeps its previous set. The scene is not changed.
         """
-        from ..core.output_set import OutputSet, check_outputs
+        from ..core.output_set import OutputSet
+        from ..measurement.report import write_label_image
 
-        check_outputs(folder, EXPORT_FILES, option="the export folder")
-        measurements, _, _ = self.measure(segmentationNode, inputVolume)
-        labels_kji = slicer_io.labels_from_segmentation(segmentationNode, inputVolume, visible_only=True)
-        metrics = {"input": inputVolume.GetName(), "engine": segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Engine"),
-                   "model": segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Model"), **measurements.to_dict()}
+        if not str(folder if folder is not None else "").strip():
+            raise InputError("no export folder chosen; choose a folder for the results")
+        check_segmentation_of(segmentationNode, inputVolume)
+        output = OutputSet(folder, EXPORT_FILES, option="the export folder")
+        measurements, _, _, labels_kji = self._measure(segmentationNode, inputVolume)
+        metrics = self._run_metrics(measurements, segmentationNode, inputVolume)
+        profile = slicer_tables.profile_rows_as_dicts(measurements.profile_rows())
+
+        def table_csv(fill, content):
+            def write(path: Path) -> None:
+                import slicer
+
+                scratch = slicer.vtkMRMLTableNode()  # never added to the scene
+                fill(scratch, content)
+                slicer_tables.write_csv(scratch, path)
+            return write
+
         writers = [
-            ("labels.nii.gz", lambda path: sitk.WriteImage(slicer_io.labels_image(labels_kji, inputVolume), str(path),
-                                                           useCompression=True)),
+            ("labels.nii.gz", lambda path: write_label_image(path, slicer_io.labels_image(labels_kji, inputVolume))),
             ("metrics.json", lambda path: path.write_text(json.dumps(json_safe(metrics), indent=2), encoding="utf-8")),
+            ("tissues.csv", table_csv(slicer_tables.fill_tissue_table, metrics)),
+            ("derived.csv", table_csv(slicer_tables.fill_derived_table, metrics)),
+            ("profile.csv", table_csv(slicer_tables.fill_profile_table, profile)),
         ]
-        for role, name in ((ROLE_TISSUE_TABLE, "tissues.csv"), (ROLE_DERIVED_TABLE, "derived.csv"),
-                           (ROLE_PROFILE_TABLE, "profile.csv")):
-            table_node = segmentationNode.GetNodeReference(role)
-            if table_node is not None:
-                writers.append((name, lambda path, node=table_node: slicer_tables.write_csv(node, path)))
-        output = OutputSet(folder, EXPORT_FILES)
         output.write(writers)
         return sorted(output.folder / name for name, _ in writers)
 
@@ -446,6 +550,82 @@ class LegSegNetLogic:
         roles = {"inputVolume": ROLE_INPUT, "tissueTable": ROLE_TISSUE_TABLE, "derivedTable": ROLE_DERIVED_TABLE,
                  "profileTable": ROLE_PROFILE_TABLE, "chart": ROLE_CHART}
         return {name: segmentationNode.GetNodeReference(role) for name, role in roles.items()}
+
+
+RUN_KEYS = ("input", "engine", "model", "device", "legsegnet_version")  # what a run adds to the measurements
+
+
+def volume_state(volumeNode) -> dict:
+    """What the worker's labels depend on: the volume's grid and its voxel buffer (object and modification time).
+    Compared before and after a run to notice a volume changed meanwhile."""
+    image = volumeNode.GetImageData()
+    scalars = image.GetPointData().GetScalars() if image is not None and image.GetPointData() is not None else None
+    try:
+        geometry = slicer_io.node_geometry(volumeNode)
+        size, spacing, position = geometry.size_ijk, geometry.spacing, (geometry.origin, geometry.direction)
+    except InputError as exc:
+        size = spacing = position = str(exc)
+    voxels = None if scalars is None else (scalars.GetAddressAsString("vtkDataArray"), scalars.GetMTime())
+    return {"size": size, "spacing": spacing, "position": position, "voxels": voxels}
+
+
+class SceneChanges:
+    """What an import changes, so a failure can undo it: nodes it adds are removed again, and existing nodes it
+    refills get back the copy of their content (attributes and references included) taken before."""
+
+    def __init__(self, scene) -> None:
+        self.scene = scene
+        self.created: list = []
+        self._saved: list[tuple[object, object]] = []
+
+    def use(self, existing, class_name: str, name: str):
+        """`existing` (its content remembered first), or a new node added to the scene when it is None."""
+        if existing is None:
+            node = self.scene.AddNewNodeByClass(class_name, name)
+            self.created.append(node)
+            return node
+        if all(existing is not saved for saved, _ in self._saved):
+            copy = self.scene.CreateNodeByClass(existing.GetClassName())
+            copy.Copy(existing)
+            self._saved.append((existing, copy))
+        return existing
+
+    def undo(self) -> None:
+        for node in reversed(self.created):
+            self.scene.RemoveNode(node)
+        for node, copy in self._saved:
+            node.Copy(copy)
+
+
+def _along(axis: int, index) -> tuple:
+    """A numpy index that takes `index` along `axis` of a 3-D array."""
+    where: list = [slice(None)] * 3
+    where[axis] = index
+    return tuple(where)
+
+
+def other_input_volume(segmentationNode, inputVolume):
+    """The volume a LegSegNet run or measurement made the segmentation from, when that is not `inputVolume`."""
+    owner = segmentationNode.GetNodeReference(ROLE_INPUT)
+    return owner if owner is not None and owner.GetID() != inputVolume.GetID() else None
+
+
+def check_segmentation_of(segmentationNode, inputVolume):
+    """The validation step of everything that reads a segmentation on a CT (quantify, export, review, comparison):
+    a CT volume and a segmentation of its scene that was made from that volume (its labels on another volume's
+    HU would give wrong numbers). Returns the scene."""
+    if segmentationNode is None:
+        raise InputError("no segmentation selected; run the segmentation first or choose one")
+    scene = checks.volume(inputVolume).GetScene()
+    checks.segmentation(segmentationNode, scene)
+    owner = other_input_volume(segmentationNode, inputVolume)
+    if owner is not None:
+        raise InputError(
+            f"'{segmentationNode.GetName()}' was made from volume '{owner.GetName()}', not from "
+            f"'{inputVolume.GetName()}', and its labels measured on another volume's HU would be wrong numbers; "
+            f"choose '{owner.GetName()}' as the CT volume (or segment '{inputVolume.GetName()}' itself)"
+        )
+    return scene
 
 
 def stored_slice_range(segmentationNode, inputVolume) -> tuple[int, int]:

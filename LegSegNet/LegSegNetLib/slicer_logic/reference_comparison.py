@@ -14,8 +14,7 @@ than the CT is refused (Slicer would otherwise resample it silently). MRML and V
 """
 from __future__ import annotations
 
-import numpy as np
-
+from . import frames
 from . import scene as slicer_io
 from ..core.errors import InputError
 from ..evaluation.metrics import ScanAgreement, compare_labels
@@ -90,40 +89,10 @@ def _check_nodes(segmentationNode, referenceNode, volumeNode) -> None:
                 f"the {what} '{node.GetName()}' has no segment named SAT, SM, IAT or Bone; name its segments so "
                 "and compare again"
             )
-        off_grid = _segments_off_the_volume_grid(node, ids, volumeNode)
+        off_grid = frames.labelmaps_off_the_grid(node, ids, frames.volume_grid_in_frame_of(volumeNode, node))
         if off_grid:
             raise InputError(
                 f"the {what} '{node.GetName()}' holds {', '.join(off_grid)} on another voxel grid than "
                 f"'{volumeNode.GetName()}', and comparing would resample them; set its geometry to the CT "
                 "(Segment Editor: Specify geometry) or segment on the CT"
             )
-
-
-def _segments_off_the_volume_grid(segmentationNode, ids: dict[str, str], volumeNode) -> list[str]:
-    """Tissue keys whose binary labelmap's voxels are not voxels of the volume (other spacing, axes or offset)."""
-    import slicer
-    import vtk
-
-    def as_array(matrix) -> np.ndarray:
-        return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-    volume_matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(volume_matrix)
-    volume_ijk_to_ras = as_array(volume_matrix)
-    representation = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
-    off = []
-    for key, segment_id in ids.items():
-        labelmap = segmentationNode.GetSegmentation().GetSegment(segment_id).GetRepresentation(representation)
-        if labelmap is None:
-            continue  # e.g. only a closed surface: converted onto the volume's grid, nothing to resample
-        extent = labelmap.GetExtent()
-        if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
-            continue  # an empty segment has no voxels to misplace
-        matrix = vtk.vtkMatrix4x4()
-        labelmap.GetImageToWorldMatrix(matrix)
-        # segment voxel -> volume voxel: the identity plus a whole-voxel shift when the lattices coincide
-        relative = np.linalg.solve(volume_ijk_to_ras, as_array(matrix))
-        shift = relative[:3, 3]
-        if not (np.allclose(relative[:3, :3], np.eye(3), atol=1e-4) and np.allclose(shift, np.round(shift), atol=1e-3)):
-            off.append(key)
-    return off

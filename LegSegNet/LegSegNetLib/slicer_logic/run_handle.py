@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -111,33 +112,72 @@ class RunHandle:
         if self.onProgress:
             self.onProgress(self)
 
-    def cancel(self) -> None:
-        """Kill the worker tree now and drop its output."""
+    def cancel(self, message: str | None = None) -> None:
+        """Kill the worker tree now and drop its output; `message` says why (default: cancelMessage)."""
         if not self.running:
             return
         self.worker.cancel()
         self.state = "cancelled"
-        self.error = CancelledError(self.cancelMessage)
+        self.error = CancelledError(message or self.cancelMessage)
         self._notify_finished()
 
-    def watchScene(self, scene, inputVolume=None) -> None:
-        """Cancel when the scene closes or `inputVolume` is removed (nothing to put results into)."""
+    # The observers below reach the handle through a weak reference: an observer belongs to the observed
+    # node, and a strong reference from there would keep a forgotten handle (and its worker) alive forever.
+    def watchScene(self, scene, inputVolume=None, outputs: Mapping[str, object] | None = None) -> None:
+        """Cancel when the scene closes, or when `inputVolume` or a node of `outputs` (what to call it -> node)
+        is removed from it: there would be nothing to read from or put results into."""
         if scene is None:
             return
-
-        def on_close(caller, event):
-            self.cancel()
-
-        def on_removed(caller, event, node=None):
-            if node is None or node is inputVolume:
-                self.cancel()
-
         import vtk
 
-        self._observed.append((scene, scene.AddObserver(scene.StartCloseEvent, on_close)))
-        if inputVolume is not None:
-            on_removed.CallDataType = vtk.VTK_OBJECT  # receive the removed node
-            self._observed.append((scene, scene.AddObserver(scene.NodeRemovedEvent, on_removed)))
+        me = weakref.ref(self)
+        watched = {} if inputVolume is None else {inputVolume.GetID(): f"the input volume '{inputVolume.GetName()}'"}
+        for what, node in (outputs or {}).items():
+            if node is not None:
+                watched[node.GetID()] = f"{what} '{node.GetName()}'"
+
+        def on_close(caller, event):
+            handle = me()
+            if handle is not None:
+                handle.cancel()
+
+        def on_removed(caller, event, node=None):
+            handle = me()
+            if handle is None or not watched:
+                return
+            if node is None:
+                handle.cancel()
+            elif node.GetID() in watched:
+                handle.cancel(f"{watched[node.GetID()]} was removed from the scene, so the {handle.what} was "
+                              "cancelled and the scene left as it was")
+
+        self._observe(scene, scene.StartCloseEvent, on_close)
+        on_removed.CallDataType = vtk.VTK_OBJECT  # receive the removed node
+        self._observe(scene, scene.NodeRemovedEvent, on_removed)
+
+    def watchNode(self, node, events: Sequence[int], changed: Callable[[], str | None]) -> None:
+        """Cancel when one of `events` of `node` fires and `changed()` returns a reason (e.g. the input volume's
+        geometry or voxels are no longer those the worker was given)."""
+        me = weakref.ref(self)
+
+        def on_event(caller, event):
+            handle = me()
+            if handle is not None and handle.running:
+                reason = changed()
+                if reason:
+                    handle.cancel(reason)
+
+        for event in events:
+            self._observe(node, event, on_event)
+
+    def _observe(self, subject, event, callback) -> None:
+        self._observed.append((subject, subject.AddObserver(event, callback)))
+
+    def __del__(self) -> None:
+        try:
+            self._remove_observers()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     # ------------------------------------------------------------------ internals
     def _on_event(self, event: WorkerEvent) -> None:
@@ -186,10 +226,13 @@ class RunHandle:
         worker.cleanup()
         self._notify_finished()
 
-    def _notify_finished(self) -> None:
+    def _remove_observers(self) -> None:
         for subject, tag in self._observed:
             subject.RemoveObserver(tag)
         self._observed = []
+
+    def _notify_finished(self) -> None:
+        self._remove_observers()
         if self.onFinished:
             self.onFinished(self)
 

@@ -10,6 +10,7 @@ Only MRML and VTK are used here (no Qt), so all of it runs with the `slicer-core
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from vtk.util import numpy_support
 from ..scan.ct_volume import CTVolume, find_axial_axis
 from ..core.errors import InputError
 from ..core.terminology import TERMINOLOGY_FILE  # noqa: F401 - also imported from here by LegSegNet.py
-from ..core.tissues import TISSUES
+from ..core.tissues import TISSUE_BY_KEY, TISSUE_KEYS, TISSUES
 
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -66,8 +67,19 @@ def _require_scalar_volume(volumeNode) -> vtk.vtkImageData:
 
 
 def node_geometry(volumeNode) -> LPSGeometry:
-    """The node's voxel grid in LPS (its own frame: a parent transform is not applied)."""
+    """The node's voxel grid in LPS (its own frame: a parent transform is not applied; frames.py does that).
+
+    InputError for a spacing that is not a positive number (SimpleITK and every measurement need one).
+    """
     image = _require_scalar_volume(volumeNode)
+    spacing = tuple(float(s) for s in volumeNode.GetSpacing())
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(
+            f"volume '{volumeNode.GetName()}' has the voxel spacing ({', '.join(f'{s:g}' for s in spacing)}) mm, and a "
+            "negative, zero or missing spacing gives no voxel size to measure with; set positive spacing in the "
+            "Volumes module (Volume Information; a flipped axis belongs in the IJK to RAS direction matrix), or "
+            "load the file again"
+        )
     directions = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASDirectionMatrix(directions)
     direction_ras = np.array([[directions.GetElement(r, c) for c in range(3)] for r in range(3)])
@@ -75,7 +87,7 @@ def node_geometry(volumeNode) -> LPSGeometry:
     origin_lps = _RAS_FROM_LPS @ np.array(volumeNode.GetOrigin(), dtype=float)
     return LPSGeometry(
         size_ijk=tuple(int(d) for d in image.GetDimensions()),  # type: ignore[arg-type]
-        spacing=tuple(float(s) for s in volumeNode.GetSpacing()),  # type: ignore[arg-type]
+        spacing=spacing,  # type: ignore[arg-type]
         origin=tuple(float(o) for o in origin_lps),  # type: ignore[arg-type]
         direction=tuple(float(d) for d in direction_lps.ravel()),
     )
@@ -190,7 +202,8 @@ def check_range(first: int, last: int, n_slices: int) -> None:
 
 
 def slice_position_ras(volumeNode, slice_index: float) -> np.ndarray:
-    """RAS position (mm, node frame) of the centre of slice `slice_index` along the S/I voxel axis."""
+    """RAS position (mm, node frame) of the centre of slice `slice_index` along the S/I voxel axis
+    (frames.slice_position_world gives it in the world, where views show it)."""
     geometry = node_geometry(volumeNode)
     axis = find_axial_axis(geometry.direction)
     index = (np.array(geometry.size_ijk, dtype=float) - 1.0) / 2.0
@@ -199,13 +212,20 @@ def slice_position_ras(volumeNode, slice_index: float) -> np.ndarray:
     return _RAS_FROM_LPS @ lps
 
 
-def slice_index_at_ras(volumeNode, ras) -> int:
-    """Nearest slice index (along the S/I voxel axis) of a RAS point, clamped to the volume."""
+def slice_coordinate_at_ras(volumeNode, ras) -> float:
+    """The (fractional) slice index of a RAS point in the node's frame, along the S/I voxel axis."""
     geometry = node_geometry(volumeNode)
     axis = find_axial_axis(geometry.direction)
     lps = _RAS_FROM_LPS @ np.asarray(ras, dtype=float)
     index = np.linalg.solve(geometry.direction_matrix * np.array(geometry.spacing), lps - np.array(geometry.origin))
-    return int(np.clip(np.rint(index[axis]), 0, geometry.size_ijk[axis] - 1))
+    return float(index[axis])
+
+
+def slice_index_at_ras(volumeNode, ras) -> int:
+    """Nearest slice index (along the S/I voxel axis) of a RAS point in the node's frame, clamped to the volume.
+    For a point in world coordinates (a view, the mouse) use frames.slice_index_at_world."""
+    n = slice_count(volumeNode)
+    return int(np.clip(np.rint(slice_coordinate_at_ras(volumeNode, ras)), 0, n - 1))
 
 
 def slab_corners_ras(volumeNode, first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -334,53 +354,74 @@ def segment_terminology(segment) -> str:
     return str(value)
 
 
-def tissue_segment_ids(segmentationNode) -> dict[str, str]:
-    """Tissue key -> segment ID, found by ID first, then by name (the user may have renamed IDs)."""
+def tissue_segment_ids(segmentationNode, visible_only: bool = False) -> dict[str, str]:
+    """Tissue key -> segment ID, by the segment names the user sees (SAT, SM, IAT, Bone; spaces around them
+    ignored). IDs do not count: Slicer keeps a segment's ID when it is renamed, so a segment renamed "SM old" is
+    no longer muscle, and a new segment named "SM" is. With `visible_only`, segments hidden in the
+    segmentation's display are left out. InputError when two of the considered segments carry one tissue's name.
+    """
     segmentation = segmentationNode.GetSegmentation()
-    found: dict[str, str] = {}
-    for tissue in TISSUES:
-        if segmentation.GetSegment(tissue.key) is not None:
-            found[tissue.key] = tissue.key
-        else:
-            segment_id = segmentation.GetSegmentIdBySegmentName(tissue.key)
-            if segment_id:
-                found[tissue.key] = segment_id
-    return found
+    display = segmentationNode.GetDisplayNode() if visible_only else None
+    found: dict[str, list[str]] = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        key = (segmentation.GetNthSegment(index).GetName() or "").strip()
+        if key in TISSUE_KEYS and (display is None or display.GetSegmentVisibility(segment_id)):
+            found.setdefault(key, []).append(segment_id)
+    for key, ids in found.items():
+        if len(ids) > 1:
+            count = {2: "two", 3: "three"}.get(len(ids), str(len(ids)))
+            raise InputError(
+                f"'{segmentationNode.GetName()}' has {count} segments named '{key}' (IDs {', '.join(ids)}), so which "
+                f"one is {key} cannot be told; rename the extra ones (or merge them in Segment Editor: Logical "
+                "operators, Add) and try again"
+            )
+    return {key: found[key][0] for key in TISSUE_KEYS if key in found}  # in tissue order: later tissues win
 
 
 def visible_tissue_segment_ids(segmentationNode) -> dict[str, str]:
     """Like `tissue_segment_ids`, without the segments hidden in the segmentation's display."""
-    ids = tissue_segment_ids(segmentationNode)
-    display = segmentationNode.GetDisplayNode()
-    if display is None:
-        return ids
-    return {key: sid for key, sid in ids.items() if display.GetSegmentVisibility(sid)}
+    return tissue_segment_ids(segmentationNode, visible_only=True)
 
 
 def labels_from_segmentation(segmentationNode, volumeNode, visible_only: bool = True) -> np.ndarray:
     """The tissue segments as one uint8 label array (0-4) in the volume's (k, j, i) voxel grid.
 
     Label values come from tissues.py, not from segment order, so added or reordered segments cannot
-    shift them; segments that are not tissues are left out, and hidden ones too when `visible_only`.
-    Where segments overlap, the later tissue in tissues.py wins.
+    shift them; segments are tissues by their names (`tissue_segment_ids`), others are left out, and hidden
+    ones too when `visible_only`. Where segments overlap, a voxel is counted once: the later tissue in the
+    order SAT < SM < IAT < Bone wins. The voxels are those that lie over the volume's voxels in the world:
+    parent transforms of either node are applied (frames.py), and a move that would resample the labels (a
+    warp, a turn or a shift that does not put voxels onto voxels) is refused.
     """
     import slicer
 
+    from . import frames  # frames builds on this module
+
     _require_scalar_volume(volumeNode)
     ensure_segmentation_converters()
-    ids = visible_tissue_segment_ids(segmentationNode) if visible_only else tissue_segment_ids(segmentationNode)
+    ids = tissue_segment_ids(segmentationNode, visible_only=visible_only)
+    grid = frames.volume_grid_in_frame_of(volumeNode, segmentationNode)
+    if not frames.same_frame(volumeNode, segmentationNode):
+        off = frames.labelmaps_off_the_grid(segmentationNode, ids, grid)
+        if off:
+            raise InputError(
+                f"a transform moves '{segmentationNode.GetName()}' against '{volumeNode.GetName()}' so that the "
+                f"voxels of {', '.join(off)} no longer lie on the CT's voxels (a turn, or a move by part of a "
+                "voxel), and measuring would resample them; put the segmentation under the volume's transform, "
+                "or harden both transforms and align them again"
+            )
     geometry = slicer.vtkOrientedImageData()
     geometry.SetExtent(volumeNode.GetImageData().GetExtent())
-    geometry.SetImageToWorldMatrix(_ijk_to_ras_matrix(volumeNode))
+    geometry.SetImageToWorldMatrix(frames.as_vtk_matrix(grid))
     dims = volumeNode.GetImageData().GetDimensions()
     if not ids:
         return np.zeros((dims[2], dims[1], dims[0]), dtype=np.uint8)
     segment_ids = vtk.vtkStringArray()
     label_values = vtk.vtkIntArray()
-    by_key = {t.key: t for t in TISSUES}
-    for key, sid in ids.items():
+    for key, sid in ids.items():  # tissue order: a later segment is painted over an earlier one
         segment_ids.InsertNextValue(sid)
-        label_values.InsertNextValue(by_key[key].value)
+        label_values.InsertNextValue(TISSUE_BY_KEY[key].value)
     merged = slicer.vtkOrientedImageData()
     ok = segmentationNode.GenerateMergedLabelmapForAllSegments(
         merged, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, geometry, segment_ids, label_values
@@ -430,6 +471,7 @@ __all__ = [
     "set_node_geometry",
     "slab_corners_ras",
     "slab_image_from_node",
+    "slice_coordinate_at_ras",
     "slice_count",
     "slice_index_at_ras",
     "slice_position_ras",

@@ -17,12 +17,16 @@ from ..core.tissues import TISSUE_BY_KEY, TISSUE_KEYS
 ROLE_ATTRIBUTE = "LegSegNet.Role"
 SIDES = (("left", "Left"), ("right", "Right"))
 
-TISSUE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    # (column name, metrics.json key, unit); per-leg columns are "<Left|Right> <name>"
-    ("Volume (cm3)", "volume_cm3", "cm3"),
-    ("Mean (HU)", "mean_hu", "HU"),
-    ("SD (HU)", "sd_hu", "HU"),
-    ("Voxels", "voxels", ""),
+# How overlapping segments are measured (Segment Editor allows overlaps; a label map does not). Shown as the
+# tissue table's description and the tooltips of its columns, and stated in the README.
+OVERLAP_RULE = ("Where segments overlap, a voxel is counted once, for the later tissue in the order "
+                "SAT < SM < IAT < Bone (e.g. a voxel in both SM and Bone counts as Bone).")
+TISSUE_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
+    # (column name, metrics.json key, unit, description); per-leg columns are "<Left|Right> <name>"
+    ("Volume (cm3)", "volume_cm3", "cm3", "voxels x voxel volume over the measured slices. " + OVERLAP_RULE),
+    ("Mean (HU)", "mean_hu", "HU", "mean HU over the tissue's voxels. " + OVERLAP_RULE),
+    ("SD (HU)", "sd_hu", "HU", "sample standard deviation (n-1) of HU over the tissue's voxels"),
+    ("Voxels", "voxels", "", "voxels of the tissue over the measured slices. " + OVERLAP_RULE),
 )
 DERIVED_ROWS: tuple[tuple[str, str, str], ...] = (
     # (metric key, unit, description)
@@ -78,14 +82,16 @@ def fill_tissue_table(tableNode, metrics: Mapping) -> None:
         _reset(tableNode)
         tissues = metrics.get("tissues", {})
         _add_string_column(tableNode, "Tissue", TISSUE_KEYS)
-        for name, key, unit in TISSUE_COLUMNS:
-            _add_number_column(tableNode, name, [tissues.get(k, {}).get(key) for k in TISSUE_KEYS], unit)
+        for name, key, unit, description in TISSUE_COLUMNS:
+            _add_number_column(tableNode, name, [tissues.get(k, {}).get(key) for k in TISSUE_KEYS], unit, description)
         legs = metrics.get("legs") or {}
         for side, title in SIDES:
             leg_tissues = _leg_part(legs.get(side) or {}, "tissues")
-            for name, key, unit in TISSUE_COLUMNS:
+            for name, key, unit, description in TISSUE_COLUMNS:
                 values = [(leg_tissues.get(k) or {}).get(key) for k in TISSUE_KEYS]
-                _add_number_column(tableNode, f"{title} {name}", values, unit, f"patient's {title.lower()} leg")
+                _add_number_column(tableNode, f"{title} {name}", values, unit,
+                                   f"patient's {title.lower()} leg: {description}")
+        tableNode.SetDescription("LegSegNet tissue measurements. " + OVERLAP_RULE)
         tableNode.SetAttribute(ROLE_ATTRIBUTE, "tissues")
         _set_run_attributes(tableNode, metrics)
     finally:

@@ -18,6 +18,7 @@ Nothing here imports Qt or MRML.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
@@ -27,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -186,8 +188,8 @@ class WorkerProcess:
 
     `command` is the full argument list (interpreter included). `workdir` (usually a temporary folder
     made by `make_workdir`) is deleted by `cleanup()` once the process has ended: the caller reads the
-    outputs first, then cleans up. `cancel()` cleans up by itself, and so does garbage collection as a
-    last resort. With a workdir, `request_stop()` asks the worker to stop gracefully through a stop file
+    outputs first, then cleans up. `cancel()` cleans up by itself, and so do garbage collection and the
+    interpreter's exit as a last resort (a worker nobody waits for is ended, its folder removed). With a workdir, `request_stop()` asks the worker to stop gracefully through a stop file
     there (see the module docstring).
     """
 
@@ -231,18 +233,15 @@ class WorkerProcess:
             bufsize=1,
             **kwargs,
         )
-        self._reader = threading.Thread(target=self._read, name="legsegnet-worker-reader", daemon=True)
+        # the reader holds the pipe and the queue, not this object: a worker nobody refers to any more is
+        # collected (and ended by __del__) even while its reader still runs
+        self._reader = threading.Thread(target=_read_lines, args=(self.process.stdout, self.events),
+                                        name="legsegnet-worker-reader", daemon=True)
         self._finished = False
         self._eof = False
         self._exited_at: float | None = None
         self._reader.start()
-
-    # --- background thread
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.events.put(parse_line(line))
-        self.events.put(None)  # end of output
+        _LIVE_WORKERS.add(self)
 
     # --- state
     @property
@@ -364,7 +363,11 @@ class WorkerProcess:
             _signal_pids([self.worker_pid or self.process.pid], signal.SIGTERM)
 
     def cancel(self) -> None:
-        """Kill the worker tree (if still running), drop its output and remove the temporary folder."""
+        """Kill the worker tree (if still running), drop its output and remove the temporary folder. A worker that
+        has already ended and been read keeps its outcome (so a test's or a caller's `finally` may always call it)."""
+        if self._finished and self.process.poll() is not None and not self.worker_alive:
+            self.cleanup()
+            return
         self.cancelled = True
         if self.process.poll() is None or self.worker_alive:
             kill_tree(self.process, also=[self.worker_pid] if self.worker_pid else [])
@@ -379,6 +382,7 @@ class WorkerProcess:
             self.process.stdout.close()
         if self.workdir is not None and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        _LIVE_WORKERS.discard(self)
 
     def __del__(self) -> None:  # last resort: never leave a worker behind
         try:
@@ -386,6 +390,27 @@ class WorkerProcess:
                 kill_tree(self.process, grace_s=0.5, also=[self.worker_pid] if self.worker_pid else [])
             self.cleanup()
         except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _read_lines(stream, events: "queue.Queue[WorkerEvent | None]") -> None:
+    """The reader thread: every line of the worker's output as an event, then None for the end."""
+    for line in stream:
+        events.put(parse_line(line))
+    events.put(None)
+
+
+# Every worker not yet ended. A script that starts a run and exits without waiting for it (or Slicer closing)
+# must not leave the worker running, or its run folder behind: at interpreter exit each is cancelled.
+_LIVE_WORKERS: "weakref.WeakSet[WorkerProcess]" = weakref.WeakSet()
+
+
+@atexit.register
+def _end_workers_at_exit() -> None:
+    for worker in list(_LIVE_WORKERS):
+        try:
+            worker.cancel()
+        except Exception:  # noqa: BLE001 - the interpreter is going away; end the others still
             pass
 
 
