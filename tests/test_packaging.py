@@ -366,8 +366,8 @@ def test_a_binding_to_an_unknown_parameter_or_wrong_widget_is_caught(repo_copy):
     "file, old, new, expected",
     [
         (f"{EXTENSION}.s4ext", "\ncategory Segmentation", "\ncategory", "'category' is missing"),
-        (f"{EXTENSION}.s4ext", "depends NA", "depends PyTorch", "differs from EXTENSION_DEPENDS"),
-        ("CMakeLists.txt", 'EXTENSION_DEPENDS "NA"', 'EXTENSION_DEPENDS "PyTorch"', "build_dependencies"),
+        (f"{EXTENSION}.s4ext", "depends PyTorch", "depends NA", "differs from EXTENSION_DEPENDS"),
+        ("CMakeLists.txt", 'EXTENSION_DEPENDS "PyTorch"', 'EXTENSION_DEPENDS "PyTorch SlicerRT"', "build_dependencies"),
         ("CMakeLists.txt", "project(LegSegNet)", "project(SlicerLegSegNet)", "project() name"),
         ("CMakeLists.txt", "https://github.com/legsegnet/SlicerLegSegNet\")",
          "https://github.com/legsegnet/Other\")", "homepage"),
