@@ -45,6 +45,7 @@ def test_nnunet_takes_torch_from_pytorch_utils_and_pins_slicer_packages(tmp_path
     assert not plan.restart_needed
     text = plan.message()
     assert "PyTorch Utils" in text and "nnunetv2>=2.5" in text and "numpy==1.26.4" in text
+    assert dependencies.LIGHT_THE_TORCH in text  # the installer itself is installed first, and said so
 
 
 def test_install_steps_run_pip_and_light_the_torch_with_slicer_packages_pinned(tmp_path):

@@ -224,6 +224,8 @@ class InstallPlan:
             source = ("the PyTorch Utils extension's installer, light-the-torch: the build for this computer's GPU "
                       "driver; torch only, with the libraries it needs") if requirement is TORCH else "pip"
             lines.append(f"  - {requirement.pip_spec} ({requirement.why}; from {source})")
+        if self.torch_via_pytorch_utils and not self.light_the_torch_installed:
+            lines.append(f"  - {LIGHT_THE_TORCH} (PyTorch Utils' installer itself; from pip)")
         lines.append("")
         if self.constraints:
             lines.append("Slicer's own packages stay as they are: " + ", ".join(self.constraints) + ".")
