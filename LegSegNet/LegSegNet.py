@@ -6,6 +6,7 @@ worker/) and is tested there. Nothing here waits for a process: every run (segme
 model install, device check, package install) is a run handle polled from a QTimer.
 """
 import logging
+import os
 from typing import Annotated, Optional
 
 import qt
@@ -25,9 +26,10 @@ from slicer.util import VTKObservationMixin
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-from LegSegNetLib.slicer_logic import dependencies
+from LegSegNetLib.slicer_logic import dependencies, widget_rules
 from LegSegNetLib.slicer_logic.annotation_logic import AnnotationLogic
 from LegSegNetLib.slicer_logic.logic import LegSegNetLogic as LegSegNetCoreLogic
+from LegSegNetLib.slicer_logic.packages import PackageSetup
 from LegSegNetLib.core.text import format_duration
 
 PUBLISHED_MODEL_NOTICE = (
@@ -36,6 +38,8 @@ PUBLISHED_MODEL_NOTICE = (
     "and PyTorch is needed to verify them."
 )
 POLL_INTERVAL_MS = 100
+MAX_SLICE_INDEX = 99999  # the slice spin boxes' maximum in the .ui until a volume sets its own
+MAX_BATCH_SIZE = 1024
 
 
 #
@@ -62,6 +66,16 @@ See <a href="https://github.com/legsegnet/SlicerLegSegNet">the documentation</a>
 Method: Chen et al., "LegSegNet: A Public Deep Learning System for Lower Extremity CT Tissue Segmentation
 and Quantification" (2026). Test data: NLM Visible Human Project.
 """)
+        # at startup, not when the module is first opened: scripts and loaded scenes show the segments' terminology
+        slicer.app.connect("startupCompleted()", registerTerminology)
+
+
+def registerTerminology() -> None:
+    """Load the tissues' terminology (Resources/LegSegNet.term.json) into Slicer, once."""
+    try:
+        widget_rules.register_terminology(slicer.modules.terminologies.logic())
+    except Exception as exc:  # a missing terminology must not stop Slicer's startup; the segments still work
+        logging.warning(f"LegSegNet: could not load the terminology: {exc}")
 
 
 #
@@ -84,23 +98,25 @@ class LegSegNetParameterNode:
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    firstSlice: Annotated[int, Minimum(0)] = 0
-    lastSlice: Annotated[int, Minimum(0)] = 0
-    showRange: bool = True
+    # Each int bound to a spin box has the .ui's minimum and maximum: without a Maximum the GUI connection
+    # overwrites the .ui's maximum with 2^31-1 (tests/test_packaging.py compares them).
+    firstSlice: Annotated[int, Minimum(0), Maximum(MAX_SLICE_INDEX)] = 0
+    lastSlice: Annotated[int, Minimum(0), Maximum(MAX_SLICE_INDEX)] = 0
+    showRange: bool = False  # the range box is drawn (an ROI node added) only when asked for
     engine: Annotated[str, Choice(["auto", "threshold", "nnunet"])] = "auto"
     model: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     folds: str = ""
     tta: Annotated[str, Choice(["default", "on", "off"])] = "default"
-    batchSize: Annotated[int, Minimum(0)] = 0
+    batchSize: Annotated[int, Minimum(0), Maximum(MAX_BATCH_SIZE)] = 0
     outputSegmentation: vtkMRMLSegmentationNode
     referenceSegmentation: vtkMRMLSegmentationNode
     reviewSlicesPerScan: Annotated[int, Minimum(1), Maximum(50)] = 3
-    reviewSeed: Annotated[int, Minimum(0)] = 0
+    reviewSeed: Annotated[int, Minimum(0), Maximum(999999)] = 0
     datasetFolder: str = ""
     patientId: str = ""
-    annotationRound: Annotated[int, Minimum(0)] = 1
-    trainEpochs: Annotated[int, Minimum(1)] = 200
+    annotationRound: Annotated[int, Minimum(0), Maximum(999)] = 1
+    trainEpochs: Annotated[int, Minimum(1), Maximum(5000)] = 200
     trainModelName: str = ""
 
 
@@ -118,8 +134,10 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._handle = None  # the running segmentation (a run_handle.RunHandle, as all runs below)
         self._rangeROI = None
-        self._rangeVolumeID = None
+        self._rangeSync = widget_rules.SliceRangeSync()
         self._modelNames = []
+        self._exportDefault = None  # the export folder last filled in by the module (not chosen by the user)
+        self._packageSetup = None
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.timeout.connect(self._pollWorker)
@@ -183,6 +201,11 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._trainingTimer.stop()
         self.removeObservers()
 
+    def onReload(self) -> None:
+        """Reload also re-reads LegSegNetLib (Slicer's own reload re-reads only this file; it calls cleanup())."""
+        widget_rules.forget_library_modules("LegSegNetLib")
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def enter(self) -> None:
         self.initializeParameterNode()
 
@@ -195,6 +218,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self._cancelRun()  # closing the scene kills the worker tree; nothing is added afterwards
         self._rangeROI = None
+        self._rangeSync.forget()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -228,14 +252,15 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volume is not None and volume.GetImageData() is not None:
             try:
                 n = self.logic.sliceCount(volume)
-                for spinBox in (self.ui.firstSliceSpinBox, self.ui.lastSliceSpinBox):
-                    spinBox.maximum = n - 1
-                if volume.GetID() != self._rangeVolumeID:
-                    # a newly chosen volume starts with all its slices, unless a saved range fits it
-                    self._rangeVolumeID = volume.GetID()
-                    if p.lastSlice == 0 or p.lastSlice >= n:
-                        with slicer.util.NodeModify(p):
-                            p.firstSlice, p.lastSlice = 0, n - 1
+
+                def writeRange(first: int, last: int) -> None:
+                    with slicer.util.NodeModify(p):
+                        p.firstSlice, p.lastSlice = first, last
+
+                # a new volume: all its slices (or the range saved with the scene), never a clamped remainder
+                self._rangeSync.update(volume.GetID(), n, (p.firstSlice, p.lastSlice),
+                                       (self.ui.firstSliceSpinBox, self.ui.lastSliceSpinBox), writeRange)
+                self._updateExportFolder(volume)
                 first, last = min(p.firstSlice, n - 1), min(p.lastSlice, n - 1)
                 self.ui.firstSlicePositionLabel.text = f"S {self.logic.slicePositionMm(volume, first):.1f} mm"
                 self.ui.lastSlicePositionLabel.text = f"S {self.logic.slicePositionMm(volume, last):.1f} mm"
@@ -258,6 +283,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for button in (self.ui.updateMeasurementsButton, self.ui.exportButton, self.ui.showResultsButton):
             button.enabled = hasResults
         self.ui.compareButton.enabled = hasResults and p.referenceSegmentation is not None
+        self._syncModelCombo()
         self._updateReviewDisplay()
 
     def _updateRangeDisplay(self, volume, first: int, last: int, visible: bool) -> None:
@@ -306,15 +332,23 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.warning(f"LegSegNet: could not list models: {exc}")
             names = []
         self._modelNames = names
+        self._syncModelCombo()
+
+    def _syncModelCombo(self) -> None:
+        """The combo box shows the parameter node's model (also after loading a scene, and one that is not
+        installed here), with its signals blocked so that showing it does not write it back."""
+        entries, index = widget_rules.model_combo_entries(self._modelNames,
+                                                          self._parameterNode.model if self._parameterNode else "")
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        combo.addItem(_("(none: threshold engine)"), "")
-        for name in names:
-            combo.addItem(name, name)
-        current = self._parameterNode.model if self._parameterNode else ""
-        combo.currentIndex = max(0, combo.findData(current))
-        combo.blockSignals(wasBlocked)
+        try:
+            if [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count)] != entries:
+                combo.clear()
+                for label, name in entries:
+                    combo.addItem(label, name)
+            combo.currentIndex = index
+        finally:
+            combo.blockSignals(wasBlocked)
 
     def onModelChanged(self, index: int) -> None:
         if self._parameterNode:
@@ -330,10 +364,12 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runModelsCommand(["install", models.PUBLISHED_SOURCE])
 
     def onInstallModelFromFile(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(self.parent, _("nnU-Net model (zip or folder)"), "",
-                                              _("Model archives (*.zip);;All files (*)"))
+        # a file dialog picks files or folders, not both: a folder is chosen by its plans.json
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent, _("nnU-Net model: a .zip, or the plans.json inside a model folder"), "",
+            _("nnU-Net model (*.zip plans.json);;All files (*)"))
         if path:
-            self._runModelsCommand(["install", path])
+            self._runModelsCommand(["install", widget_rules.model_install_source(path)])
 
     def _runModelsCommand(self, arguments) -> None:
         # installing verifies the checkpoints with torch
@@ -444,32 +480,26 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onParameterNodeModified()
 
     def _withDependencies(self, engine: str, then) -> None:
-        """Call `then()` once the engine's packages are there: one dialog listing what is missing, and the
-        install (in the worker, with progress and Cancel) only after the user agrees."""
-        pytorchUtils = hasattr(slicer.modules, "pytorchutils")
-        plan = dependencies.plan_install(engine, pytorch_utils_available=pytorchUtils)
-        if plan.is_empty:
-            then()
-            return
-        if plan.blocked:
-            slicer.util.errorDisplay(plan.message())
-            return
-        if not slicer.util.confirmOkCancelDisplay(plan.message(), _("LegSegNet needs Python packages")):
-            return
+        """Call `then()` once the engine's packages are there (packages.PackageSetup: the PyTorch extension
+        from the Extension Manager when missing, one dialog naming what is missing, torch through PyTorch
+        Utils' installer, then pip's exact list confirmed and installed; every install runs in the worker)."""
+        self._packageSetup = PackageSetup(
+            logic=self.logic, engine=engine, then=then,
+            confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, _("LegSegNet needs Python packages")),
+            error=slicer.util.errorDisplay, startTask=self._startTask,
+            installPyTorchExtension=self._installPyTorchExtension, restart=slicer.util.restart,
+            pytorchUtilsAvailable=hasattr(slicer.modules, "pytorchutils"))
+        self._packageSetup.start()
 
-        def installed(handle) -> None:
-            if handle.state != "succeeded":
-                if handle.state == "failed":
-                    slicer.util.errorDisplay(_("Installing the packages failed.") + "\n" + handle.errorMessage)
-                return
-            if plan.restart_needed:
-                if slicer.util.confirmYesNoDisplay(_("Restart Slicer now to finish?")):
-                    slicer.util.restart()
-                return
-            then()
-
-        with slicer.util.tryWithErrorDisplay(_("Installing the packages failed.")):
-            self._startTask(self.logic.installPackagesAsync(plan), _("Installing Python packages..."), installed)
+    @staticmethod
+    def _installPyTorchExtension() -> bool:
+        """The PyTorch extension (PyTorch Utils) from the Extension Manager, as SlicerNNUnet does; True when
+        installed (Slicer must restart to load it)."""
+        manager = slicer.app.extensionsManagerModel()
+        name = dependencies.PYTORCH_EXTENSION
+        if manager.isExtensionInstalled(name):
+            return True
+        return bool(manager.installExtensionFromServer(name, False))  # LegSegNet asks for the restart itself
 
     # ------------------------------------------------------------------ results
     def onUpdateMeasurements(self) -> None:
@@ -479,9 +509,26 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showResults(p.outputSegmentation)
             self.ui.statusLabel.text = _("measurements updated")
 
+    def _updateExportFolder(self, volume) -> None:
+        """Fill in the default export folder (beside the saved scene, else Documents/LegSegNet/<volume>)
+        unless the user chose one; never Slicer's working directory or a filesystem root."""
+        shown = self.ui.exportDirectoryButton.directory
+        if shown and shown != self._exportDefault and not widget_rules.is_unset_folder(shown):
+            return  # the user's choice
+        folder = str(self._exportFolderFor(volume, ""))
+        if folder != shown:
+            self._exportDefault = folder
+            self.ui.exportDirectoryButton.directory = folder
+
+    def _exportFolderFor(self, volume, chosen: str):
+        documents = qt.QStandardPaths.writableLocation(qt.QStandardPaths.DocumentsLocation)
+        return widget_rules.export_folder(chosen, volume.GetName() if volume else "", slicer.mrmlScene.GetURL() or "",
+                                          documents, working_directory=os.getcwd())
+
     def onExport(self) -> None:
         p = self._parameterNode
-        folder = self.ui.exportDirectoryButton.directory
+        chosen = self.ui.exportDirectoryButton.directory
+        folder = str(self._exportFolderFor(p.inputVolume, "" if chosen == self._exportDefault else chosen))
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
             written = self.logic.exportResults(p.outputSegmentation, p.inputVolume, folder)
             self.ui.statusLabel.text = _("wrote {count} files to {folder}").format(count=len(written), folder=folder)
@@ -699,12 +746,9 @@ class LegSegNetLogic(ScriptedLoadableModuleLogic, LegSegNetCoreLogic):
         return LegSegNetParameterNode(super().getParameterNode())
 
     def registerTerminology(self) -> None:
-        """Make the segments' terminology entries browsable in Slicer's terminology selector."""
-        from LegSegNetLib.slicer_logic.scene import TERMINOLOGY_FILE
-
-        terminologies = slicer.modules.terminologies.logic()
-        if not terminologies.LoadTerminologyFromFile(str(TERMINOLOGY_FILE)):
-            logging.warning(f"LegSegNet: could not load terminology {TERMINOLOGY_FILE}")
+        """Make the segments' terminology entries browsable in Slicer's terminology selector (done at
+        startup already; loading twice is avoided)."""
+        registerTerminology()
 
 
 #

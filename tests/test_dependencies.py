@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from LegSegNetLib.slicer_logic import dependencies
-from LegSegNetLib.slicer_logic.dependencies import TORCH, plan_install, version_tuple
+from LegSegNetLib.slicer_logic.dependencies import TORCH, version_tuple
 
 SLICER_SHIPS = {"numpy": "1.26.4", "scipy": "1.13.1", "SimpleITK": "2.4.0", "vtk": "9.3.1", "requests": "2.32.3",
                 "pydicom": "2.4.4"}
@@ -18,14 +18,23 @@ def lookup(installed: dict[str, str]):
     return lambda name: installed.get(name)
 
 
-def test_threshold_engine_needs_only_what_slicer_ships_plus_reports():
+def plan_install(*arguments, **options):
+    """The plan as Slicer 5.10+ (Python 3.12) makes it, unless a test names another Python (these tests also
+    run under Python 3.9, where the nnU-Net plan is refused)."""
+    options.setdefault("python_version", (3, 12, 1))
+    return dependencies.plan_install(*arguments, **options)
+
+
+def test_threshold_engine_needs_nothing_beyond_what_slicer_ships():
+    # Slicer ships no matplotlib; the module draws its own tables and plots, so Apply must not ask for it
+    # (a site without internet could not run the weight-free engine at all).
     plan = plan_install("threshold", pytorch_utils_available=False, version_of=lookup(SLICER_SHIPS), loaded_modules={})
-    assert [r.distribution for r in plan.missing] == ["matplotlib"]
-    assert plan_install("threshold", False, lookup(SLICER_SHIPS), {}, with_reports=False).is_empty
+    assert plan.is_empty and plan.install_steps() == [], plan.message()
+    assert plan_install("auto", False, lookup(SLICER_SHIPS), {}).is_empty
 
 
 def test_nnunet_takes_torch_from_pytorch_utils_and_pins_slicer_packages(tmp_path):
-    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0"}
+    installed = dict(SLICER_SHIPS)
     plan = plan_install("nnunet", pytorch_utils_available=True, version_of=lookup(installed), loaded_modules={})
     assert [r.distribution for r in plan.missing] == ["torch", "nnunetv2"]
     assert plan.torch_via_pytorch_utils and plan.pip_requirements == ["nnunetv2>=2.5"]
@@ -36,10 +45,11 @@ def test_nnunet_takes_torch_from_pytorch_utils_and_pins_slicer_packages(tmp_path
     assert not plan.restart_needed
     text = plan.message()
     assert "PyTorch Utils" in text and "nnunetv2>=2.5" in text and "numpy==1.26.4" in text
+    assert dependencies.LIGHT_THE_TORCH in text  # the installer itself is installed first, and said so
 
 
 def test_install_steps_run_pip_and_light_the_torch_with_slicer_packages_pinned(tmp_path):
-    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0"}
+    installed = dict(SLICER_SHIPS)
     plan = plan_install("nnunet", pytorch_utils_available=True, version_of=lookup(installed), loaded_modules={})
     constraints = plan.write_constraints(tmp_path / "c.txt")
     steps = plan.install_steps(constraints)
@@ -49,32 +59,84 @@ def test_install_steps_run_pip_and_light_the_torch_with_slicer_packages_pinned(t
     assert all(s["arguments"][-2:] == ["--constraint", str(constraints)] for s in steps)
     with_ltt = plan_install("nnunet", True, lookup({**installed, "light-the-torch": "0.7.5"}), {})
     assert [s["module"] for s in with_ltt.install_steps(constraints)] == ["light_the_torch", "pip"]
-    without_utils = plan_install("nnunet", False, lookup(installed), {})
-    assert [s["module"] for s in without_utils.install_steps(constraints)] == ["pip"]
 
 
-def test_without_pytorch_utils_torch_comes_from_pip():
+def test_without_pytorch_utils_the_pytorch_extension_comes_first_and_torch_never_from_pip(tmp_path):
     plan = plan_install("nnunet", pytorch_utils_available=False, version_of=lookup(SLICER_SHIPS), loaded_modules={})
-    assert not plan.torch_via_pytorch_utils
-    assert f"torch>={dependencies.TORCH_MINIMUM}" in plan.pip_requirements
+    assert plan.pytorch_extension_missing and not plan.torch_via_pytorch_utils
+    assert not any(spec.startswith("torch") for spec in plan.pip_requirements)
+    steps = plan.install_steps(plan.write_constraints(tmp_path / "c.txt"))
+    assert not any(argument.startswith(("torch", "light")) for step in steps for argument in step["arguments"])
+    assert "Extension Manager" in plan.message() and "restart" in plan.message()
+    # torch already there (e.g. installed by another extension): no extension needed
+    with_torch = plan_install("nnunet", False, lookup({**SLICER_SHIPS, "torch": "2.5.1"}), {})
+    assert not with_torch.pytorch_extension_missing and with_torch.pip_requirements == ["nnunetv2>=2.5"]
+
+
+def test_the_nnunet_engine_on_python_3_9_is_refused_naming_the_versions():
+    plan = plan_install("nnunet", True, lookup(SLICER_SHIPS), {}, python_version=(3, 9, 18))
+    assert plan.cannot_proceed and not plan.is_empty and plan.install_steps() == []
+    assert "Python 3.10" in plan.message() and "3D Slicer 5.10" in plan.message() and "threshold" in plan.message()
+    assert plan_install("threshold", True, lookup(SLICER_SHIPS), {}, python_version=(3, 9, 18)).is_empty
+    assert not plan_install("nnunet", True, lookup(SLICER_SHIPS), {}, python_version=(3, 12, 1)).cannot_proceed
+
+
+def _report(*items: tuple[str, str]) -> dict:
+    """A `pip install --dry-run --report` report (pip's format, version 1) naming these distributions."""
+    return {"version": "1", "install": [{"requested": False, "metadata": {"name": n, "version": v}} for n, v in items]}
+
+
+def test_the_change_list_is_pips_report_with_the_versions_replaced():
+    installed = {**SLICER_SHIPS, "pandas": "2.0.0"}
+    changes = dependencies.changes_from_pip_report(_report(("pandas", "2.2.3"), ("acvl-utils", "0.2")), lookup(installed))
+    assert [c.describe() for c in changes] == ["acvl-utils 0.2 (new)", "pandas 2.2.3 (replaces 2.0.0)"]
+    text = dependencies.changes_message(changes, ["numpy==1.26.4"], loaded_modules={})
+    assert "exactly these 2 packages" in text and "acvl-utils 0.2 (new)" in text and "numpy==1.26.4" in text
+    assert "restart" not in text.lower()
+    assert "restart" in dependencies.changes_message(changes, [], loaded_modules={"pandas": object()}).lower()
+
+
+@pytest.mark.parametrize("name", ["numpy", "SimpleITK", "simpleitk", "vtk", "VTK", "requests"])
+def test_a_change_list_touching_slicers_own_packages_is_refused(name):
+    # VTK inside Slicer is Slicer's own build, no pip distribution: no pin can hold it, the name check does
+    changes = dependencies.changes_from_pip_report(_report(("nnunetv2", "2.6.0"), (name, "99.0")), lookup({}))
+    assert [c.name for c in dependencies.protected_changes(changes)] == [name]
+    assert dependencies.changes_message(changes).startswith("Cannot proceed")
+    plan = plan_install("nnunet", True, lookup(SLICER_SHIPS), {})
+    with pytest.raises(ValueError):
+        plan.with_changes(changes)
+
+
+def test_once_the_dry_run_fixed_the_list_exactly_those_pins_are_installed_without_resolving_again(tmp_path):
+    installed = {**SLICER_SHIPS, "torch": "2.5.1"}
+    plan = plan_install("nnunet", True, lookup(installed), {})
+    changes = dependencies.changes_from_pip_report(_report(("nnunetv2", "2.6.0"), ("acvl-utils", "0.2")), lookup({}))
+    constraints = plan.write_constraints(tmp_path / "c.txt")
+    preview = plan.preview_steps(constraints, tmp_path / "report.json")
+    assert preview[0]["arguments"][:4] == ["install", "--dry-run", "--report", str(tmp_path / "report.json")]
+    assert preview[0]["report"] == str(tmp_path / "report.json")
+    steps = plan.with_changes(changes).install_steps(constraints)
+    assert steps == [{"label": "installing acvl-utils==0.2, nnunetv2==2.6.0", "module": "pip",
+                      "arguments": ["install", "--no-deps", "acvl-utils==0.2", "nnunetv2==2.6.0",
+                                    "--constraint", str(constraints)]}]
 
 
 def test_an_outdated_package_that_is_already_imported_needs_a_restart():
-    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0", "torch": "1.13.1", "nnunetv2": "2.5.1"}
+    installed = {**SLICER_SHIPS, "torch": "1.13.1", "nnunetv2": "2.5.1"}
     plan = plan_install("nnunet", True, lookup(installed), loaded_modules={"torch": object()})
     assert plan.missing == [TORCH] and plan.restart_needed
     assert "restart" in plan.message().lower()
 
 
 def test_a_protected_package_that_is_too_old_blocks_the_install():
-    old_numpy = {**SLICER_SHIPS, "numpy": "1.21.0", "matplotlib": "3.9.0"}
+    old_numpy = {**SLICER_SHIPS, "numpy": "1.21.0"}
     plan = plan_install("threshold", False, lookup(old_numpy), loaded_modules={})
     assert plan.blocked == ["numpy>=1.24"] and "numpy>=1.24" not in plan.pip_requirements
     assert "Cannot proceed" in plan.message()
 
 
 def test_everything_installed_means_nothing_to_do():
-    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0", "torch": "2.5.1+cu121", "nnunetv2": "2.6.0"}
+    installed = {**SLICER_SHIPS, "torch": "2.5.1+cu121", "nnunetv2": "2.6.0"}
     plan = plan_install("nnunet", True, lookup(installed), loaded_modules={})
     assert plan.is_empty and plan.pip_install_arguments() == [] and "installed" in plan.message()
 

@@ -366,8 +366,8 @@ def test_a_binding_to_an_unknown_parameter_or_wrong_widget_is_caught(repo_copy):
     "file, old, new, expected",
     [
         (f"{EXTENSION}.s4ext", "\ncategory Segmentation", "\ncategory", "'category' is missing"),
-        (f"{EXTENSION}.s4ext", "depends NA", "depends PyTorch", "differs from EXTENSION_DEPENDS"),
-        ("CMakeLists.txt", 'EXTENSION_DEPENDS "NA"', 'EXTENSION_DEPENDS "PyTorch"', "build_dependencies"),
+        (f"{EXTENSION}.s4ext", "depends PyTorch", "depends NA", "differs from EXTENSION_DEPENDS"),
+        ("CMakeLists.txt", 'EXTENSION_DEPENDS "PyTorch"', 'EXTENSION_DEPENDS "PyTorch SlicerRT"', "build_dependencies"),
         ("CMakeLists.txt", "project(LegSegNet)", "project(SlicerLegSegNet)", "project() name"),
         ("CMakeLists.txt", "https://github.com/legsegnet/SlicerLegSegNet\")",
          "https://github.com/legsegnet/Other\")", "homepage"),
@@ -394,3 +394,140 @@ def test_slicer_api_names_used_by_the_widget_exist():
     assert [n for n in mrml_names if not hasattr(slicer, n)] == []
     for constant in re.findall(r"slicer\.vtkMRMLLayoutNode\.(\w+)", source):
         assert hasattr(slicer.vtkMRMLLayoutNode, constant), constant
+
+
+# ---------------------------------------------------------------------- the widget, read (Qt cannot run here)
+QT_SPIN_BOX_DEFAULTS = (0, 99)  # QSpinBox's minimum and maximum when the .ui sets none
+
+
+def _module_tree(root: Path) -> ast.Module:
+    return ast.parse((root / EXTENSION / f"{EXTENSION}.py").read_text())
+
+
+def _int_constants(tree: ast.Module) -> dict[str, int]:
+    return {t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name) and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, int)}
+
+
+def _class(tree: ast.Module, name: str) -> ast.ClassDef:
+    return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+
+
+def _method(tree: ast.Module, class_name: str, method: str) -> ast.FunctionDef | None:
+    return next((n for n in _class(tree, class_name).body if isinstance(n, ast.FunctionDef) and n.name == method), None)
+
+
+def spin_box_limits(root: Path) -> dict[str, tuple]:
+    """parameter -> ((.ui minimum, maximum), (annotation Minimum, Maximum)) for each int bound to a QSpinBox."""
+    tree = _module_tree(root)
+    constants = _int_constants(tree)
+    annotations = {}
+    for item in _class(tree, f"{EXTENSION}ParameterNode").body:
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+            bounds = {}
+            for call in ast.walk(item.annotation):
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in ("Minimum", "Maximum"):
+                    value = call.args[0]
+                    bounds[call.func.id] = value.value if isinstance(value, ast.Constant) else constants.get(value.id)
+            annotations[item.target.id] = (bounds.get("Minimum"), bounds.get("Maximum"))
+    limits = {}
+    for widget in ElementTree.parse(root / EXTENSION / "Resources" / "UI" / f"{EXTENSION}.ui").iter("widget"):
+        if widget.get("class") != "QSpinBox":
+            continue
+        properties = {prop.get("name"): prop for prop in widget.findall("property")}
+        if "SlicerParameterName" not in properties:
+            continue
+        ui = tuple(int(properties[k].findtext("number")) if k in properties else default
+                   for k, default in zip(("minimum", "maximum"), QT_SPIN_BOX_DEFAULTS))
+        name = properties["SlicerParameterName"].findtext("string")
+        limits[name] = (ui, annotations.get(name))
+    return limits
+
+
+def check_spin_box_limits(root: Path) -> list[str]:
+    """The parameter node's GUI connection sets a spin box's range from the annotation, 2^31-1 when there is
+    no Maximum: each bound spin box's annotation must carry the .ui's minimum and maximum."""
+    return [f"parameter '{name}': .ui range {ui} but annotation Minimum/Maximum {annotated}"
+            for name, (ui, annotated) in spin_box_limits(root).items() if ui != annotated]
+
+
+def failure_returns_after_try_with_error_display(tree: ast.AST) -> list[int]:
+    """Lines of a `return VALUE` right after a `with slicer.util.tryWithErrorDisplay(...)` block: that context
+    manager shows the error and re-raises, so such a return (meant for the failure) is never reached."""
+    lines = []
+    for node in ast.walk(tree):
+        for body in (getattr(node, "body", None), getattr(node, "orelse", None), getattr(node, "finalbody", None)):
+            if not isinstance(body, list):
+                continue
+            for before, after in zip(body, body[1:]):
+                if (isinstance(before, ast.With) and any("tryWithErrorDisplay" in ast.unparse(i.context_expr)
+                                                         for i in before.items)
+                        and isinstance(after, ast.Return) and after.value is not None):
+                    lines.append(after.lineno)
+    return lines
+
+
+def check_widget_rules(root: Path) -> list[str]:
+    """What the widget must do, read from its source (each rule itself is tested in test_widget_rules.py and
+    test_package_setup.py)."""
+    tree = _module_tree(root)
+    source = ast.unparse(tree)
+    problems = []
+    module_init = ast.unparse(_method(tree, EXTENSION, "__init__"))
+    if not re.search(r"slicer\.app\.connect\('startupCompleted\(\)', registerTerminology\)", module_init):
+        problems.append("the terminology is not registered at Slicer's startup (module __init__)")
+    reload = _method(tree, f"{EXTENSION}Widget", "onReload")
+    if reload is None or not re.search(r"forget_library_modules\('LegSegNetLib'\).*ScriptedLoadableModuleWidget\.onReload",
+                                       ast.unparse(reload), re.S):
+        problems.append("onReload does not drop the library package before Slicer's reload")
+    defaults = {item.target.id: item.value for item in _class(tree, f"{EXTENSION}ParameterNode").body
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
+    if not (isinstance(defaults.get("showRange"), ast.Constant) and defaults["showRange"].value is False):
+        problems.append("showRange defaults to True: opening the module adds a range ROI to the scene")
+    modified = ast.unparse(_method(tree, f"{EXTENSION}Widget", "_onParameterNodeModified"))
+    if "self._rangeSync.update(" not in modified:
+        problems.append("the slice range is not kept through widget_rules.SliceRangeSync")
+    if "self._syncModelCombo()" not in modified:
+        problems.append("the model combo box is not synced from the parameter node")
+    if "plan_install(" in source or "PackageSetup(" not in ast.unparse(_method(tree, f"{EXTENSION}Widget", "_withDependencies")):
+        problems.append("dependencies are not set up through packages.PackageSetup")
+    if "_exportFolderFor(" not in ast.unparse(_method(tree, f"{EXTENSION}Widget", "onExport")):
+        problems.append("Export does not choose its folder through widget_rules.export_folder")
+    install = ast.unparse(_method(tree, f"{EXTENSION}Widget", "onInstallModelFromFile"))
+    if "plans.json" not in install or "model_install_source(" not in install:
+        problems.append("Install from file cannot choose a model folder (by its plans.json)")
+    problems += [f"{EXTENSION}.py:{line}: return after tryWithErrorDisplay is never reached on failure"
+                 for line in failure_returns_after_try_with_error_display(tree)]
+    return problems
+
+
+def test_spin_box_limits_of_the_ui_survive_the_parameter_node_connection():
+    problems = check_spin_box_limits(ROOT)
+    assert not problems, "\n".join(problems)
+    assert {"firstSlice", "lastSlice", "batchSize", "reviewSeed", "trainEpochs"} <= set(spin_box_limits(ROOT))
+
+
+def test_the_widget_follows_its_rules():
+    problems = check_widget_rules(ROOT)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_spin_box_limit_missing_from_the_annotation_is_caught(repo_copy):
+    _edit(repo_copy / EXTENSION / f"{EXTENSION}.py", "Annotated[int, Minimum(0), Maximum(999999)]", "Annotated[int, Minimum(0)]")
+    assert any("'reviewSeed'" in p for p in check_spin_box_limits(repo_copy))
+
+
+def test_a_widget_rule_broken_is_caught(repo_copy):
+    _edit(repo_copy / EXTENSION / f"{EXTENSION}.py", "showRange: bool = False", "showRange: bool = True")
+    _edit(repo_copy / EXTENSION / f"{EXTENSION}.py", "        self._syncModelCombo()\n        self._updateReviewDisplay()",
+          "        self._updateReviewDisplay()")
+    problems = check_widget_rules(repo_copy)
+    assert any("showRange" in p for p in problems) and any("model combo" in p for p in problems)
+
+
+def test_a_return_meant_for_a_failure_after_try_with_error_display_is_caught():
+    # the shape of the old dependency check: `return False` after the block is never reached on failure
+    old = ast.parse("def f():\n    with slicer.util.tryWithErrorDisplay('x'):\n        install()\n        return True\n"
+                    "    return False\n")
+    assert failure_returns_after_try_with_error_display(old) == [5]

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 import processes
@@ -24,6 +25,21 @@ def _phantom_file(folder: Path, n_slices: int = 12, size=(160, 224)) -> Path:
     volume, _ = make_leg_phantom(shape=(n_slices, *size), seed=3).to_volume()
     path = folder / "phantom.nrrd"
     sitk.WriteImage(volume.image, str(path))
+    return path
+
+
+def _long_phantom_file(folder: Path, n_slices: int, size=(192, 256)) -> Path:
+    """A phantom of `n_slices` made of a short one repeated along the leg: long runs without the cost of
+    building a long phantom."""
+    volume, _ = make_leg_phantom(shape=(20, *size), seed=3).to_volume()
+    repeats = -(-n_slices // 20)
+    array = np.tile(sitk.GetArrayFromImage(volume.image), (repeats, 1, 1))[:n_slices]
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(volume.image.GetSpacing())
+    image.SetOrigin(volume.image.GetOrigin())
+    image.SetDirection(volume.image.GetDirection())
+    path = folder / "long-phantom.nrrd"
+    sitk.WriteImage(image, str(path))
     return path
 
 
@@ -71,7 +87,7 @@ def test_bad_input_gives_error_event_and_exit_2(tmp_path):
 
 
 def _start_long_run(tmp_path: Path, launcher: list[str] | None = None) -> tuple[subprocess.Popen, Path]:
-    src = _phantom_file(tmp_path, n_slices=160, size=(192, 256))
+    src = _long_phantom_file(tmp_path, n_slices=300)
     out = tmp_path / "out"
     cmd = [*WORKER, "segment", str(src), "-o", str(out), "--engine", "threshold"]
     proc = subprocess.Popen((launcher or []) + cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -99,27 +115,31 @@ def test_sigterm_mid_run_stops_promptly_and_leaves_nothing(tmp_path):
 
 def test_worker_exits_when_its_parent_dies(tmp_path):
     # A launcher process (like Slicer's PythonSlicer) starts the worker and is then killed with SIGKILL.
-    src = _phantom_file(tmp_path, n_slices=160, size=(192, 256))
+    src = _long_phantom_file(tmp_path, n_slices=600)
     out = tmp_path / "out"
-    pid_file = tmp_path / "worker.pid"
+    pid_file, progress_file = tmp_path / "worker.pid", tmp_path / "progress.jsonl"
     launcher_code = (
         "import subprocess, sys, time\n"
         f"p = subprocess.Popen({WORKER + ['segment', str(src), '-o', str(out), '--engine', 'threshold']!r},"
-        " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f" stdout=open({str(progress_file)!r}, 'w'), stderr=subprocess.DEVNULL)\n"
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
         "time.sleep(600)\n"
     )
     launcher = subprocess.Popen([sys.executable, "-c", launcher_code])
     worker_pid = None
     try:
-        deadline = time.monotonic() + 60
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline
+        deadline = time.monotonic() + 120
+        segmenting = None
+        while segmenting is None:  # kill the launcher once the worker is segmenting, far from its end
+            assert time.monotonic() < deadline, "the worker never started segmenting"
             time.sleep(0.1)
+            lines = progress_file.read_text().splitlines() if progress_file.exists() else []
+            segmenting = next((e for e in map(json.loads, lines[:-1])  # the last line may be half-written
+                               if e["event"] == "progress" and e["stage"] == "segmenting" and e["done"] > 0), None)
         worker_pid = int(pid_file.read_text())
-        time.sleep(2.0)  # let it get into its work
         launcher.kill()
         launcher.wait()
+        assert segmenting["done"] < segmenting["total"] // 2, segmenting  # the kill came mid-run
         deadline = time.monotonic() + 20
         while _alive(worker_pid) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image
+import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -193,7 +194,7 @@ def write_dicom_series(
             description=description,
         )
         path = folder / name
-        ds.save_as(path, enforce_file_format=True)
+        save_dicom_file(ds, path)
         paths.append(path)
     return paths
 
@@ -220,8 +221,16 @@ def write_dicom_slice(hu_2d: np.ndarray, path: str | Path, *, modality: str = "C
         instance=1,
         description="one slice",
     )
-    ds.save_as(path, enforce_file_format=True)
+    save_dicom_file(ds, path)
     return path
+
+
+def save_dicom_file(ds: FileDataset, path: Path) -> None:
+    """Write `ds` as a DICOM file (preamble and file meta) with pydicom 3, or pydicom 2.4 as Slicer 5.6-5.10 ship."""
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        ds.save_as(path, write_like_original=False)
 
 
 def _dicom_dataset(*, modality, pixels, row_cosine, column_cosine, position, pixel_spacing, thickness, slope,

@@ -451,8 +451,10 @@ def train(dataset_dir: str | Path, options: TrainOptions | None = None, *, resum
     """
     from ..models import store as models
 
-    from ..engines import use_passive_openmp_threads
+    from ..engines import nnunet_python_problem, use_passive_openmp_threads
 
+    if nnunet_python_problem():  # nnU-Net's trainer needs Python 3.10: say so before anything is read
+        raise InputError(nnunet_python_problem())
     use_passive_openmp_threads()  # before torch is first imported, which happens below
     options = copy.deepcopy(options) if options is not None else TrainOptions()
     progress = progress or Progress()

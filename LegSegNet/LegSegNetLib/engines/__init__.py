@@ -6,7 +6,8 @@ An engine is any object with a `name`, an `info()` dict recorded in metrics.json
 """
 from __future__ import annotations
 
-from typing import Protocol
+import sys
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -22,6 +23,20 @@ class Engine(Protocol):
 
 
 ENGINE_NAMES = ("auto", "threshold", "nnunet")
+
+# nnU-Net v2 (and the PyTorch releases it is tested with) need Python 3.10. Everything else (the threshold
+# engine, measurement, the worker, the Slicer logic) also runs on Python 3.9, the Python of 3D Slicer 5.6 and 5.8.
+NNUNET_MIN_PYTHON = (3, 10)
+
+
+def nnunet_python_problem(version_info: Sequence[int] = sys.version_info) -> str | None:
+    """Why the nnU-Net engine (and training) cannot run on this Python, or None when it can."""
+    if tuple(version_info[:2]) >= NNUNET_MIN_PYTHON:
+        return None
+    running = ".".join(str(v) for v in version_info[:2])
+    return (f"the nnU-Net engine needs Python {'.'.join(map(str, NNUNET_MIN_PYTHON))} or newer, and this is Python "
+            f"{running} (3D Slicer 5.6 and 5.8 ship Python 3.9; 3D Slicer 5.10 and newer ship 3.12): use a newer "
+            "Slicer or Python for nnU-Net, or the threshold engine, which runs here")
 
 
 def use_passive_openmp_threads() -> None:
@@ -67,14 +82,24 @@ def make_engine(name: str = "auto", **options) -> Engine:
 
 def choose_engine(name: str = "auto", model: str | None = None, store=None, progress: Progress | None = None) -> str:
     """The engine `name` stands for: `auto` is nnU-Net when a model is given or installed (and nnU-Net is
-    importable), else threshold. The one place of this rule: the Slicer module asks it too."""
+    importable), else threshold. The one place of this rule: the Slicer module asks it too. nnU-Net asked for
+    (by name or by giving a model) on a Python older than 3.10 is an InputError saying so."""
     from ..core.errors import InputError
 
     if name not in ENGINE_NAMES:
         raise InputError(f"unknown engine '{name}'; choose one of {', '.join(ENGINE_NAMES)}")
-    if name != "auto":
+    too_old = nnunet_python_problem()
+    if name == "nnunet" or (name == "auto" and model):  # asked for nnU-Net by name or by model
+        if too_old:
+            raise InputError(too_old)
+        return "nnunet"
+    if name == "threshold":
         return name
-    return "nnunet" if model or _installed_model_available(store, progress) else "threshold"
+    if too_old:  # auto with an installed model, on a Python nnU-Net cannot run on
+        if progress is not None and _installed_model_available(store, None):
+            progress.note(f"{too_old}; using the threshold engine")
+        return "threshold"
+    return "nnunet" if _installed_model_available(store, progress) else "threshold"
 
 
 def _installed_model_available(store=None, progress: Progress | None = None) -> bool:

@@ -101,7 +101,10 @@ class RegionStats:
             stats = self.tissues[t.key]
             values += [stats.voxels, stats.volume_cm3, json_number(stats.mean_hu), json_number(stats.sd_hu)]
         values += [json_number(self.derived[key]) for key in DERIVED_KEYS]
-        return dict(zip(region_csv_names(prefix), values, strict=True))
+        names = region_csv_names(prefix)
+        if len(names) != len(values):  # zip(strict=True) needs Python 3.10; Slicer 5.6/5.8 have 3.9
+            raise AssertionError(f"{len(values)} values for {len(names)} CSV columns")
+        return dict(zip(names, values))
 
 
 def region_csv_names(prefix: str = "") -> list[str]:

@@ -525,17 +525,11 @@ class LegSegNetLogic:
     def installPackagesAsync(self, plan, onProgress: Callable[[RunHandle], None] | None = None,
                              onFinished: Callable[[RunHandle], None] | None = None) -> RunHandle:
         """Install what a dependencies.InstallPlan lists, in the worker's interpreter; returns at once.
-        Slicer's own packages stay pinned by the plan's constraints file."""
-        workdir = make_workdir("legsegnet-install-")
-        try:
-            steps = plan.install_steps(plan.write_constraints(workdir / "constraints.txt"))
-            steps_file = workdir / "steps.json"
-            steps_file.write_text(json.dumps(steps), encoding="utf-8")
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        return self.startWorker(launcher.install_packages_command(self.python, steps_file), workdir,
-                                what="package installation", onProgress=onProgress, onFinished=onFinished)
+        Slicer's own packages stay pinned by the plan's constraints file (see packages.PackageSetup)."""
+        from .packages import start_install_run
+
+        return start_install_run(self, lambda constraints, folder: plan.install_steps(constraints),
+                                 "package installation", plan, onProgress=onProgress, onFinished=onFinished)
 
     def engineFor(self, engine: str, model: str | None = None) -> str:
         """What `engine` means here (`auto`: nnU-Net when a model is chosen or installed): engines.choose_engine."""
