@@ -109,8 +109,8 @@ class TerminalProgress(_StreamProgress):
             text = f"{self.stage_name:<12} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}{eta}   "
         else:
             text = f"{self.stage_name}...   "
-        self._write("\r" + text.ljust(self._open_line))
-        self._open_line = max(self._open_line, len(text))
+        width, self._open_line = self._open_line, max(self._open_line, len(text))  # first: a signal may stop the write
+        self._write("\r" + text.ljust(width))
 
     def _emit_note(self, text: str) -> None:
         self._close_line()
