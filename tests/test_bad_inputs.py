@@ -281,8 +281,9 @@ def quantify_dicom_with_nifti_ct(tmp, request):
 
 
 # --------------------------------------------------------------------- where the results would go
-# These are refused by the validation step before any input is read. The input is a named pipe (FIFO) that
-# nobody writes to: reading it would block, so a run that reads before it checks hangs and the test fails.
+# These are refused by the validation step before any input is looked at. The inputs are named pipes (FIFOs)
+# that nobody writes to: a run that checks or reads an input first says something else about it (a FIFO looks
+# like an empty file) or blocks reading it, and the test fails. Before, all were found only after reading.
 def _unreadable_input(tmp: Path, name: str = "ct.nii.gz") -> Path:
     path = tmp / "never-written" / name
     path.parent.mkdir(exist_ok=True)
