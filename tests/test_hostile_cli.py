@@ -10,7 +10,8 @@
 - `-o ""` is refused (it wrote into the current folder);
 - a model store that cannot take a model is refused before anything is unpacked or trained;
 - SIGTERM during `models install` removes its staging at once; a killed install's staging is swept by the next
-  install, a live one's is not.
+  install, a live one's is not; the worker and training take SIGHUP as they take SIGTERM;
+- with stderr closed (`2>&-`) a run still writes its results.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import writers as w
 from processes import TerminalProcess, visible_lines
 
@@ -91,6 +91,16 @@ def test_models_list_into_a_closed_pipe_exits_0(tmp_path):
     finally:
         os.close(write_end)
     assert listing.returncode == 0 and listing.stderr == "", listing.stderr
+
+
+def test_segment_with_stderr_closed_still_writes_its_results(scan, tmp_path):
+    # `legsegnet ... 2>&-`: Python then has no sys.stderr at all; progress and error lines have nowhere to go
+    done = subprocess.run(_cli_command("segment", scan[0], "-o", tmp_path / "out", "--engine", "threshold"),
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=300,
+                          preexec_fn=lambda: os.close(2))
+    assert done.returncode == 0, done.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
+    assert done.stdout.splitlines()[-1] == f"results in {tmp_path / 'out'}"
 
 
 # ====================================================================== a huge slice range
@@ -240,3 +250,54 @@ def test_a_killed_install_is_swept_by_the_next_and_a_live_one_is_not(png_model, 
     finally:
         live.kill()
         live.wait()
+
+
+# ====================================================================== the worker and training: the same signals
+def test_sighup_cancels_the_worker_while_it_writes_and_it_cleans_up(scan, tmp_path):
+    # Slicer's worker: SIGHUP (its session closed) now cancels as SIGTERM does; before, it died on the spot
+    out = tmp_path / "out"
+    worker = subprocess.Popen([sys.executable, "-m", "LegSegNetLib.worker", "segment", scan[0], "-o", out,
+                               "--engine", "threshold"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = []
+    try:
+        for line in worker.stdout:  # its JSON events, one per line, until it starts writing the set
+            events.append(json.loads(line))
+            if events[-1].get("stage") == "writing":
+                worker.send_signal(signal.SIGHUP)
+                break
+        events += [json.loads(line) for line in worker.stdout]
+        code = worker.wait(timeout=60)
+        stderr = worker.stderr.read()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait()
+        worker.stdout.close()
+        worker.stderr.close()
+    assert any(e.get("stage") == "writing" for e in events), events
+    assert code == 1, (code, stderr)
+    assert events[-1] == {"event": "error", "message": "cancelled (SIGHUP)", "exit_code": 1}, events[-1]
+    # no staging left; OUTDIR only when the signal met the swap itself (it takes effect just after it)
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["out"])
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+
+
+_TRAINING_STOP_HANDLER = """
+import os, signal, sys
+from LegSegNetLib.annotation import training
+stop = training.StopRequest()
+with training._stop_on_signals(stop):
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    stop.event.wait(60)
+print(stop.signal_name)
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_training_stops_after_the_iteration_on_sighup_as_on_sigterm(name):
+    # The trainer's own handler (stop after the current iteration, keep the checkpoint) in a real process; a
+    # whole training run with SIGTERM is in test_training.py. Before, SIGHUP killed the training outright.
+    done = subprocess.run([sys.executable, "-c", _TRAINING_STOP_HANDLER, name], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.strip() == name

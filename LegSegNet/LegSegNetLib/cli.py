@@ -451,7 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one error line
         progress.abandon()
         code, message = error_exit_code(exc)
-        with contextlib.suppress(OSError, ValueError):  # stderr itself may be gone
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr may be full, closed, or None
+            if sys.stderr is None:
+                return code
             if debug:
                 traceback.print_exc()
             print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)

@@ -60,8 +60,11 @@ class Progress:
         pass
 
 
-def for_stream(stream: TextIO) -> Progress:
-    """A bar on a terminal; plain lines (no carriage returns) in a file or a pipe."""
+def for_stream(stream: TextIO | None) -> Progress:
+    """A bar on a terminal; plain lines (no carriage returns) in a file or a pipe; nothing without a stream
+    (Python's sys.stderr is None when the process was started with it closed)."""
+    if stream is None:
+        return Progress()
     try:
         interactive = stream.isatty()
     except (AttributeError, ValueError, OSError):
