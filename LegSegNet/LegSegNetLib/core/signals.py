@@ -12,6 +12,7 @@ caught; what a killed run leaves is swept by the next run (core/output_set.py, t
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -39,9 +40,16 @@ def signal_name(signum: int) -> str:
 _deferring = 0
 _pending: list[int] = []
 _raise: Callable[[int], BaseException] = Stopped
+_owner = os.getpid()  # the process whose handlers these are
 
 
 def _on_stop_signal(signum, _frame) -> None:
+    if os.getpid() != _owner:  # a forked helper (a pool worker) inherited this handler: behave as Python's default
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     if _deferring:
         _pending.append(signum)  # raised when the deferred block ends
         return
@@ -52,12 +60,12 @@ def _on_stop_signal(signum, _frame) -> None:
 def stop_signals_raise(make_exception: Callable[[int], BaseException] = Stopped) -> Iterator[None]:
     """Within the block a stop signal raises `make_exception(signum)` in the main thread; the handlers in force
     before come back after it. Outside the main thread (where Python cannot set handlers) it does nothing."""
-    global _raise
+    global _raise, _owner
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    previous_raise, _raise = _raise, make_exception
+    previous_raise, _raise, _owner = _raise, make_exception, os.getpid()
     for signum in STOP_SIGNALS:
         signal.signal(signum, _on_stop_signal)
     try:
