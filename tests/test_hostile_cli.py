@@ -103,6 +103,17 @@ def test_segment_with_stderr_closed_still_writes_its_results(scan, tmp_path):
     assert done.stdout.splitlines()[-1] == f"results in {tmp_path / 'out'}"
 
 
+def test_stdout_closed_fails_only_models_list(scan, tmp_path):
+    # `legsegnet ... >&-`: Python then has no sys.stdout at all
+    done = subprocess.run(_cli_command("segment", scan[0], "-o", tmp_path / "out", "--engine", "threshold"),
+                          stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=lambda: os.close(1))
+    assert done.returncode == 0 and "error" not in done.stderr, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
+    listing = subprocess.run(_cli_command("models", "list"), stderr=subprocess.PIPE, text=True, timeout=120,
+                             preexec_fn=lambda: os.close(1), env={**os.environ, "LEGSEGNET_MODELS_DIR": str(tmp_path)})
+    assert _one_error_line(listing, code=1) == "error: could not write to standard output (it is closed)"
+
+
 # ====================================================================== a huge slice range
 def test_dataset_add_checks_a_huge_slice_range_before_building_it(scan, tmp_path):
     # 0:20000000 on a 8-slice CT: the old code built the list of 20 million indices and a set of them (about

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -473,7 +474,8 @@ class _SummaryStdout:
 
     def __init__(self, stream) -> None:
         self.stream = stream
-        self.error: OSError | None = None
+        # Python's sys.stdout is None when the process was started with it closed (`>&-`)
+        self.error: OSError | None = None if stream is not None else OSError(errno.EBADF, "it is closed")
 
     def write(self, text: str) -> int:
         if self.error is None:
