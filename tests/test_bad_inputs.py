@@ -1,10 +1,12 @@
 """Bad inputs through the real `legsegnet` command (a subprocess), one table row each.
 
 Every row must end with exit status 2, exactly one line on stderr that starts with `error:` and says what
-is wrong (no traceback), and nothing left in the output folder (absent or empty).
+is wrong (no traceback), and nothing left in the output folder (absent or empty). Output folders that cannot
+take the results (a file, read-only, names too long, a link to nowhere) are refused before any input is read.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -278,6 +280,113 @@ def quantify_dicom_with_nifti_ct(tmp, request):
     return lambda out: ["quantify", _legs_file(tmp), labels, "-o", out, "--dicom", "--quiet"]
 
 
+# --------------------------------------------------------------------- where the results would go
+# These are refused by the validation step before any input is looked at. The inputs are named pipes (FIFOs)
+# that nobody writes to: a run that checks or reads an input first says something else about it (a FIFO looks
+# like an empty file) or blocks reading it, and the test fails. Before, all were found only after reading.
+def _unreadable_input(tmp: Path, name: str = "ct.nii.gz") -> Path:
+    path = tmp / "never-written" / name
+    path.parent.mkdir(exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def _read_only_folder(tmp: Path) -> Path:
+    folder = tmp / "locked"
+    folder.mkdir()
+    (folder / "old-results.txt").write_text("kept")
+    folder.chmod(0o555)  # no write permission for anyone (also refused for root, who could write anyway)
+    return folder
+
+
+def _a_file(tmp: Path) -> Path:
+    path = tmp / "results.txt"
+    path.write_text("a file, not a folder")
+    return path
+
+
+def outdir_is_a_file(tmp, request):
+    return lambda out: ["segment", _unreadable_input(tmp), "-o", _a_file(tmp), "--engine", "threshold", "--quiet"]
+
+
+def outdir_is_read_only(tmp, request):
+    return lambda out: ["segment", _unreadable_input(tmp), "-o", _read_only_folder(tmp), "--engine", "threshold",
+                        "--quiet"]
+
+
+def quantify_outdir_is_a_file(tmp, request):
+    return lambda out: ["quantify", _unreadable_input(tmp), _unreadable_input(tmp, "labels.nii.gz"), "-o", _a_file(tmp),
+                        "--quiet"]
+
+
+def evaluate_outdir_is_a_file(tmp, request):
+    return lambda out: ["evaluate", _unreadable_input(tmp, "pred.nii.gz"), _unreadable_input(tmp, "ref.nii.gz"),
+                        "-o", _a_file(tmp), "--quiet"]
+
+
+def evaluate_outdir_is_read_only(tmp, request):
+    return lambda out: ["evaluate", _unreadable_input(tmp, "pred.nii.gz"), _unreadable_input(tmp, "ref.nii.gz"),
+                        "-o", _read_only_folder(tmp), "--quiet"]
+
+
+def dataset_add_into_a_file(tmp, request):
+    return lambda out: ["dataset", "add", _unreadable_input(tmp), _unreadable_input(tmp, "labels.nii.gz"),
+                        "--dataset", _a_file(tmp), "--slices", "1", "--quiet"]
+
+
+def dataset_add_into_a_read_only_folder(tmp, request):
+    return lambda out: ["dataset", "add", _unreadable_input(tmp), _unreadable_input(tmp, "labels.nii.gz"),
+                        "--dataset", _read_only_folder(tmp), "--slices", "1", "--quiet"]
+
+
+def outdir_name_too_long(tmp, request):
+    return lambda out: ["segment", _unreadable_input(tmp), "-o", out / ("r" * 256), "--engine", "threshold", "--quiet"]
+
+
+def outdir_path_too_long(tmp, request):
+    deep = Path(tmp, *["d" * 200] * 21)  # every name allowed, the whole path over 4096 bytes
+    return lambda out: ["segment", _unreadable_input(tmp), "-o", deep, "--engine", "threshold", "--quiet"]
+
+
+def evaluate_outdir_name_too_long(tmp, request):
+    return lambda out: ["evaluate", _unreadable_input(tmp, "pred.nii.gz"), _unreadable_input(tmp, "ref.nii.gz"),
+                        "-o", out / ("r" * 256), "--quiet"]
+
+
+def dataset_name_too_long(tmp, request):
+    return lambda out: ["dataset", "add", _unreadable_input(tmp), _unreadable_input(tmp, "labels.nii.gz"),
+                        "--dataset", out / ("r" * 256), "--slices", "1", "--quiet"]
+
+
+def outdir_link_to_nowhere(tmp, request):
+    def make(out: Path) -> list:
+        out.symlink_to(tmp / "moved-away")
+        return ["segment", _unreadable_input(tmp), "-o", out, "--engine", "threshold", "--quiet"]
+
+    return make
+
+
+def outdir_inside_a_link_to_nowhere(tmp, request):
+    def make(out: Path) -> list:
+        (tmp / "results").symlink_to(tmp / "unmounted-disk")
+        return ["segment", _unreadable_input(tmp), "-o", tmp / "results" / "scan1", "--engine", "threshold", "--quiet"]
+
+    return make
+
+
+def dataset_add_huge_slice_range(tmp, request):
+    # bounds checked before the range is expanded: the old code built a list of 10^11 numbers (out of memory)
+    ct = _legs_file(tmp)
+    labels = w.write_image(_labels_of(w.leg_image()), tmp / "labels.nii.gz")
+    return lambda out: ["dataset", "add", ct, labels, "--dataset", out, "--slices", "0:99999999999", "--quiet"]
+
+
+def dataset_add_slices_malformed(tmp, request):
+    # a malformed --slices is refused before the CT is read
+    return lambda out: ["dataset", "add", _unreadable_input(tmp), _unreadable_input(tmp, "labels.nii.gz"),
+                        "--dataset", out, "--slices", "3,x", "--quiet"]
+
+
 # --------------------------------------------------------------------- the table
 CASES = [
     pytest.param(missing_file, r"not found", id="missing-file"),
@@ -320,6 +429,25 @@ CASES = [
     pytest.param(quantify_seg_on_nifti_ct, r"only be measured on the DICOM CT series it references", id="quantify-seg-nifti-ct"),
     pytest.param(quantify_ct_slice_as_labels, r"not a DICOM Segmentation", id="quantify-ct-slice-as-labels"),
     pytest.param(quantify_dicom_with_nifti_ct, r"--dicom .* not DICOM", id="quantify-dicom-nifti-ct"),
+    pytest.param(outdir_is_a_file, r"results.txt is a file", id="outdir-is-a-file"),
+    pytest.param(outdir_is_read_only, r"locked is read-only", id="outdir-read-only"),
+    pytest.param(quantify_outdir_is_a_file, r"results.txt is a file", id="quantify-outdir-is-a-file"),
+    pytest.param(evaluate_outdir_is_a_file, r"results.txt is a file", id="evaluate-outdir-is-a-file"),
+    pytest.param(evaluate_outdir_is_read_only, r"locked is read-only", id="evaluate-outdir-read-only"),
+    pytest.param(dataset_add_into_a_file, r"--dataset .*results.txt is a file", id="dataset-add-into-a-file"),
+    pytest.param(dataset_add_into_a_read_only_folder, r"--dataset .*locked is read-only", id="dataset-add-read-only"),
+    pytest.param(outdir_name_too_long, r"-o: the name 'rrr.*' is 256 bytes long, .* at most 255 bytes per name",
+                 id="outdir-name-too-long"),
+    pytest.param(outdir_path_too_long, r"-o: the path .* is too long", id="outdir-path-too-long"),
+    pytest.param(evaluate_outdir_name_too_long, r"-o: the name .* 256 bytes long", id="evaluate-outdir-name-too-long"),
+    pytest.param(dataset_name_too_long, r"--dataset: the name .* 256 bytes long", id="dataset-name-too-long"),
+    pytest.param(outdir_link_to_nowhere, r"out is a link to .*moved-away, which does not exist",
+                 id="outdir-link-to-nowhere"),
+    pytest.param(outdir_inside_a_link_to_nowhere, r"results is a link to .*unmounted-disk, which does not exist",
+                 id="outdir-inside-a-link-to-nowhere"),
+    pytest.param(dataset_add_huge_slice_range, r"slice 12 does not exist: the CT has slices 0:11",
+                 id="dataset-add-huge-slice-range"),
+    pytest.param(dataset_add_slices_malformed, r"--slices wants slice numbers", id="dataset-add-slices-malformed"),
 ]
 
 

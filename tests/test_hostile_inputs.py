@@ -6,7 +6,8 @@
   bytes, while the files of an export killed before its commit are still cleaned up;
 - nothing is half-written: OUTDIR holding scan A's results and a run on scan B that fails at any rename,
   or is killed while it writes, leaves all of A or all of B, never a mix; the user's own files in OUTDIR
-  survive; the staging left by a killed run is swept by the next one.
+  survive; the staging left by a killed run is swept by the next one; SIGTERM, SIGHUP and SIGINT while it
+  writes make the run clean up itself; two runs at once into one new OUTDIR leave one whole set.
 """
 from __future__ import annotations
 
@@ -16,14 +17,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
 
-import processes
 import writers as w
+from processes import TerminalProcess, visible_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_FILES = ("labels.nii.gz", "metrics.json", "metrics.csv", "profile.csv", "overlay.png", "profile.png")
@@ -257,22 +257,13 @@ def test_a_run_on_b_failing_at_a_rename_leaves_all_of_a(scans, tmp_path, fail_at
 def test_a_run_killed_while_writing_leaves_a_whole_set_and_the_next_run_sweeps(scans, tmp_path):
     paths, refs, _ = scans
     out = _outdir_with_a(scans, tmp_path)
-    run = subprocess.Popen([sys.executable, "-m", "LegSegNetLib.cli", "segment", paths["B"][0], "-o", out,
-                            "--engine", "threshold"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    run = TerminalProcess(_cli_command("segment", paths["B"][0], "-o", out, "--engine", "threshold"))
     try:
-        seen = b""
-        deadline = time.monotonic() + 120
-        while b"writing" not in seen and time.monotonic() < deadline:
-            byte = run.stderr.read(1)
-            if not byte:
-                break
-            seen += byte
+        run.wait_for_text("writing", timeout=120)  # the bar (stderr is a terminal) shows the stage as it starts
         run.send_signal(signal.SIGKILL)
-        run.wait(timeout=60)
+        assert run.wait(timeout=60) == -signal.SIGKILL
     finally:
-        processes.stop(run)
-    assert b"writing" in seen, seen
-    assert run.returncode == -signal.SIGKILL
+        run.stop()
     if _assert_whole_set(out, refs) == "A":  # killed before the swap: its staging (and marker) wait beside OUTDIR
         assert sorted(p.name[13:] for p in tmp_path.iterdir() if p.name.startswith(".lsn-")) == ["", ".pid"]
     # the next run finishes the killed run's clean-up and leaves only OUTDIR beside it
@@ -310,3 +301,50 @@ def test_an_outdir_name_near_the_file_name_limit_works(scans, tmp_path):
     done = w.run_legsegnet("segment", paths["B"][0], "-o", out, "--engine", "threshold", "--quiet")
     assert done.returncode == 0, done.stderr
     _assert_whole_set(out, refs, "B")
+
+
+# ====================================================================== stop signals while writing
+def _cli_command(*args) -> list[str]:
+    return [sys.executable, "-m", "LegSegNetLib.cli", *map(str, args)]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: signal.Signals(s).name)
+def test_a_stop_signal_while_writing_cleans_up_at_once(scans, tmp_path, stop):
+    # Before, SIGTERM and SIGHUP killed the run on the spot (Python's default), leaving its staging folder beside
+    # OUTDIR until a later run swept it. Now all three unwind like Ctrl-C: the run removes its own staging.
+    paths, refs, _ = scans
+    out = _outdir_with_a(scans, tmp_path)
+    run = TerminalProcess(_cli_command("segment", paths["B"][0], "-o", out, "--engine", "threshold"))
+    try:
+        run.wait_for_text("writing", timeout=120)  # the bar: the set is being written into its staging folder
+        run.send_signal(stop)
+        code = run.wait(timeout=60)
+    finally:
+        run.stop()
+    assert code == 1, (code, run.terminal)  # handled, not killed by the signal
+    assert visible_lines(run.terminal)[-1] == f"error: interrupted ({signal.Signals(stop).name})", run.terminal
+    _assert_whole_set(out, refs)  # A when it stopped before the swap; B when the signal met the swap itself
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left, without any later run
+
+
+def test_two_runs_at_once_into_one_new_outdir_both_succeed_with_one_whole_set(scans, tmp_path):
+    # The first run is held (SIGSTOP) while it writes, with its staging folder claimed; the second writes the
+    # folder meanwhile. The first then finds OUTDIR made and full: it swaps its set in. Before, it failed
+    # with "check free disk space and permissions".
+    paths, refs, _ = scans
+    out = tmp_path / "new" / "out"
+    first = TerminalProcess(_cli_command("segment", paths["A"][0], "-o", out, "--engine", "threshold"))
+    try:
+        first.wait_for_text("writing", timeout=120)
+        first.send_signal(signal.SIGSTOP)
+        second = w.run_legsegnet("segment", paths["B"][0], "-o", out, "--engine", "threshold", "--quiet", timeout=120)
+        first.send_signal(signal.SIGCONT)
+        code = first.wait(timeout=60)
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first.stop()
+    assert second.returncode == 0, second.stderr
+    assert code == 0, first.terminal
+    assert _digests(out) in (refs["A"], refs["B"])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)

@@ -14,18 +14,30 @@ same arguments, so Slicer and the terminal accept exactly the same options.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Sequence
 
 from . import __version__
 from .core.errors import InputError, LegSegNetError
-from .core.progress import Progress, TerminalProgress
+from .core.progress import Progress, for_stream
+from .core.signals import Stopped, stop_signals_raise
 from .core.text import format_duration
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # every (sub)command takes --debug, so it may stand anywhere; SUPPRESS keeps a subcommand's absent
+        # --debug from overwriting one given before the subcommand
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show the Python traceback on failure")
+
     # argparse prints usage and exits by itself; the contract wants one `error:` line and exit 2.
     def error(self, message: str):  # type: ignore[override]
         raise InputError(f"{message} (see '{self.prog} --help')")
@@ -34,7 +46,6 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     parser = _Parser(prog=prog, description="Lower-extremity CT tissue segmentation and body composition.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show the Python traceback on failure")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     seg = commands.add_parser("segment", help="segment a CT and measure the tissues")
@@ -192,8 +203,42 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def check_before_work(args: argparse.Namespace) -> None:
+    """The one validation step, before anything is read or written (shared by the CLI and the worker): every
+    folder a command writes can take its files (a folder, not read-only, names the file system can hold, no
+    link to nowhere, no input among the outputs) and what can be checked of the arguments without the scan.
+    Each command's library function makes the same checks first, for callers other than the CLI."""
+    if args.command in ("segment", "quantify"):
+        from .pipeline import check_before_reading
+
+        inputs = [args.input] if args.command == "segment" else [args.ct, args.labels]
+        check_before_reading(args.outdir, inputs, dicom=args.dicom)
+    elif args.command == "evaluate":
+        from .evaluation.run import check_before_reading
+
+        check_before_reading(args.outdir, args.inputs, pairs_csv=args.pairs, ct=args.ct, slices=args.slices)
+    elif args.command == "dataset":
+        from .annotation.dataset import check_before_reading
+
+        check_before_reading(args.dataset, [args.ct, args.labels], args.slices)
+    elif args.command == "models" and args.models_command != "list":
+        from .models.store import ModelStore
+
+        ModelStore().check_writable()
+    elif args.command == "train":
+        from .annotation.training import RUNS_DIR
+        from .core.paths import check_writable_folder
+        from .models.store import ModelStore
+
+        # the trained model is installed at the end: a store that cannot take it must not cost a training
+        ModelStore().check_writable()
+        check_writable_folder(args.workdir or Path(args.dataset).expanduser() / RUNS_DIR,
+                              "--workdir" if args.workdir else "the training set's run folder")
+
+
 def run_command(args: argparse.Namespace, progress: Progress) -> dict:
     """Carry out a parsed command; shared by the CLI and the worker."""
+    check_before_work(args)
     if args.command == "models":
         return _run_models(args, progress)
     if args.command == "dataset":
@@ -247,12 +292,14 @@ def _run_models(args: argparse.Namespace, progress: Progress) -> dict:
             say(f"store: {store.root}")
         return {"command": "models list", "store": str(store.root), "models": listed}
     if action == "install":
-        reporter = progress if not for_people or args.models_quiet else TerminalProgress(sys.stderr)
+        reporter = progress if not for_people or args.models_quiet else for_stream(sys.stderr)
         try:
             info = store.install(args.source, name=args.name, sha256=args.sha256, progress=reporter,
                                  make_default=args.make_default)
-        finally:
-            reporter.finish()
+        except BaseException:
+            reporter.abandon()
+            raise
+        reporter.finish()
         say(f"installed '{info.name}' from {info.source} ({info.input_format} input, folds {', '.join(map(str, info.folds))})")
         if info.licence:
             url = info.metadata.get("licence_url")
@@ -356,7 +403,7 @@ def error_exit_code(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, LegSegNetError):
         return exc.exit_code, str(exc)
     if isinstance(exc, KeyboardInterrupt):
-        return 1, "interrupted"
+        return 1, str(exc) if isinstance(exc, Stopped) else "interrupted"
     if isinstance(exc, MemoryError):
         return 1, "out of memory; analyse fewer slices with --slices FIRST:LAST"
     return 1, f"internal error ({type(exc).__name__}: {exc}); run again with --debug and report the traceback"
@@ -384,24 +431,78 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = join_option_values(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv
     progress: Progress = Progress()
+    stdout = _SummaryStdout(sys.stdout)
+    sys.stdout = stdout
     try:
-        args = build_parser().parse_args(argv)
-        if not getattr(args, "quiet", False):
-            progress = TerminalProgress(sys.stderr)
-        metrics = run_command(args, progress)
-        progress.finish()
-        if not getattr(args, "quiet", False) and args.command in ("segment", "quantify"):
-            _print_summary(metrics, args.outdir)
-        return 0
+        with stop_signals_raise():  # SIGTERM and SIGHUP unwind like Ctrl-C: every clean-up runs
+            args = build_parser().parse_args(argv)
+            debug = getattr(args, "debug", False)
+            if not getattr(args, "quiet", False):
+                progress = for_stream(sys.stderr)
+            metrics = run_command(args, progress)
+            progress.finish()
+            if not getattr(args, "quiet", False) and args.command in ("segment", "quantify"):
+                _print_summary(metrics, args.outdir)
+            stdout.flush()
+        if stdout.error is not None and _stdout_is_the_result(args) and not isinstance(stdout.error, BrokenPipeError):
+            raise LegSegNetError(f"could not write to standard output ({stdout.error.strerror or stdout.error})")
+        return 0  # the results are complete: a summary nobody could read is no failure
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one error line
-        progress.finish()
+        progress.abandon()
         code, message = error_exit_code(exc)
-        if debug:
-            traceback.print_exc()
-        print(f"error: {_one_line(message)}", file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr may be full, closed, or None
+            if sys.stderr is None:
+                return code
+            if debug:
+                traceback.print_exc()
+            print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
         return code
+    finally:
+        sys.stdout = stdout.stream
+
+
+def _stdout_is_the_result(args: argparse.Namespace) -> bool:
+    """`models list` prints what was asked for; every other command's results are files, stdout a summary."""
+    return args.command == "models" and args.models_command == "list"
+
+
+class _SummaryStdout:
+    """sys.stdout while a command runs: a reader that went away (a closed pipe) or a full device (/dev/full)
+    does not fail a command whose results are already complete; the first failure is kept in `error`."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        # Python's sys.stdout is None when the process was started with it closed (`>&-`)
+        self.error: OSError | None = None if stream is not None else OSError(errno.EBADF, "it is closed")
+
+    def write(self, text: str) -> int:
+        if self.error is None:
+            try:
+                return self.stream.write(text)
+            except OSError as exc:
+                self._failed(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        self.error = exc
+        # Python flushes stdout once more when it exits, and would fail (exit 120) on what is still buffered:
+        # the descriptor now leads to the null device.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.stream.fileno())
+            os.close(null)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
 
 
 def _one_line(text: str) -> str:

@@ -38,9 +38,7 @@ def segment(
     """Segment INPUT and write the contract's output files to OUTDIR (with `dicom`, also seg.dcm and sr.dcm).
     Returns metrics.json's content."""
     progress = progress or Progress()
-    check_outputs(outdir, report.OUTPUT_FILES, [input_path])  # before any work: never replace an input
-    if dicom:
-        dicom_results.check_input_path(input_path)
+    check_before_reading(outdir, [input_path], dicom=dicom)
     progress.stage("reading")
     volume = volume_io.read_ct(input_path)
     _report_notes(volume, progress)
@@ -78,9 +76,7 @@ def quantify_files(
 ) -> dict:
     """Measure an existing (e.g. hand-corrected) label map on its CT; same outputs as `segment`."""
     progress = progress or Progress()
-    check_outputs(outdir, report.OUTPUT_FILES, [ct_path, labels_path])  # before any work: never replace an input
-    if dicom:
-        dicom_results.check_input_path(ct_path)
+    check_before_reading(outdir, [ct_path, labels_path], dicom=dicom)
     progress.stage("reading")
     volume = volume_io.read_ct(ct_path)
     _report_notes(volume, progress)
@@ -103,6 +99,14 @@ def quantify_files(
     )
     progress.finish()
     return metrics
+
+
+def check_before_reading(outdir: str | Path, inputs: list, *, dicom: bool = False) -> None:
+    """What can be checked before the scan is read (the CLI's validation step calls it too): OUTDIR can take
+    the set, no input would be replaced, and --dicom has a DICOM input (the first of `inputs`)."""
+    check_outputs(outdir, report.OUTPUT_FILES + report.OPTIONAL_OUTPUT_FILES, inputs)
+    if dicom:
+        dicom_results.check_input_path(inputs[0])
 
 
 def _dicom_files(volume, labels, first: int, measurements, run_info: dict, progress: Progress) -> dict[str, bytes]:

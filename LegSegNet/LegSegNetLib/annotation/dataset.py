@@ -49,6 +49,7 @@ import SimpleITK as sitk
 from .. import __version__
 from ..scan.ct_volume import CTVolume
 from ..core.errors import InputError, LegSegNetError
+from ..core.paths import check_writable_folder
 from ..core.progress import Progress
 from ..core.files import atomic_write_text, sha256_file
 from ..core.text import now_iso
@@ -71,6 +72,9 @@ LABELS_DIR = "labelsTr"
 STAGING_PREFIX = ".legsegnet-staging-"
 PENDING_FILE = ".legsegnet-pending.json"  # the files an export is moving in before its commit
 LOCK_FILE = ".legsegnet.lock"
+# bytes a path inside the training set adds to its folder's, at most (a staged case file, e.g.
+# '/.legsegnet-staging-abcd1234/imagesTr/leg_0123456789ab_s0001_v12_0000.nii.gz'), for the path-length check
+LONGEST_ENTRY = 96
 # files and folders LegSegNet itself keeps in a dataset folder besides the nnU-Net layout
 _OWN_ENTRIES = {MANIFEST_FILE, DATASET_JSON, IMAGES_DIR, LABELS_DIR, LOCK_FILE, PENDING_FILE, "training-runs"}
 
@@ -295,36 +299,39 @@ def scan_sha256(volume: CTVolume) -> str:
     return digest.hexdigest()
 
 
+def slice_ranges(text: str) -> list[tuple[int, int]]:
+    """'12,40,77' or '10:12,20' (inclusive ranges) → [(first, last), ...]; the syntax only, no scan needed."""
+    ranges: list[tuple[int, int]] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            a, b = (int(v) for v in part.split(":")) if ":" in part else (int(part), int(part))
+        except ValueError:
+            raise InputError(
+                f"--slices wants slice numbers separated by commas (ranges as FIRST:LAST), e.g. 12,40,77, not '{text}'"
+            ) from None
+        if b < a:
+            raise InputError(f"--slices: range '{part}' is reversed; write FIRST:LAST with FIRST <= LAST")
+        ranges.append((a, b))
+    if not ranges:
+        raise InputError("no slices given; list the reviewed slices with --slices, e.g. --slices 12,40,77")
+    return ranges
+
+
 def parse_slice_list(text: str | Sequence[int], n_slices: int) -> list[int]:
     """'12,40,77' or '10:12,20' (inclusive ranges) → sorted distinct indices inside 0..n_slices-1."""
-    if isinstance(text, str):
-        indices: list[int] = []
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                if ":" in part:
-                    a, b = (int(v) for v in part.split(":"))
-                    if b < a:
-                        raise InputError(f"--slices: range '{part}' is reversed; write FIRST:LAST with FIRST <= LAST")
-                    indices.extend(range(a, b + 1))
-                else:
-                    indices.append(int(part))
-            except ValueError:
-                raise InputError(
-                    f"--slices wants slice numbers separated by commas (ranges as FIRST:LAST), e.g. 12,40,77, not '{text}'"
-                ) from None
-    else:
-        indices = [int(v) for v in text]
-    if not indices:
+    ranges = slice_ranges(text) if isinstance(text, str) else [(int(v), int(v)) for v in text]
+    if not ranges:
         raise InputError("no slices given; list the reviewed slices with --slices, e.g. --slices 12,40,77")
-    bad = sorted({i for i in indices if not 0 <= i < n_slices})
-    if bad:
+    # bounds before any range is expanded: '0:99999999999' must not become a list of 10^11 numbers
+    outside = [a if a < 0 or a >= n_slices else n_slices for a, b in ranges if a < 0 or b >= n_slices]
+    if outside:
         raise InputError(
-            f"slice {bad[0]} does not exist: the CT has slices 0:{n_slices - 1} along its superior/inferior axis"
+            f"slice {min(outside)} does not exist: the CT has slices 0:{n_slices - 1} along its superior/inferior axis"
         )
-    return sorted(set(indices))
+    return sorted({i for a, b in ranges for i in range(a, b + 1)})
 
 
 def check_patient(patient: str) -> str:
@@ -487,6 +494,15 @@ def add_slices(
     for note in notes:
         progress.note(note)
     return result
+
+
+def check_before_reading(dataset_dir: str | Path, inputs: Sequence[str | Path], slices: str | Sequence[int]) -> None:
+    """What can be checked before the CT is read (the CLI's validation step calls it too): the training set's
+    folder can be written, no input is one of its files, --slices is well formed."""
+    check_writable_folder(dataset_dir, "--dataset", longest_inside=LONGEST_ENTRY)
+    check_inputs_outside(dataset_dir, inputs)
+    if isinstance(slices, str):
+        slice_ranges(slices)
 
 
 def check_inputs_outside(dataset_dir: str | Path, inputs: Sequence[str | Path]) -> None:
@@ -688,7 +704,7 @@ def add_files(
     from ..scan import volume_io
 
     progress = progress or Progress()
-    check_inputs_outside(dataset_dir, [ct_path, labels_path])  # before any work
+    check_before_reading(dataset_dir, [ct_path, labels_path], slices)
     progress.stage("reading")
     volume = volume_io.read_ct(ct_path)
     labels = volume_io.read_labels(labels_path, volume)

@@ -50,6 +50,7 @@ import numpy as np
 from .. import __version__
 from . import dataset as dataset_module
 from ..core.errors import CancelledError, InputError
+from ..core.signals import STOP_SIGNALS
 from ..core.files import atomic_write_text, sha256_file
 from ..core.progress import Progress
 from ..core.text import format_duration, now_iso  # noqa: F401 - also training.format_duration for callers
@@ -245,11 +246,12 @@ class StopRequest:
 
 @contextlib.contextmanager
 def _stop_on_signals(stop: StopRequest) -> Iterator[None]:
-    """SIGTERM and SIGINT ask the training to stop after the current iteration (a second Ctrl-C stops at once)."""
+    """SIGTERM, SIGHUP and SIGINT ask the training to stop after the current iteration (a second Ctrl-C stops at
+    once)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     owner = os.getpid()
 
     def handler(signum, _frame):

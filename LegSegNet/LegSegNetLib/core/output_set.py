@@ -26,17 +26,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import json
 import os
 import secrets
-import socket
 import stat
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .errors import InputError, LegSegNetError
+from .paths import check_path, nearest_existing, writable
 from .progress import Progress
+from .signals import stop_signals_deferred
+from .staging import owner_gone, read_marker, write_marker
 
 STAGING_PREFIX = ".lsn-"
 MARKER_SUFFIX = ".pid"
@@ -48,18 +49,18 @@ def check_outputs(outdir: str | os.PathLike, names: Iterable[str], inputs: Seque
                   option: str = "-o") -> Path:
     """The folder the set goes to (symlinks resolved), or InputError before any work is done.
 
-    Refuses an output file that is one of the inputs (by inode: links and symlinks count), a folder that
-    cannot take a swapped-in set (a file, a mount point, a shared sticky folder such as /tmp, the current
-    folder, a parent that is not writable), and a path whose nearest existing folder is not writable.
+    Refuses a path the file system cannot hold (core/paths.check_path), an output file that is one of the
+    inputs (by inode: links and symlinks count), a folder that cannot take a swapped-in set (a file, a
+    read-only folder, a mount point, a shared sticky folder such as /tmp, the current folder, a parent that
+    is not writable), and a path whose nearest existing folder is not writable.
     """
-    text = os.fspath(outdir)
-    if text.strip() == "":
-        raise InputError(f"{option} is empty; give the folder for the results")
-    given = Path(text).expanduser().absolute()
-    if given.is_symlink() and not given.exists():
-        raise InputError(f"the output path {given} is a link to {os.readlink(given)}, which does not exist; "
-                         "give a folder (it is created if missing)")
+    names = tuple(names)
+    # the longest path written: a file in the staging folder beside OUTDIR (or in the old set put aside)
+    inside = len(f"/{STAGING_PREFIX}01234567{ASIDE_SUFFIX}/") + max((len(os.fsencode(n)) for n in names), default=0)
+    given = check_path(outdir, option, longest_inside=inside)
     folder = Path(os.path.realpath(given))
+    if folder != given:
+        check_path(folder, option, longest_inside=inside)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"the output path {given} is a file; give a folder for the results")
     for source in inputs:
@@ -77,14 +78,16 @@ def check_outputs(outdir: str | os.PathLike, names: Iterable[str], inputs: Seque
                 example = f"e.g. {option} results" if option.startswith("-") else "e.g. a new folder inside it"
                 raise InputError(f"the output folder {given} holds the current folder; the results are swapped in "
                                  f"as a whole folder: give a folder of their own, {example}")
-        if not os.access(folder.parent, os.W_OK | os.X_OK):
+        if not writable(folder):
+            raise InputError(f"the output folder {given} is read-only; make it writable or choose another folder")
+        if not writable(folder.parent):
             raise InputError(f"cannot replace the results in {given}: its parent folder {folder.parent} is not "
                              "writable (the new set is prepared beside it); choose another output folder")
     else:
-        existing = next(p for p in (folder.parent, *folder.parent.parents) if p.exists())
+        existing = nearest_existing(folder.parent)
         if not existing.is_dir():
             raise InputError(f"cannot create the output folder {given}: {existing} is a file; choose another")
-        if not os.access(existing, os.W_OK | os.X_OK):
+        if not writable(existing):
             raise InputError(f"cannot create the output folder {given}: {existing} is not writable; choose another")
     return folder
 
@@ -109,43 +112,57 @@ class OutputSet:
         self.folder = check_outputs(outdir, self.names, inputs, option)
 
     def write(self, writers: Sequence[tuple[str, Callable[[Path], None]]], progress: Progress | None = None) -> None:
-        """Call each `write(path)` into the staging folder, then swap the set in. Raises LegSegNetError (exit 1)
-        for a failed write or swap, after which OUTDIR holds exactly what it held before."""
+        """Call each `write(path)` into the staging folder, then swap the set in. Raises LegSegNetError for a
+        failed write or swap (InputError for a folder we may not write to), after which OUTDIR holds exactly
+        what it held before. A stop signal (core/signals.py) while the files are written unwinds the same way."""
         progress = progress or Progress()
         unknown = [name for name, _ in writers if name not in self.names]
         if unknown:
             raise ValueError(f"{unknown} are not among the set's files {self.names}")
         folder, parent = self.folder, self.folder.parent
-        created = _make_folders(parent)
-        sweep_stale(parent)
-        stage, marker = _claim(parent, folder.name, self.names, created)
+        with stop_signals_deferred():  # a stop signal cannot fall between claiming a staging folder and the try
+            created = _make_folders(parent)
+            sweep_stale(parent)
+            stage, marker = _claim(parent, folder.name, self.names, created)
         swapped = False
         try:
             progress.stage("writing", total=len(writers))
             for name, write in writers:
                 write(stage / name)
                 progress.advance()
-            existed = folder.is_dir()
-            if existed:
-                os.chmod(stage, stat.S_IMODE(folder.stat().st_mode))
-                _link_others(folder, stage, self.names)
-            old = _swap_in(stage, folder, existed)
-            swapped = True
+            with stop_signals_deferred():  # from here on the set goes in whole: a stop takes effect after it
+                existed = folder.is_dir()
+                if existed:
+                    os.chmod(stage, stat.S_IMODE(folder.stat().st_mode))
+                    _link_others(folder, stage, self.names)
+                old = _swap_in(stage, folder, existed)
+                swapped = True
+                if old is not None:
+                    left = _give_back(old, folder, self.names)
+                    if left:
+                        progress.note(f"could not move {', '.join(left)} back into {folder}: they are in {old}")
+                _release(stage, marker, old)
         except BaseException as exc:
             if not swapped:
-                _give_back(stage, folder, self.names)
-                _release(stage, marker)
-                _remove_created(created)
+                with stop_signals_deferred():
+                    _give_back(stage, folder, self.names)
+                    _release(stage, marker)
+                    _remove_created(created)
             if isinstance(exc, OSError):
-                raise LegSegNetError(
-                    f"could not write the outputs to {folder} ({exc}); check free disk space and permissions"
-                ) from exc
+                raise _write_failure(folder, exc) from exc
             raise
-        if old is not None:
-            left = _give_back(old, folder, self.names)
-            if left:
-                progress.note(f"could not move {', '.join(left)} back into {folder}: they are in {old}")
-        _release(stage, marker, old)
+
+
+def _write_failure(folder: Path, exc: OSError) -> LegSegNetError:
+    """The failure's real cause: a folder we may not write to is the user's choice (exit 2), a full disk is not."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return InputError(f"cannot write the outputs to {folder}: {exc.strerror}{where}; choose a folder you can "
+                          "write to")
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return LegSegNetError(f"could not write the outputs to {folder}: the disk is full ({exc.strerror}); free "
+                              "some space or choose another folder")
+    return LegSegNetError(f"could not write the outputs to {folder}: {exc.strerror or exc}{where}")
 
 
 def _make_folders(folder: Path) -> list[Path]:
@@ -174,24 +191,14 @@ def _claim(parent: Path, target: str, names: tuple[str, ...], created: list[Path
     for _ in range(100):
         stem = STAGING_PREFIX + secrets.token_hex(4)
         marker = parent / (stem + MARKER_SUFFIX)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "target": target, "names": list(names)}
         try:
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            write_marker(marker, target=target, names=list(names))
         except FileExistsError:
             continue
         except OSError as exc:
             _remove_created(created)
             raise InputError(f"cannot write beside {parent / target} ({exc.strerror or exc}); choose an output "
                              "folder in a folder you can write to") from exc
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(record, out)
-        except OSError as exc:  # e.g. a full disk: the marker is ours and holds nothing yet
-            with contextlib.suppress(OSError):
-                marker.unlink()
-            _remove_created(created)
-            raise LegSegNetError(f"could not write the outputs beside {parent / target} ({exc.strerror or exc}); "
-                                 "check free disk space") from exc
         try:
             os.mkdir(parent / stem)
         except OSError as exc:
@@ -312,7 +319,7 @@ def sweep_stale(parent: Path) -> None:
         return
     for entry in markers:
         record = _read_marker(Path(entry.path))
-        if record is None or record["host"] != socket.gethostname() or _alive(record["pid"]):
+        if record is None or not owner_gone(record):
             continue
         stage = Path(entry.path[: -len(MARKER_SUFFIX)])
         folder = parent / record["target"]
@@ -327,24 +334,12 @@ def sweep_stale(parent: Path) -> None:
 
 
 def _read_marker(path: Path) -> dict | None:
+    record = read_marker(path)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(record["pid"], int) and isinstance(record["host"], str) and isinstance(record["target"], str) \
-                and "/" not in record["target"] and record["target"] not in ("", ".", "..") \
+        if record is not None and isinstance(record["target"], str) and "/" not in record["target"] \
+                and record["target"] not in ("", ".", "..") \
                 and all(isinstance(n, str) and "/" not in n for n in record["names"]):
             return record
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         pass
     return None
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0 or os.name == "nt":
-        return True  # not a pid we wrote; on Windows os.kill(pid, 0) would terminate the process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True

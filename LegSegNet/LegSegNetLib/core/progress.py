@@ -1,7 +1,10 @@
-"""Progress reporting shared by the CLI (a terminal bar), the worker (JSON lines) and tests (silent).
+"""Progress reporting shared by the CLI (a bar on a terminal, plain lines in a log), the worker (JSON lines)
+and tests (silent).
 
 The pipeline only calls `stage`, `advance` and `note`; how progress is shown is the caller's choice,
-passed in as one of these reporters.
+passed in as one of these reporters (`for_stream` picks the bar or the lines). The caller ends a run with
+`finish()`, or with `abandon()` when it failed: the error line that follows is then the only line the
+failure adds, with no fragment of a bar before it.
 """
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ class Progress:
     def finish(self) -> None:
         pass
 
+    def abandon(self) -> None:
+        """The run failed: show nothing more of the unfinished stage (its error line comes next)."""
+        self.finish()
+
     # --- helpers for subclasses
     def seconds_left(self) -> float | None:
         if not self.total or self.done <= 0:
@@ -53,15 +60,44 @@ class Progress:
         pass
 
 
-class TerminalProgress(Progress):
+def for_stream(stream: TextIO | None) -> Progress:
+    """A bar on a terminal; plain lines (no carriage returns) in a file or a pipe; nothing without a stream
+    (Python's sys.stderr is None when the process was started with it closed)."""
+    if stream is None:
+        return Progress()
+    try:
+        interactive = stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        interactive = False
+    return TerminalProgress(stream) if interactive else LineProgress(stream)
+
+
+class _StreamProgress(Progress):
+    """Writes text to a stream; a stream that fails (closed, full) ends the reporting, never the run."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
+        self.stream = stream or sys.stderr
+        self._broken = False
+
+    def _write(self, text: str) -> None:
+        if self._broken:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self._broken = True
+
+
+class TerminalProgress(_StreamProgress):
     """A one-line bar on stderr: stage, slices done / total and time left. Notes go on their own line."""
 
     def __init__(self, stream: TextIO | None = None, min_interval_s: float = 0.1) -> None:
-        super().__init__()
-        self.stream = stream or sys.stderr
+        super().__init__(stream)
         self.min_interval_s = min_interval_s
         self._last = 0.0
-        self._open_line = False
+        self._open_line = 0  # characters of the bar now on screen
 
     def _emit(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -73,22 +109,20 @@ class TerminalProgress(Progress):
             filled = int(width * min(self.done, self.total) / self.total)
             left = self.seconds_left()
             eta = f" {format_duration(left)} left" if left is not None and self.done < self.total else ""
-            text = f"\r{self.stage_name:<12} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}{eta}   "
+            text = f"{self.stage_name:<12} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}{eta}   "
         else:
-            text = f"\r{self.stage_name}...   "
-        self.stream.write(text)
-        self.stream.flush()
-        self._open_line = True
+            text = f"{self.stage_name}...   "
+        width, self._open_line = self._open_line, max(self._open_line, len(text))  # first: a signal may stop the write
+        self._write("\r" + text.ljust(width))
 
     def _emit_note(self, text: str) -> None:
         self._close_line()
-        self.stream.write(f"note: {text}\n")
-        self.stream.flush()
+        self._write(f"note: {text}\n")
 
     def _close_line(self) -> None:
         if self._open_line:
-            self.stream.write("\n")
-            self._open_line = False
+            self._write("\n")
+            self._open_line = 0
 
     def stage(self, name: str, total: int | None = None) -> None:
         self._close_line()
@@ -96,6 +130,54 @@ class TerminalProgress(Progress):
 
     def finish(self) -> None:
         self._close_line()
+
+    def abandon(self) -> None:
+        if self._open_line:  # blank the unfinished bar and return to the line's start
+            self._write("\r" + " " * self._open_line + "\r")
+            self._open_line = 0
+
+
+class LineProgress(_StreamProgress):
+    """Progress as plain lines, for a log file or a pipe. A stage gets its line when it is done, and a long
+    counted stage one every `interval_s` meanwhile; so a run that fails in its first stage prints only its
+    error line. Notes go on their own line at once."""
+
+    def __init__(self, stream: TextIO | None = None, interval_s: float = 30.0) -> None:
+        super().__init__(stream)
+        self.interval_s = interval_s
+        self._last = time.monotonic()
+        self._stage_done = True
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        self._end_stage()
+        self._stage_done = False
+        self._last = time.monotonic()
+        super().stage(name, total)
+
+    def _emit(self) -> None:
+        now = time.monotonic()
+        if self.total and 0 < self.done < self.total and now - self._last >= self.interval_s:
+            self._last = now
+            left = self.seconds_left()
+            self._write(f"{self.stage_name}: {self.done}/{self.total}"
+                        + (f", {format_duration(left)} left" if left is not None else "") + "\n")
+
+    def _emit_note(self, text: str) -> None:
+        self._write(f"note: {text}\n")
+
+    def _end_stage(self) -> None:
+        if self._stage_done:
+            return
+        self._stage_done = True
+        took = format_duration(time.monotonic() - self._stage_start)
+        done = f"{self.done}/{self.total}" if self.total else "done"
+        self._write(f"{self.stage_name}: {done} ({took})\n")
+
+    def finish(self) -> None:
+        self._end_stage()
+
+    def abandon(self) -> None:
+        self._stage_done = True
 
 
 class JsonLinesProgress(Progress):

@@ -21,6 +21,7 @@ from ..scan import volume_io
 from ..anatomy.axial_range import parse_slices
 from ..scan.ct_volume import CTVolume, check_same_grid, find_axial_axis, grid_differences
 from ..core.errors import InputError
+from ..core.output_set import check_outputs
 from ..core.progress import Progress
 from ..core.tissues import TISSUE_KEYS
 from . import statistics
@@ -61,7 +62,7 @@ def evaluate(
     from . import report
 
     progress = progress or Progress()
-    check_slices_option(slices)
+    check_before_reading(outdir, inputs, pairs_csv=pairs_csv, ct=ct, slices=slices)
     pair_list = resolve_pairs(inputs, pairs_csv=pairs_csv, ct=ct)
     for side, what in (("pred_only", "no reference"), ("ref_only", "no prediction")):
         if pair_list.unmatched[side]:
@@ -75,6 +76,16 @@ def evaluate(
     summary = summarize(results, pair_list, slices=slices, seed=seed, n_bootstrap=n_bootstrap)
     report.write_evaluation(outdir, results, summary, progress)
     return summary
+
+
+def check_before_reading(outdir, inputs: list[str], *, pairs_csv: str | None = None, ct: str | None = None,
+                         slices: str = SLICES_ALL) -> None:
+    """What can be checked before any label map is read (the CLI's validation step calls it too): the --slices
+    option, and that OUTDIR can take the set without replacing an input."""
+    from .report import OUTPUT_FILES
+
+    check_slices_option(slices)
+    check_outputs(outdir, OUTPUT_FILES, [p for p in (*inputs, pairs_csv, ct) if p])
 
 
 def check_slices_option(slices: str) -> None:

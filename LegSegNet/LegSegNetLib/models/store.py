@@ -36,6 +36,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import socket
 import ssl
@@ -54,7 +55,9 @@ from typing import Any, Mapping, Sequence
 
 from .. import __version__
 from ..core.errors import InputError, LegSegNetError
+from ..core.paths import check_writable_folder
 from ..core.progress import Progress
+from ..core.staging import owner_gone, read_marker, write_marker
 from .plans_names import check_plans_names
 
 MODELS_DIR_ENV = "LEGSEGNET_MODELS_DIR"
@@ -79,8 +82,12 @@ METADATA_FILE = "legsegnet-model.json"
 METADATA_VERSION = 1
 DEFAULT_MARKER = ".default"  # holds the name of the model marked default
 STAGING_PREFIX = ".install-"
+MARKER_SUFFIX = ".pid"  # `.install-XXXXXXXX.pid` names the process installing into `.install-XXXXXXXX`
+# bytes a path inside the store adds to its folder's, at most (a model's name is <= 64 characters), for the
+# path-length check: '/.install-abcd1234/model/nnUNetTrainer__nnUNetPlans__2d/fold_all/checkpoint_final.pth'
+LONGEST_ENTRY = 160
 TRASH_PREFIX = ".remove-"
-STALE_STAGING_S = 24 * 3600  # leftovers of a crashed install older than this are removed
+STALE_STAGING_S = 24 * 3600  # unmarked leftovers (older versions, removals) older than this are removed
 
 CONFIGURATION = "2d"  # LegSegNet is a 2D nnU-Net
 INPUT_PNG = "png"  # trained on 8-bit natural images (the published weights)
@@ -814,6 +821,7 @@ class ModelStore:
         Any failure (checksum, unsafe archive, invalid model, network) leaves the store unchanged.
         """
         progress = progress or Progress()
+        self.check_writable()  # before any work: a store that cannot take the model is known at once
         text = str(source).strip()
         expected = _normalise_sha256(sha256)
         kind = _source_kind(text)
@@ -830,7 +838,7 @@ class ModelStore:
         self._refuse_existing(name)  # before any download
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_stale_staging()
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+        staging, marker = self._claim_staging()
         try:
             extra: dict[str, Any] = {}
             archive_sha: str | None = None
@@ -896,6 +904,8 @@ class ModelStore:
                 raise LegSegNetError(f"cannot move the model into the store {self.root} ({exc.strerror or exc})") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            if not staging.exists():  # else the next install's sweep finishes the job
+                marker.unlink(missing_ok=True)
         if licence and kind != "hf":  # a hub model's licence was shown before its download
             progress.note(_licence_notice(name, licence))
         if make_default:
@@ -913,15 +923,52 @@ class ModelStore:
                     f"(legsegnet models remove {child.name}) or choose another --name"
                 )
 
+    def check_writable(self) -> None:
+        """InputError when the store's folder cannot be created or written (a file, read-only, a name too long)."""
+        option = f"the model store ({MODELS_DIR_ENV})" if os.environ.get(MODELS_DIR_ENV) else "the model store"
+        check_writable_folder(self.root, option, longest_inside=LONGEST_ENTRY)
+
+    def _claim_staging(self) -> tuple[Path, Path]:
+        """A new staging folder for an install and its owner marker beside it (written first)."""
+        for _ in range(100):
+            staging = self.root / (STAGING_PREFIX + secrets.token_hex(4))
+            marker = staging.with_name(staging.name + MARKER_SUFFIX)
+            try:
+                write_marker(marker)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise InputError(f"cannot write to the model store {self.root} ({exc.strerror or exc})") from None
+            try:
+                staging.mkdir()
+            except OSError as exc:
+                marker.unlink(missing_ok=True)
+                raise InputError(f"cannot write to the model store {self.root} ({exc.strerror or exc})") from None
+            return staging, marker
+        raise LegSegNetError(f"could not find a free staging name in {self.root}")
+
     def _remove_stale_staging(self) -> None:
+        """Leftovers of installs that were killed: a staging folder whose marker names a process that no longer
+        runs on this host. A live install's folder, another host's and unmarked ones younger than a day stay."""
         now = time.time()
         for child in self.root.iterdir():
-            if child.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
-                try:
-                    if now - child.stat().st_mtime > STALE_STAGING_S:
-                        shutil.rmtree(child, ignore_errors=True)
-                except OSError:
-                    pass
+            if not child.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+                continue
+            if child.name.endswith(MARKER_SUFFIX):
+                record = read_marker(child)
+                folder = child.with_name(child.name[: -len(MARKER_SUFFIX)])
+                if record is not None and owner_gone(record):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    if not folder.exists():
+                        child.unlink(missing_ok=True)
+                continue
+            if os.path.lexists(child.with_name(child.name + MARKER_SUFFIX)):
+                continue  # its marker decides
+            try:  # no marker: made by an older version, or a model being removed
+                if now - child.stat().st_mtime > STALE_STAGING_S:
+                    shutil.rmtree(child, ignore_errors=True)
+            except OSError:
+                pass
 
     def _check_free_space(self, needed: int) -> None:
         free = shutil.disk_usage(self.root).free

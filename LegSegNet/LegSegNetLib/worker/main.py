@@ -16,8 +16,8 @@ interpreter's pid (inside Slicer a launcher, PythonSlicer, sits between the read
 Stopping: when `LEGSEGNET_STOP_FILE` names a file, the worker polls for it and, once it exists, stops
 gracefully as on SIGTERM: segmentation unwinds with a CancelledError (the atomic report writer leaves
 nothing half-written), training stops after the current iteration and keeps its checkpoint. The file
-needs no signal to pass through a launcher. SIGTERM, SIGINT, the death of the parent process and a
-closed output pipe (nobody reads any more) stop it the same way.
+needs no signal to pass through a launcher. SIGTERM, SIGINT, SIGHUP, the death of the parent process and
+a closed output pipe (nobody reads any more) stop it the same way.
 
 Two commands exist only here, for the Slicer module: `devices` (engines.devices.probe of this
 interpreter's PyTorch) and `install-packages STEPS.json` (worker/install.py).
@@ -35,6 +35,7 @@ from typing import Sequence
 from ..cli import _one_line, build_parser, error_exit_code, join_option_values, run_command
 from ..engines import use_passive_openmp_threads
 from ..core.errors import CancelledError
+from ..core.signals import signal_name, stop_signals_raise
 from ..core.progress import JsonLinesProgress
 from .launcher import STOP_FILE_ENV
 
@@ -42,8 +43,8 @@ PARENT_POLL_S = 1.0
 STOP_FILE_POLL_S = 0.2
 
 
-def _raise_cancelled(signum, _frame):
-    raise CancelledError(f"cancelled (signal {signum})")
+def _cancelled(signum: int) -> CancelledError:
+    return CancelledError(f"cancelled ({signal_name(signum)})")
 
 
 def _die_with_parent() -> None:
@@ -111,11 +112,15 @@ def _worker_only_command(argv: list[str], progress: JsonLinesProgress) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGINT, SIGTERM and SIGHUP cancel the run as the CLI's Ctrl-C does (core/signals.py): clean-ups run
+    with stop_signals_raise(_cancelled):
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     use_passive_openmp_threads()
     argv = join_option_values(list(sys.argv[1:] if argv is None else argv))
     progress = JsonLinesProgress(sys.stdout, on_broken_pipe=request_graceful_stop)
-    signal.signal(signal.SIGTERM, _raise_cancelled)
-    signal.signal(signal.SIGINT, _raise_cancelled)
     progress.started(os.getpid())
     _die_with_parent()
     _watch_stop_file()
