@@ -401,6 +401,12 @@ def test_store_root_from_env_and_platform_default(tmp_path, monkeypatch):
         assert default_store_root() == Path.home() / ".local/share/legsegnet/models"
         monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
         assert default_store_root() == tmp_path / "xdg/legsegnet/models"
+    # Inside 3D Slicer platformdirs may be missing; pip's own copy of it gives the same folder.
+    expected = default_store_root()
+    monkeypatch.setitem(sys.modules, "platformdirs", None)  # `import platformdirs` now fails
+    with pytest.raises(ImportError):
+        import platformdirs  # noqa: F401
+    assert default_store_root() == expected
 
 
 def test_install_folder_list_default_resolve_remove(tmp_path, good_model, checkpoint_bytes):
