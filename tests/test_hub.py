@@ -144,6 +144,7 @@ def test_offline_installs_from_the_cache_and_checks_it(tmp_path, hub, checkpoint
     assert "HF_HUB_OFFLINE is set: installing hf:GogoChen/LegSegNet@v1.0" in offline.stderr
     installed = store.get("legsegnet")
     assert installed.metadata["hub_revision"] == commit and installed.licence == "CC BY-NC 4.0"  # the published one's
+    assert installed.metadata["hub_from_cache"] is True
     assert (installed.path / "fold_0/checkpoint_best.pth").read_bytes() == checkpoint_bytes
     assert len(hub.requests) == asked
 

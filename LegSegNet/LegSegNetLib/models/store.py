@@ -126,7 +126,8 @@ class ModelStore:
         hf_endpoint: str | None = None,
         hf_cache_dir: str | Path | None = None,
     ) -> None:
-        """`hf_endpoint`: the hub for hf: sources (else HF_ENDPOINT, else huggingface_hub's default);
+        """`timeout_s`: for https:// archives (hub downloads use huggingface_hub's HF_HUB_DOWNLOAD_TIMEOUT);
+        `hf_endpoint`: the hub for hf: sources (else HF_ENDPOINT, else huggingface_hub's default);
         `hf_cache_dir`: huggingface_hub's download cache (else HF_HUB_CACHE / HF_HOME, else its default)."""
         self.root = Path(root).expanduser() if root is not None else default_store_root()
         self.max_download_bytes = max_download_bytes
@@ -276,7 +277,8 @@ class ModelStore:
             if kind == "hf":
                 fetched = hub.fetch_model(text, progress, endpoint=self.hf_endpoint, cache_dir=self.hf_cache_dir,
                                           max_bytes=self.max_download_bytes)
-                extra = {"hub_repo": fetched.repo, "hub_revision": fetched.commit, "licence": fetched.licence}
+                extra = {"hub_repo": fetched.repo, "hub_revision": fetched.commit, "licence": fetched.licence,
+                         "hub_from_cache": fetched.from_cache}
                 located_from = fetched.path  # in the Hugging Face cache: copied, never moved
                 if fetched.kind == "zip":
                     archive_sha = fetched.sha256
