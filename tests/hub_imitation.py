@@ -9,8 +9,8 @@ as `huggingface_hub` uses to download a model (read from its source):
 - errors as the hub sends them: 404 with `X-Error-Code` RepoNotFound / RevisionNotFound / EntryNotFound, 401
   with `X-Error-Message: Invalid credentials in Authorization header` for a wrong token.
 
-It can cut the first download of a file half-way (the connection closes after half the bytes it announced),
-and it records every request (method, path, Range and Authorization headers) for the tests to check.
+It can cut the first download of a file half-way (the connection closes after half the bytes it announced)
+or fail a file's downloads with HTTP 500, and it records every request (method, path, Range and Authorization headers) for the tests to check.
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ class LocalHub:
         self.requests: list[Request] = []
         self.cut_first_download: set[str] = set()  # repo paths whose first full GET is cut half-way
         self.tampered_listing: set[str] = set()  # repo paths whose listed SHA-256 is wrong
+        self.failing: set[str] = set()  # repo paths whose downloads answer 500 (HEAD still works)
         self.bytes_sent: dict[str, int] = {}  # repo path -> body bytes sent for it
         self._server: http.server.ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
@@ -219,6 +220,8 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
 
     def _file(self, commit: str, path: str, data: bytes, body: bool) -> None:
         hub = self.hub
+        if body and path in hub.failing:
+            return self._error(500, {"X-Error-Message": "storage unavailable"})
         start = 0
         requested = self.headers.get("Range")
         if requested and requested.startswith("bytes=") and requested[6:].split("-")[0].isdigit():

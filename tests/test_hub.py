@@ -127,6 +127,22 @@ def test_a_dropped_connection_is_resumed_where_it_stopped(tmp_path, hub):
     assert progress.stage_name == "checking"
 
 
+def test_a_failed_install_leaves_the_store_unchanged_and_a_rerun_fetches_only_what_is_missing(tmp_path, hub,
+                                                                                               checkpoint_bytes):
+    hub.add_commit(REPO, repo_files(tmp_path, checkpoint_bytes))
+    hub.failing.add(CHECKPOINT)
+    store = ModelStore(tmp_path / "store", hf_endpoint=hub.url, hf_cache_dir=tmp_path / "hf-cache")
+    with pytest.raises(LegSegNetError, match="answered HTTP 500 for hf:GogoChen/LegSegNet; try again later"):
+        store.install(f"hf:{REPO}")
+    assert snapshot(store.root) == []
+
+    hub.failing.clear()
+    before = len(hub.requests)
+    store.install(f"hf:{REPO}")
+    again = [r.path.rsplit("/resolve/", 1)[1] for r in hub.requests[before:] if r.method == "GET" and "/resolve/" in r.path]
+    assert [path.split("/", 1)[1] for path in again] == [CHECKPOINT]  # plans.json, dataset.json: from the cache
+
+
 # ====================================================================== HF_HUB_OFFLINE and the cache
 def test_offline_installs_from_the_cache_and_checks_it(tmp_path, hub, checkpoint_bytes):
     commit = hub.add_commit(REPO, repo_files(tmp_path, checkpoint_bytes), refs=("main", "v1.0"))
