@@ -355,13 +355,13 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.model = self.ui.modelComboBox.itemData(index) or ""
 
     def onInstallPublishedModel(self) -> None:
-        from LegSegNetLib.models import store as models
+        from LegSegNetLib.models import hub
 
-        notice = PUBLISHED_MODEL_NOTICE.format(repo=models.PUBLISHED_REPO, licence=models.PUBLISHED_LICENCE,
-                                               url=models.LICENCE_URLS.get(models.PUBLISHED_LICENCE, ""))
+        notice = PUBLISHED_MODEL_NOTICE.format(repo=hub.PUBLISHED_REPO, licence=hub.PUBLISHED_LICENCE,
+                                               url=hub.LICENCE_URLS.get(hub.PUBLISHED_LICENCE, ""))
         if not slicer.util.confirmOkCancelDisplay(notice + "\n\n" + _("Download and install them?")):
             return
-        self._runModelsCommand(["install", models.PUBLISHED_SOURCE])
+        self._runModelsCommand(["install", hub.PUBLISHED_SOURCE])
 
     def onInstallModelFromFile(self) -> None:
         # a file dialog picks files or folders, not both: a folder is chosen by its plans.json

@@ -14,6 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # Tests must not see (or change) the user's own model store: a model installed on this machine would
 # turn `--engine auto` into nnU-Net. Set before any test starts, so subprocesses inherit it too.
 os.environ["LEGSEGNET_MODELS_DIR"] = tempfile.mkdtemp(prefix="legsegnet-test-models-store-")
+# Nor the user's Hugging Face cache, token, hub or offline setting: the hub tests bring their own (a local
+# imitation of the hub, tests/hub_imitation.py), and a test must never reach the real one.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="legsegnet-test-hf-home-")
+for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
+    os.environ.pop(_name, None)
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import fetch_visible_human  # noqa: E402

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from LegSegNetLib.slicer_logic import dependencies
-from LegSegNetLib.slicer_logic.dependencies import TORCH, version_tuple
+from LegSegNetLib.slicer_logic.dependencies import TORCH, at_least
 
 SLICER_SHIPS = {"numpy": "1.26.4", "scipy": "1.13.1", "SimpleITK": "2.4.0", "vtk": "9.3.1", "requests": "2.32.3",
                 "pydicom": "2.4.4"}
@@ -141,10 +141,11 @@ def test_everything_installed_means_nothing_to_do():
     assert plan.is_empty and plan.pip_install_arguments() == [] and "installed" in plan.message()
 
 
-def test_versions_compare_numerically():
-    assert version_tuple("2.10.0") > version_tuple("2.9.9")
-    assert version_tuple("2.5.1+cu121") == (2, 5, 1)
-    assert version_tuple("1.26.4rc1") == (1, 26, 4)
+def test_versions_compare_as_pip_compares_them():
+    assert at_least("2.10.0", "2.9.9") and not at_least("2.9.9", "2.10.0")  # numbers, not text
+    assert at_least("2.5.1+cu121", "2.5.1") and at_least("2.5.1+cu121", "2.5")  # a local build label
+    assert not at_least("1.26.4rc1", "1.26.4") and at_least("1.26.4rc1", "1.26.3")  # a pre-release comes first
+    assert not at_least("not a version", "1.0")
 
 
 def test_unknown_engine_is_refused():

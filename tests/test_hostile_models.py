@@ -33,7 +33,7 @@ import writers as w  # noqa: E402
 
 from LegSegNetLib.models import plans_names  # noqa: E402
 from LegSegNetLib.core.errors import InputError  # noqa: E402
-from LegSegNetLib.models.store import load_plans  # noqa: E402
+from LegSegNetLib.models.folder import load_plans  # noqa: E402
 
 pytest.importorskip("torch")
 pytest.importorskip("nnunetv2")
@@ -155,7 +155,8 @@ def test_plans_changed_after_the_folder_was_checked_are_refused_when_loaded(tmp_
     """The engine and fine-tuning read the plans through the same check, not trusting an earlier one."""
     from LegSegNetLib.annotation import training
     from LegSegNetLib.engines.nnunet import NnUNetEngine
-    from LegSegNetLib.models.store import ModelStore, inspect_model_folder, resolve_model
+    from LegSegNetLib.models.folder import inspect_model_folder
+    from LegSegNetLib.models.store import ModelStore, resolve_model
 
     marker = tmp_path / "MARKER"
     folder = tmp_path / "model"
@@ -349,10 +350,11 @@ def test_errors_about_an_unpacked_zip_name_the_zip_not_the_staging_folder(tmp_pa
 
 def test_an_archive_yields_the_files_a_copied_folder_keeps(tmp_path, png_model):
     """One rule for both: the zip members chosen are the files the store keeps of a model folder."""
-    from LegSegNetLib.models import store as models
+    from LegSegNetLib.models.archives import model_members
+    from LegSegNetLib.models.store import collect_model_files
 
     folder = tmp_path / "copied"
-    models._collect_model_files(png_model, folder, move=False)
+    collect_model_files(png_model, folder, move=False)
     members = {PurePosixPath("model", name) for name in _files(png_model)}
-    chosen = {p.relative_to("model").as_posix() for p in models._model_members(members)}
+    chosen = {p.relative_to("model").as_posix() for p in model_members(members)}
     assert chosen == set(_files(folder))

@@ -3,8 +3,8 @@
 Model folders are built from tiny real files: plans.json / dataset.json shaped like nnU-Net v2's and
 checkpoints written by torch.save with the same keys and value types as nnU-Net's trainer (a real
 state_dict and optimizer state, numpy floats in the log). Downloads go to a real HTTP server on
-127.0.0.1 started in the test (plain http is accepted only to this computer), which also plays the
-Hugging Face hub's API and resolve URLs.
+127.0.0.1 started in the test (plain http is accepted only to this computer); hub sources go to a local
+imitation of the Hugging Face hub (tests/hub_imitation.py) through huggingface_hub.
 """
 from __future__ import annotations
 
@@ -24,25 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hub_imitation import LocalHub
 
-from LegSegNetLib.models import store as models
 from LegSegNetLib.core.errors import InputError, LegSegNetError
-from LegSegNetLib.models.store import (
-    INPUT_HU,
-    INPUT_PNG,
-    ModelStore,
-    checkpoint_is_safe,
-    default_store_root,
-    hf_api_url,
-    hf_file_url,
-    inspect_model_folder,
-    load_checkpoint,
-    load_plans,
-    parse_hf_source,
-    plan_hf_download,
-    resolve_model,
-)
 from LegSegNetLib.core.progress import Progress
+from LegSegNetLib.models import checkpoints, hub
+from LegSegNetLib.models.checkpoints import checkpoint_is_safe, load_checkpoint
+from LegSegNetLib.models.folder import INPUT_HU, INPUT_PNG, METADATA_FILE, inspect_model_folder, load_plans
+from LegSegNetLib.models.hub import parse_hf_source, plan_hf_download
+from LegSegNetLib.models.store import MODELS_DIR_ENV, ModelStore, default_store_root, resolve_model
 
 torch = pytest.importorskip("torch")
 
@@ -385,7 +375,7 @@ def test_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "code-ran"
     path = tmp_path / "checkpoint_best.pth"
     save_nnunet_checkpoint(path, extra={"payload": _RunsCode(marker)})
-    assert models.unsafe_checkpoint_globals(path) == ["posix.mkdir" if os.name == "posix" else "nt.mkdir"]
+    assert checkpoints.unsafe_checkpoint_globals(path) == ["posix.mkdir" if os.name == "posix" else "nt.mkdir"]
     assert checkpoint_is_safe(path) is False
     with pytest.raises(InputError, match="could run code when loaded"):
         load_checkpoint(path)
@@ -401,16 +391,22 @@ def test_damaged_checkpoint_is_an_input_error(tmp_path, checkpoint_bytes):
 
 # ====================================================================== the store
 def test_store_root_from_env_and_platform_default(tmp_path, monkeypatch):
-    monkeypatch.setenv(models.MODELS_DIR_ENV, str(tmp_path / "shared-store"))
+    monkeypatch.setenv(MODELS_DIR_ENV, str(tmp_path / "shared-store"))
     assert default_store_root() == tmp_path / "shared-store"
     assert ModelStore().root == tmp_path / "shared-store"
     assert ModelStore(tmp_path / "explicit").root == tmp_path / "explicit"
-    monkeypatch.delenv(models.MODELS_DIR_ENV)
+    monkeypatch.delenv(MODELS_DIR_ENV)
     if sys.platform.startswith("linux"):
         monkeypatch.delenv("XDG_DATA_HOME", raising=False)
         assert default_store_root() == Path.home() / ".local/share/legsegnet/models"
         monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
         assert default_store_root() == tmp_path / "xdg/legsegnet/models"
+    # Inside 3D Slicer platformdirs may be missing; pip's own copy of it gives the same folder.
+    expected = default_store_root()
+    monkeypatch.setitem(sys.modules, "platformdirs", None)  # `import platformdirs` now fails
+    with pytest.raises(ImportError):
+        import platformdirs  # noqa: F401
+    assert default_store_root() == expected
 
 
 def test_install_folder_list_default_resolve_remove(tmp_path, good_model, checkpoint_bytes):
@@ -421,7 +417,7 @@ def test_install_folder_list_default_resolve_remove(tmp_path, good_model, checkp
     assert snapshot(good_model) == before  # the user's folder is untouched
     assert first.name == "legsegnet" and first.round == 2 and first.input_format == INPUT_PNG
     assert first.sha256_of == "files" and first.folds == (0,)
-    assert json.loads((first.path / models.METADATA_FILE).read_text())["source"] == str(good_model)
+    assert json.loads((first.path / METADATA_FILE).read_text())["source"] == str(good_model)
 
     other = make_model(tmp_path / "Dataset002_Mine" / "nnUNetTrainer__nnUNetPlans__2d", checkpoint_bytes,
                        folds={0: ("checkpoint_final.pth",), 1: ("checkpoint_final.pth",)})
@@ -475,7 +471,7 @@ def test_install_zip_from_http_server(tmp_path, server, good_model):
     assert info.licence is None and info.round is None and info.input_format == INPUT_PNG
     assert info.installed_at.endswith("+00:00")
     assert sorted(p.relative_to(info.path).as_posix() for p in info.path.rglob("*") if p.is_file()) == [
-        "dataset.json", "fold_0/checkpoint_best.pth", models.METADATA_FILE, "plans.json"]
+        "dataset.json", "fold_0/checkpoint_best.pth", METADATA_FILE, "plans.json"]
     assert (info.path / "fold_0/checkpoint_best.pth").read_bytes() == (good_model / "fold_0/checkpoint_best.pth").read_bytes()
     assert any(url in note for note in progress.notes)
     assert [p.name for p in store.root.iterdir()] == ["legsegnet-weights"]
@@ -588,19 +584,13 @@ def test_a_model_copied_into_the_store_by_hand_is_listed(tmp_path, checkpoint_by
 
 
 # ====================================================================== the Hugging Face hub
-def test_hf_url_mapping():
+def test_hf_source_parsing():
     assert parse_hf_source("hf:GogoChen/LegSegNet") == ("GogoChen/LegSegNet", None)
     assert parse_hf_source("hf:GogoChen/LegSegNet@v1.0") == ("GogoChen/LegSegNet", "v1.0")
+    assert parse_hf_source("hf:GogoChen/LegSegNet@refs/pr/1") == ("GogoChen/LegSegNet", "refs/pr/1")
     for bad in ("hf:LegSegNet", "hf:a/b/c", "hf:../x", "hf:GogoChen/LegSegNet@../x"):
         with pytest.raises(InputError, match="write hf:OWNER/REPO"):
             parse_hf_source(bad)
-    assert hf_api_url("GogoChen/LegSegNet") == "https://huggingface.co/api/models/GogoChen/LegSegNet?blobs=true"
-    assert hf_api_url("GogoChen/LegSegNet", "abc123") == (
-        "https://huggingface.co/api/models/GogoChen/LegSegNet/revision/abc123?blobs=true")
-    assert hf_file_url("GogoChen/LegSegNet", "fold_0/checkpoint_best.pth") == (
-        "https://huggingface.co/GogoChen/LegSegNet/resolve/main/fold_0/checkpoint_best.pth")
-    assert hf_file_url("GogoChen/LegSegNet", "model dir/plans.json", "0" * 40, "http://127.0.0.1:9/") == (
-        f"http://127.0.0.1:9/GogoChen/LegSegNet/resolve/{'0' * 40}/model%20dir/plans.json")
 
 
 def test_hf_file_choice():
@@ -619,51 +609,44 @@ def test_hf_file_choice():
         plan_hf_download(["README.md", "plans.json"], "x/y")
 
 
-def _fake_hub(httpd, good_model: Path, commit: str, tamper: bool = False) -> None:
-    """The hub's model-info API and its resolve URLs (which redirect to storage, as the hub's do)."""
-    siblings = [{"rfilename": ".gitattributes", "size": 10, "blobId": "1" * 40},
-                {"rfilename": "README.md", "size": 12, "blobId": "2" * 40}]
-    for path in sorted(good_model.rglob("*")):
-        if not path.is_file():
-            continue
-        rel = "model/" + path.relative_to(good_model).as_posix()
-        data = path.read_bytes()
-        if path.suffix == ".pth":  # stored with LFS: the listing carries its SHA-256
-            lfs_sha = hashlib.sha256(data).hexdigest() if not tamper else "f" * 64
-            siblings.append({"rfilename": rel, "size": 134, "blobId": "3" * 40,
-                             "lfs": {"sha256": lfs_sha, "size": len(data), "pointerSize": 134}})
-        else:
-            blob = hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
-            siblings.append({"rfilename": rel, "size": len(data), "blobId": blob})
-        serve(httpd, f"/GogoChen/LegSegNet/resolve/{commit}/{rel}", f"{httpd.url}/storage/{rel}".encode(), "redirect")
-        serve(httpd, f"/storage/{rel}", data)
-    info = {"id": "GogoChen/LegSegNet", "sha": commit, "siblings": siblings,
-            "cardData": {"license": "cc-by-nc-4.0"}, "tags": ["license:cc-by-nc-4.0"]}
-    serve(httpd, "/api/models/GogoChen/LegSegNet?blobs=true", json.dumps(info).encode())
+@pytest.fixture()
+def local_hub():
+    """A local imitation of the Hugging Face hub (tests/hub_imitation.py; tests/test_hub.py tests more of it)."""
+    with LocalHub() as hub_server:
+        yield hub_server
 
 
-def test_hf_install_against_a_local_hub(tmp_path, server, good_model, monkeypatch):
-    commit = "a" * 40
-    _fake_hub(server, good_model, commit)
-    monkeypatch.setenv(models.HF_ENDPOINT_ENV, server.url)
-    store = ModelStore(tmp_path / "store")
+def _publish(hub_server: LocalHub, good_model: Path, tamper: bool = False) -> str:
+    files = {f"model/{p.relative_to(good_model).as_posix()}": p.read_bytes() for p in good_model.rglob("*") if p.is_file()}
+    files.update({".gitattributes": b"*.pth filter=lfs\n", "README.md": b"# LegSegNet\n"})
+    if tamper:  # the hub's listing gives another SHA-256 than the file it serves
+        hub_server.tampered_listing.add("model/fold_0/checkpoint_best.pth")
+    return hub_server.add_commit("GogoChen/LegSegNet", files, licence="cc-by-nc-4.0")
+
+
+def test_hf_install_against_a_local_hub(tmp_path, local_hub, good_model, monkeypatch):
+    commit = _publish(local_hub, good_model)
+    monkeypatch.setenv(hub.HF_ENDPOINT_ENV, local_hub.url)
+    store = ModelStore(tmp_path / "store", hf_cache_dir=tmp_path / "hf-cache")
     progress = Progress()
     info = store.install("hf:GogoChen/LegSegNet", progress=progress)
     assert info.name == "legsegnet" and info.licence == "CC BY-NC 4.0"
     assert info.metadata["licence_url"] == "https://creativecommons.org/licenses/by-nc/4.0/"
     assert info.metadata["hub_revision"] == commit and info.source == "hf:GogoChen/LegSegNet"
     assert any("CC BY-NC 4.0" in note and "non-commercial" in note for note in progress.notes)
-    assert server.requests[0] == "/api/models/GogoChen/LegSegNet?blobs=true"
-    assert "/GogoChen/LegSegNet/resolve/aaaa" in server.requests[1]  # pinned to the listed commit
-    assert not any("README" in r or "gitattributes" in r for r in server.requests)
+    asked = local_hub.requests_for("GogoChen/LegSegNet")
+    assert asked[0].path == "/api/models/GogoChen/LegSegNet"
+    downloads = [r.path for r in asked if "/resolve/" in r.path]
+    assert downloads and all(f"/resolve/{commit}/" in path for path in downloads)  # pinned to the listed commit
+    assert not any("README" in path or "gitattributes" in path for path in downloads)
     folder = resolve_model("legsegnet", store)
     assert folder.natural_image and folder.licence == "CC BY-NC 4.0"
     assert (folder.path / "fold_0/checkpoint_best.pth").read_bytes() == (good_model / "fold_0/checkpoint_best.pth").read_bytes()
 
 
-def test_hf_download_not_matching_the_hub_checksum_is_refused(tmp_path, server, good_model, monkeypatch):
-    _fake_hub(server, good_model, "b" * 40, tamper=True)
-    store = ModelStore(tmp_path / "store", hf_endpoint=server.url)
+def test_hf_download_not_matching_the_hub_checksum_is_refused(tmp_path, local_hub, good_model):
+    _publish(local_hub, good_model, tamper=True)
+    store = ModelStore(tmp_path / "store", hf_endpoint=local_hub.url, hf_cache_dir=tmp_path / "hf-cache")
     with pytest.raises(LegSegNetError, match="does not match the hub's checksum"):
         store.install("hf:GogoChen/LegSegNet")
     assert snapshot(store.root) == []
@@ -671,7 +654,7 @@ def test_hf_download_not_matching_the_hub_checksum_is_refused(tmp_path, server, 
 
 # ====================================================================== the command line
 def _cli(*args: str, store: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, models.MODELS_DIR_ENV: str(store)}
+    env = {**os.environ, MODELS_DIR_ENV: str(store)}
     return subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *args], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=120)
 

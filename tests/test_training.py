@@ -35,7 +35,8 @@ from LegSegNetLib.annotation import dataset  # noqa: E402
 from LegSegNetLib.annotation import review  # noqa: E402
 from LegSegNetLib.annotation import training  # noqa: E402
 from LegSegNetLib.core.errors import CancelledError, InputError  # noqa: E402
-from LegSegNetLib.models.store import ModelStore, load_checkpoint  # noqa: E402
+from LegSegNetLib.models.checkpoints import load_checkpoint  # noqa: E402
+from LegSegNetLib.models.store import ModelStore  # noqa: E402
 from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 from LegSegNetLib.core.progress import Progress  # noqa: E402
 from LegSegNetLib.core.text import format_duration  # noqa: E402
@@ -195,7 +196,7 @@ def test_a_model_whose_checkpoint_does_not_fit_its_plans_cannot_be_fine_tuned(tm
     plans = json.loads((broken / "plans.json").read_text())
     plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] = [8, 16, 32, 96]
     (broken / "plans.json").write_text(json.dumps(plans))
-    from LegSegNetLib.models.store import inspect_model_folder
+    from LegSegNetLib.models.folder import inspect_model_folder
 
     with pytest.raises(InputError, match=r"do not fit the network its plans.json describes \(.* is \(64,"):
         training.check_fine_tunable(inspect_model_folder(broken))

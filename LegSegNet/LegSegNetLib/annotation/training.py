@@ -20,7 +20,7 @@ One run, in a run folder (default DATASET/training-runs/NAME) that makes it resu
    iteration and stops between iterations: SIGTERM or Ctrl-C (or Slicer's Cancel) saves checkpoint_latest
    (written atomically) and the iteration reached, and exits; `--resume` continues from there. A checkpoint
    is also written after every epoch, so a crash (power cut, SIGKILL) loses at most one epoch.
-5. The trained folder is installed in the model store as the next round (models.ModelStore.install with its
+5. The trained folder is installed in the model store as the next round (models.store.ModelStore.install with its
    round), with training.json (settings, split, timings, versions) and training-manifest.json (the exact
    cases it was trained on) next to it; its metadata gets a `training` summary.
 
@@ -54,8 +54,8 @@ from ..core.signals import STOP_SIGNALS
 from ..core.files import atomic_write_text, sha256_file
 from ..core.progress import Progress
 from ..core.text import format_duration, now_iso  # noqa: F401 - also training.format_duration for callers
+from ..models.folder import CONFIGURATION
 
-CONFIGURATION = "2d"
 TRAINER_NAME = "nnUNetTrainer"  # what checkpoints record, so nnU-Net's own predictor can load them too
 RUNS_DIR = "training-runs"
 RUN_FILE = "run.json"
@@ -451,9 +451,8 @@ def train(dataset_dir: str | Path, options: TrainOptions | None = None, *, resum
     `stop` lets a caller (or a test) ask for a stop between iterations, as SIGTERM does; the run then raises
     CancelledError and can be resumed.
     """
-    from ..models import store as models
-
     from ..engines import nnunet_python_problem, use_passive_openmp_threads
+    from ..models.store import ModelStore
 
     if nnunet_python_problem():  # nnU-Net's trainer needs Python 3.10: say so before anything is read
         raise InputError(nnunet_python_problem())
@@ -462,7 +461,7 @@ def train(dataset_dir: str | Path, options: TrainOptions | None = None, *, resum
     progress = progress or Progress()
     stop = stop or StopRequest()
     folder = Path(dataset_dir).expanduser().resolve()
-    store = store or models.ModelStore()
+    store = store or ModelStore()
     progress.stage("checking")
     run_dir, run, options, manifest = _open_run(folder, options, resume, progress)
     base = _resolve_base_model(options.from_model, store, manifest)
@@ -592,12 +591,12 @@ def _open_run_for_resume(folder: Path, options: TrainOptions) -> tuple[Path, dic
 
 
 def _resolve_base_model(from_model: str | None, store, manifest: dataset_module.Manifest):
-    """The model to fine-tune (a models.ModelFolder) or None; its input format must be the dataset's."""
+    """The model to fine-tune (a models.folder.ModelFolder) or None; its input format must be the dataset's."""
     if not from_model:
         return None
-    from ..models import store as models
+    from ..models.store import resolve_model
 
-    base = models.resolve_model(from_model, store)
+    base = resolve_model(from_model, store)
     if base.input_format != manifest.input_format:
         raise InputError(
             f"model '{base.name}' takes {base.input_format.upper()} input but the dataset holds "
@@ -610,10 +609,9 @@ def _resolve_base_model(from_model: str | None, store, manifest: dataset_module.
 
 def check_fine_tunable(base) -> None:
     """InputError unless the model's checkpoints fit the network its plans describe (cheap: no data needed)."""
-    from ..models import store as models
-    from ..engines.nnunet import _import_torch
+    from ..models.checkpoints import import_torch_for_nnunet, load_checkpoint
 
-    _import_torch()
+    import_torch_for_nnunet()
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -629,7 +627,7 @@ def check_fine_tunable(base) -> None:
         raise InputError(f"model '{base.name}': nnU-Net cannot build the network of its plans.json ({exc})") from None
     expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
     for fold, path in base.checkpoints(None, None):
-        weights = models.load_checkpoint(path)["network_weights"]
+        weights = load_checkpoint(path)["network_weights"]
         _compare_weights(expected, weights, f"model '{base.name}' ({path.parent.name}/{path.name})")
 
 
@@ -767,7 +765,7 @@ def _prepare(run_dir: Path, folder: Path, paths: dict[str, Path], dataset_name: 
     extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=False, clean=True, verbose=False,
                          show_progress_bar=False)
     if base is not None:
-        plans = base.plans()  # null spacings already replaced by 999 (models.load_plans)
+        plans = base.plans()  # null spacings already replaced by 999 (models.folder.load_plans)
         plans["dataset_name"] = dataset_name
         plans_identifier = str(plans.get("plans_name") or "nnUNetPlans")
         plans["plans_name"] = plans_identifier
@@ -812,7 +810,7 @@ def _train_fold(fold, plans: dict, dataset_json: dict, device, options: TrainOpt
                 progress: Progress, stop: StopRequest, dataset_dir: Path) -> None:
     import torch
 
-    from ..models import store as models
+    from ..models.checkpoints import unsafe_checkpoint_globals
 
     trainer_type = trainer_class()
     output_probe = Path(os.environ["nnUNet_results"]) / plans["dataset_name"] / \
@@ -836,7 +834,7 @@ def _train_fold(fold, plans: dict, dataset_json: dict, device, options: TrainOpt
     trainer.logger.plot_progress_png = trainer._legsegnet_plot
     trainer.initialize()
     if resuming:
-        if models.unsafe_checkpoint_globals(latest):
+        if unsafe_checkpoint_globals(latest):
             raise InputError(f"{latest} holds Python objects beyond tensors and numbers; it was not written by "
                              "LegSegNet - delete the run folder and train again")
         trainer.load_checkpoint(str(latest))
@@ -877,11 +875,11 @@ def _resume_iteration(latest: Path, epoch: int) -> int:
 
 def _load_base_weights(trainer, base, fold) -> None:
     """Every weight of the --from model's checkpoint (its fold with the same number, else its first fold)."""
-    from ..models import store as models
+    from ..models.checkpoints import load_checkpoint
 
     fold_choice = fold if fold in base.folds else base.fold_ids[0]
     path = base.checkpoint_path(fold_choice, None)
-    weights = models.load_checkpoint(path)["network_weights"]
+    weights = load_checkpoint(path)["network_weights"]
     network = trainer.network
     module = getattr(network, "_orig_mod", network)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -919,13 +917,13 @@ def _training_record(run: dict, *, manifest_path: Path, folds: list, epochs: int
 
 def _record_training(model_dir: Path, record: dict, manifest_file: Path, splits_file: Path) -> None:
     """training.json and training-manifest.json beside the installed model, and a summary in its metadata."""
-    from ..models import store as models
+    from ..models.folder import METADATA_FILE
 
     shutil.copyfile(manifest_file, model_dir / "training-manifest.json")
     if splits_file.is_file():
         shutil.copyfile(splits_file, model_dir / "training-splits.json")
     _write_json(model_dir / "training.json", record)
-    metadata_path = model_dir / models.METADATA_FILE
+    metadata_path = model_dir / METADATA_FILE
     metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
     metadata["training"] = {k: record[k] for k in ("name", "round", "trained_at", "dataset", "dataset_manifest_sha256",
                                                    "cases", "patients", "from_model", "epochs", "folds")}

@@ -26,9 +26,10 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return (text[0] if text else type(exc).__name__)[:limit]
 
 
-def now_iso() -> str:
-    """The current UTC time as ISO 8601 to the second, as recorded in manifests and run records."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def now_iso(timespec: str = "seconds") -> str:
+    """The current UTC time as ISO 8601, as recorded in manifests and run records: to the second, or as
+    `timespec` says (the model store orders installs by "microseconds")."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec=timespec)
 
 
 def json_safe(value):

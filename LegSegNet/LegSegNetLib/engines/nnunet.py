@@ -15,8 +15,8 @@ One slab in, labels out in the slab's own grid, in five steps per chunk of slice
    already on the native grid after step 3.
 5. Slices without body (every voxel below -500 HU) are not sent to the network: label 0.
 
-Checkpoints are loaded with torch.load(weights_only=True) (models.load_checkpoint) and the plans'
-imported names are checked against what nnU-Net ships (models.load_plans): a model file cannot run code. Memory is bounded by the chunk size; nothing of a whole scan but its labels is kept.
+Checkpoints are loaded with torch.load(weights_only=True) (models.checkpoints.load_checkpoint) and the plans'
+imported names are checked against what nnU-Net ships (models.folder.load_plans): a model file cannot run code. Memory is bounded by the chunk size; nothing of a whole scan but its labels is kept.
 """
 from __future__ import annotations
 
@@ -28,36 +28,20 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ..core.errors import InputError, LegSegNetError
+from ..core.errors import InputError
 from ..core.progress import Progress
 from ..core.text import first_line
+from ..models.checkpoints import import_torch_for_nnunet as _import_torch
+from ..models.folder import CONFIGURATION
 from . import published_preprocessing as published
 
 if TYPE_CHECKING:
-    from ..models.store import ModelFolder, ModelStore
+    from ..models.folder import ModelFolder
+    from ..models.store import ModelStore
 
 BODY_HU = -500.0  # a slice with no voxel above this holds no body: label 0 without the network
 DEFAULT_CPU_BATCH = 8  # slices per chunk on the CPU (their tiles are shared out to the cores)
 DEFAULT_GPU_BATCH = 32  # slices per chunk, all their tiles in one forward pass
-CONFIGURATION = "2d"
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise LegSegNetError(
-            "the nnunet engine needs PyTorch and nnU-Net, which are not installed; install them with "
-            "pip install 'legsegnet[nnunet]' (see the README), or use --engine threshold"
-        ) from None
-    try:
-        import nnunetv2  # noqa: F401
-    except ImportError:
-        raise LegSegNetError(
-            "the nnunet engine needs nnU-Net v2 (package nnunetv2), which is not installed; install it with "
-            "pip install 'legsegnet[nnunet]' (see the README), or use --engine threshold"
-        ) from None
-    return torch
 
 
 def select_device(requested: str, progress: Progress | None = None):
@@ -109,7 +93,7 @@ class Prepared:
 class NnUNetEngine:
     """Runs an nnU-Net v2 2D model on slabs of axial slices (see the module docstring).
 
-    model_folder: a models.ModelFolder, a folder path, an installed name, or None for the store's default.
+    model_folder: a models.folder.ModelFolder, a folder path, an installed name, or None for the store's default.
     device: auto (CUDA, then MPS, then CPU with a note), cpu, cuda or mps. folds: None = every fold of the
     model; several folds are ensembled by averaging probabilities. tta: mirroring test-time augmentation;
     None follows the reference code (on a GPU, not on the CPU), as does tile_step_size (0.5 / 1.0).
@@ -131,13 +115,14 @@ class NnUNetEngine:
         store: "ModelStore | None" = None,
     ) -> None:
         torch = _import_torch()
-        from ..models import store as models
+        from ..models.folder import ModelFolder
+        from ..models.store import resolve_model
 
         self._torch = torch
-        if isinstance(model_folder, models.ModelFolder):
+        if isinstance(model_folder, ModelFolder):
             self.model = model_folder
         else:
-            self.model = models.resolve_model(model_folder, store)
+            self.model = resolve_model(model_folder, store)
         self.device = select_device(device, progress)
         on_cpu = self.device.type == "cpu"
         self.threads = cpu_threads() if on_cpu else torch.get_num_threads()
@@ -169,7 +154,7 @@ class NnUNetEngine:
     def _load(self, folds: Sequence[int] | None, checkpoint: str, progress: Progress | None) -> None:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        from ..models import store as models
+        from ..models.checkpoints import load_checkpoint
 
         plans = self.model.plans()
         self.dataset_json = self.model.dataset()
@@ -198,7 +183,7 @@ class NnUNetEngine:
         self.checkpoint_files: list[str] = []
         mirror_axes = None
         for fold, path in self.model.checkpoints(folds, checkpoint):
-            ckpt = models.load_checkpoint(path, map_location="cpu")
+            ckpt = load_checkpoint(path, map_location="cpu")
             config_name = (ckpt.get("init_args") or {}).get("configuration", CONFIGURATION)
             if config_name != CONFIGURATION:
                 raise InputError(

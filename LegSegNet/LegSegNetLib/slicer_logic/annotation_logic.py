@@ -263,11 +263,11 @@ class AnnotationLogic:
         """A rough training time for fine-tuning `fromModel` (None when unknown, e.g. from scratch)."""
         if not fromModel:
             return None
-        from ..models import store as models
         from ..engines.nnunet import cpu_threads
+        from ..models.store import resolve_model
 
         try:
-            plans = models.resolve_model(fromModel, self.store).plans()
+            plans = resolve_model(fromModel, self.store).plans()
             configuration = plans["configurations"][training.CONFIGURATION]
             per_iteration = training.estimate_seconds_per_iteration(configuration, device, cpu_threads())
         except (InputError, KeyError, TypeError, ValueError):

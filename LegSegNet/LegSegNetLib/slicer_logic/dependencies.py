@@ -77,15 +77,15 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
-def version_tuple(version: str) -> tuple[int, ...]:
-    """Leading numeric parts of a version ('2.5.1+cu121' -> (2, 5, 1)); enough for minimum checks."""
-    parts = []
-    for piece in re.split(r"[.+\-]", version):
-        match = re.match(r"\d+", piece)
-        if not match:
-            break
-        parts.append(int(match.group()))
-    return tuple(parts)
+def at_least(version: str, minimum: str) -> bool:
+    """`version` >= `minimum` as pip compares them (PEP 440, `packaging`, which Slicer ships): '2.5.1+cu121' is
+    2.5.1, '1.26.4rc1' comes before 1.26.4. A version that is not PEP 440 does not count as new enough."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version) >= Version(minimum)
+    except InvalidVersion:
+        return False
 
 
 def normalized_name(distribution: str) -> str:
@@ -97,7 +97,7 @@ def is_satisfied(requirement: Requirement, version_of: VersionLookup = installed
     version = version_of(requirement.distribution)
     if version is None:
         return False
-    return requirement.minimum is None or version_tuple(version) >= version_tuple(requirement.minimum)
+    return requirement.minimum is None or at_least(version, requirement.minimum)
 
 
 def requirements_for(engine: str) -> tuple[Requirement, ...]:
