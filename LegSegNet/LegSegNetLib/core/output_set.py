@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .errors import InputError, LegSegNetError
+from .input_paths import itk_path
 from .progress import Progress
 
 STAGING_PREFIX = ".lsn-"
@@ -60,6 +61,7 @@ def check_outputs(outdir: str | os.PathLike, names: Iterable[str], inputs: Seque
         raise InputError(f"the output path {given} is a link to {os.readlink(given)}, which does not exist; "
                          "give a folder (it is created if missing)")
     folder = Path(os.path.realpath(given))
+    itk_path(folder.parent)  # the set is staged beside OUTDIR, where SimpleITK writes the label map
     if folder.exists() and not folder.is_dir():
         raise InputError(f"the output path {given} is a file; give a folder for the results")
     for source in inputs:
