@@ -14,7 +14,6 @@ one confirmation dialog and then runs the plan. Rules:
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import re
 import sys
 from dataclasses import dataclass, field
@@ -208,8 +207,3 @@ def plan_install(
         blocked=blocked,
         light_the_torch_installed=version_of("light-the-torch") is not None,
     )
-
-
-def module_available(module: str) -> bool:
-    """True if `module` can be imported (checked without importing it)."""
-    return importlib.util.find_spec(module) is not None
