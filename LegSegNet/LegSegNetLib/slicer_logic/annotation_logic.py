@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 from ..annotation import dataset
 from ..annotation import review
 from . import scene as slicer_io
-from ..annotation import training
+from ..annotation import training, training_runs
 from ..core.errors import InputError
 from .logic import Launcher, LegSegNetLogic, default_launcher, stored_slice_range
 from ..annotation.review import ReviewState
@@ -212,12 +212,12 @@ class AnnotationLogic:
         """Names of the training runs of this dataset that stopped before their model was installed."""
         if not str(datasetFolder or "").strip():
             return []
-        runs = Path(datasetFolder) / training.RUNS_DIR
+        runs = Path(datasetFolder) / training_runs.RUNS_DIR
         names = []
         if runs.is_dir():
             for child in sorted(runs.iterdir()):
                 try:
-                    status = json.loads((child / training.RUN_FILE).read_text(encoding="utf-8")).get("status")
+                    status = json.loads((child / training_runs.RUN_FILE).read_text(encoding="utf-8")).get("status")
                 except (OSError, ValueError):
                     continue
                 if status != "registered":
@@ -229,13 +229,15 @@ class AnnotationLogic:
         """A rough training time for fine-tuning `fromModel` (None when unknown, e.g. from scratch)."""
         if not fromModel:
             return None
-        from ..models import store as models
+        from ..annotation.nnunet_trainer import CONFIGURATION
+        from ..annotation.time_estimate import estimate_seconds_per_iteration
         from ..engines.nnunet import cpu_threads
+        from ..models import store as models
 
         try:
             plans = models.resolve_model(fromModel, self.store).plans()
-            configuration = plans["configurations"][training.CONFIGURATION]
-            per_iteration = training.estimate_seconds_per_iteration(configuration, device, cpu_threads())
+            configuration = plans["configurations"][CONFIGURATION]
+            per_iteration = estimate_seconds_per_iteration(configuration, device, cpu_threads())
         except (InputError, KeyError, TypeError, ValueError):
             return None
         return per_iteration * iterations * (epochs or training.DEFAULT_FINE_TUNE_EPOCHS)
