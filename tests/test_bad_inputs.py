@@ -244,6 +244,17 @@ def non_utf8_evaluate_path(tmp, request):
                         labels, "-o", out, "--quiet"]
 
 
+def non_utf8_dataset_folder(tmp, request):
+    legs = w.leg_image()
+    ct, labels = w.write_image(legs, tmp / "ct.nii.gz"), w.write_image(_labels_of(legs), tmp / "labels.nii.gz")
+    try:
+        (tmp / os.fsdecode(b"sets-\xff")).mkdir()
+    except OSError as exc:
+        pytest.skip(f"this file system refuses non-UTF-8 file names ({exc})")
+    return lambda out: ["dataset", "add", ct, labels, "--dataset", tmp / os.fsdecode(b"sets-\xff") / "set",
+                        "--slices", "3", "--quiet"]
+
+
 def dicom_series_with_mixed_pixel_spacing(tmp, request):
     # half the slices from a 0.8 mm reconstruction: GDCM takes the first file's spacing for all of them
     paths = w.write_dicom_series(w.leg_image(), tmp / "series")
@@ -331,6 +342,7 @@ CASES = [
     pytest.param(non_utf8_name_in_dicom_folder, r"not UTF-8 .*rename", id="non-utf8-name-in-dicom-folder"),
     pytest.param(non_utf8_label_path, r"not UTF-8 .*rename", id="non-utf8-label-path"),
     pytest.param(non_utf8_evaluate_path, r"not UTF-8 .*rename", id="non-utf8-evaluate-path"),
+    pytest.param(non_utf8_dataset_folder, r"not UTF-8 .*rename", id="non-utf8-dataset-folder"),
     pytest.param(dicom_series_with_mixed_pixel_spacing, r"pixel sizes .*PixelSpacing", id="dicom-series-mixed-pixel-spacing"),
     pytest.param(empty_file, r"empty", id="empty-file"),
     pytest.param(truncated_nifti_gz, r"truncated", id="truncated-nii-gz"),

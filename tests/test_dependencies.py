@@ -20,14 +20,16 @@ def lookup(installed: dict[str, str]):
     return lambda name: installed.get(name)
 
 
-def test_threshold_engine_needs_only_what_slicer_ships_plus_reports():
+def test_threshold_engine_needs_what_slicer_ships_plus_reports_and_the_training_set_lock():
     plan = plan_install("threshold", pytorch_utils_available=False, version_of=lookup(SLICER_SHIPS), loaded_modules={})
-    assert [r.distribution for r in plan.missing] == ["matplotlib"]
-    assert plan_install("threshold", False, lookup(SLICER_SHIPS), {}, with_reports=False).is_empty
+    assert [r.distribution for r in plan.missing] == ["filelock", "matplotlib"]
+    without_reports = plan_install("threshold", False, lookup(SLICER_SHIPS), {}, with_reports=False)
+    assert [r.distribution for r in without_reports.missing] == ["filelock"]
+    assert plan_install("threshold", False, lookup({**SLICER_SHIPS, "filelock": "3.16.1"}), {}, with_reports=False).is_empty
 
 
 def test_nnunet_takes_torch_from_pytorch_utils_and_pins_slicer_packages(tmp_path):
-    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0"}
+    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0", "filelock": "3.16.1"}
     plan = plan_install("nnunet", pytorch_utils_available=True, version_of=lookup(installed), loaded_modules={})
     assert [r.distribution for r in plan.missing] == ["torch", "nnunetv2"]
     assert plan.torch_via_pytorch_utils and plan.pip_requirements == ["nnunetv2>=2.5"]
@@ -41,7 +43,7 @@ def test_nnunet_takes_torch_from_pytorch_utils_and_pins_slicer_packages(tmp_path
 
 
 def test_install_steps_run_pip_and_light_the_torch_with_slicer_packages_pinned(tmp_path):
-    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0"}
+    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0", "filelock": "3.16.1"}
     plan = plan_install("nnunet", pytorch_utils_available=True, version_of=lookup(installed), loaded_modules={})
     constraints = plan.write_constraints(tmp_path / "c.txt")
     steps = plan.install_steps(constraints)
@@ -62,21 +64,21 @@ def test_without_pytorch_utils_torch_comes_from_pip():
 
 
 def test_an_outdated_package_that_is_already_imported_needs_a_restart():
-    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0", "torch": "1.13.1", "nnunetv2": "2.5.1"}
+    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0", "filelock": "3.16.1", "torch": "1.13.1", "nnunetv2": "2.5.1"}
     plan = plan_install("nnunet", True, lookup(installed), loaded_modules={"torch": object()})
     assert plan.missing == [TORCH] and plan.restart_needed
     assert "restart" in plan.message().lower()
 
 
 def test_a_protected_package_that_is_too_old_blocks_the_install():
-    old_numpy = {**SLICER_SHIPS, "numpy": "1.21.0", "matplotlib": "3.9.0"}
+    old_numpy = {**SLICER_SHIPS, "numpy": "1.21.0", "matplotlib": "3.9.0", "filelock": "3.16.1"}
     plan = plan_install("threshold", False, lookup(old_numpy), loaded_modules={})
     assert plan.blocked == ["numpy>=1.24"] and "numpy>=1.24" not in plan.pip_requirements
     assert "Cannot proceed" in plan.message()
 
 
 def test_everything_installed_means_nothing_to_do():
-    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0", "torch": "2.5.1+cu121", "nnunetv2": "2.6.0"}
+    installed = {**SLICER_SHIPS, "matplotlib": "3.9.0", "filelock": "3.16.1", "torch": "2.5.1+cu121", "nnunetv2": "2.6.0"}
     plan = plan_install("nnunet", True, lookup(installed), loaded_modules={})
     assert plan.is_empty and plan.pip_install_arguments() == [] and "installed" in plan.message()
 

@@ -33,6 +33,7 @@ import SimpleITK as sitk  # noqa: E402
 
 from LegSegNetLib.annotation import dataset  # noqa: E402
 from LegSegNetLib.annotation import review  # noqa: E402
+from LegSegNetLib.annotation import manifest as manifest_module  # noqa: E402
 from LegSegNetLib.annotation import nnunet_trainer, stopping, time_estimate, training_runs  # noqa: E402
 from LegSegNetLib.core.errors import CancelledError, InputError  # noqa: E402
 from LegSegNetLib.models.store import ModelStore, load_checkpoint  # noqa: E402
@@ -230,7 +231,7 @@ def test_one_annotation_round_fine_tunes_a_better_model_and_survives_an_interrup
                      ",".join(map(str, sampled)), "--patient", f"P{patient}", "--round", "1", env=env)
         assert added.returncode == 0, added.stderr
     assert max(corrected_dice) < 0.95  # there was something to correct
-    manifest = dataset.load_dataset(data)
+    manifest = manifest_module.load_dataset(data)
     assert len(manifest.entries) == len(TRAIN_SEEDS) * SLICES_PER_SCAN and len(manifest.patients()) == 4
 
     # training, interrupted by SIGTERM in the middle of an epoch

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Mapping
 
-from . import dataset as dataset_module
+from . import manifest as manifest_module
 from .nnunet_trainer import CONFIGURATION
 from .splits import make_patient_splits, number_of_splits
 from .training_runs import write_json
@@ -30,7 +30,7 @@ def _dataset_id(dataset_name: str) -> int:
     return int(dataset_name[len("Dataset"):len("Dataset") + 3])
 
 
-def prepare(run_dir: Path, folder: Path, paths: dict[str, Path], dataset_name: str, manifest: dataset_module.Manifest,
+def prepare(run_dir: Path, folder: Path, paths: dict[str, Path], dataset_name: str, manifest: manifest_module.Manifest,
             base, options, folds: list) -> str:
     """Snapshot, fingerprint, plans, preprocessing and the patient-level split (redone from scratch if it was
     interrupted). Returns the plans file name."""
@@ -39,15 +39,15 @@ def prepare(run_dir: Path, folder: Path, paths: dict[str, Path], dataset_name: s
     raw = paths["nnUNet_raw"] / dataset_name
     preprocessed = paths["nnUNet_preprocessed"] / dataset_name
     # 1. snapshot of exactly the manifest's cases, checksums verified on the copies
-    (raw / dataset_module.IMAGES_DIR).mkdir(parents=True)
-    (raw / dataset_module.LABELS_DIR).mkdir(parents=True)
+    (raw / manifest_module.IMAGES_DIR).mkdir(parents=True)
+    (raw / manifest_module.LABELS_DIR).mkdir(parents=True)
     for entry in manifest.entries:
         for key in ("image", "label"):
             target = raw / entry[key]
             shutil.copyfile(folder / entry[key], target)
             if sha256_file(target) != entry[f"{key}_sha256"]:
                 raise InputError(f"dataset file {entry[key]} changed while it was copied; run the training again")
-    write_json(raw / "dataset.json", dataset_module.dataset_json(manifest, dataset_name))
+    write_json(raw / "dataset.json", manifest_module.dataset_json(manifest, dataset_name))
     write_json(run_dir / "manifest.json", manifest.to_dict())
 
     # 2. fingerprint and plans

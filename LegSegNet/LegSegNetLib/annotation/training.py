@@ -44,7 +44,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import dataset as dataset_module
+from . import manifest as manifest_module
 from .nnunet_trainer import CONFIGURATION, TRAINER_NAME, check_fine_tunable, environment, nnunet_environment, train_fold
 from .preparation import nnunet_dataset_name, prepare
 from .splits import number_of_splits
@@ -176,7 +176,7 @@ def train(dataset_dir: str | Path, options: TrainOptions | None = None, *, resum
 def _open_run(folder: Path, options: TrainOptions, resume: bool, progress: Progress):
     """(run folder, run record, options, manifest): of the interrupted run with `resume`, else (None, None, ...)."""
     if not resume:
-        return None, None, options, dataset_module.load_dataset(folder, verify=True)
+        return None, None, options, manifest_module.load_dataset(folder, verify=True)
     run_dir, run = open_run_for_resume(folder, options)
     # the run goes on with its own settings; only the device may change (e.g. a GPU became free)
     options = TrainOptions(**{**run["options"], "device": options.device, "name": run["name"],
@@ -185,9 +185,9 @@ def _open_run(folder: Path, options: TrainOptions, resume: bool, progress: Progr
     snapshot = run_dir / "manifest.json"
     if run.get("status") in ("prepared", "trained") and snapshot.is_file():
         # and with the slices it started with, whatever was exported since
-        manifest = dataset_module.Manifest.from_dict(json.loads(snapshot.read_text(encoding="utf-8")), snapshot)
+        manifest = manifest_module.Manifest.from_dict(json.loads(snapshot.read_text(encoding="utf-8")), snapshot)
     else:
-        manifest = dataset_module.load_dataset(folder, verify=True)
+        manifest = manifest_module.load_dataset(folder, verify=True)
     return run_dir, run, options, manifest
 
 
@@ -219,7 +219,7 @@ def _prepare_and_train(run_dir: Path, run: dict, folder: Path, manifest, base, o
         return paths["nnUNet_results"] / dataset_name / f"{TRAINER_NAME}__{plans['plans_name']}__{CONFIGURATION}"
 
 
-def _resolve_base_model(from_model: str | None, store, manifest: dataset_module.Manifest):
+def _resolve_base_model(from_model: str | None, store, manifest: manifest_module.Manifest):
     """The model to fine-tune (a models.ModelFolder) or None; its input format must be the dataset's."""
     if not from_model:
         return None
@@ -240,7 +240,7 @@ def _learning_rate(options: TrainOptions, base) -> float:
     return float(options.learning_rate or (DEFAULT_FINE_TUNE_LEARNING_RATE if base else DEFAULT_LEARNING_RATE))
 
 
-def _choose_round(requested: int | None, base, manifest: dataset_module.Manifest) -> int:
+def _choose_round(requested: int | None, base, manifest: manifest_module.Manifest) -> int:
     if requested is not None:
         if int(requested) != requested or requested < 0:
             raise InputError(f"--round must be a whole number 0 or more, not {requested}")
@@ -257,7 +257,7 @@ def _default_name(folder: Path, training_round: int) -> str:
     return f"{stem[:50]}-round{training_round}"
 
 
-def _check_folds(requested, manifest: dataset_module.Manifest) -> list:
+def _check_folds(requested, manifest: manifest_module.Manifest) -> list:
     n_patients = len(manifest.patients())
     if requested == "all" or requested == ["all"]:
         return ["all"]

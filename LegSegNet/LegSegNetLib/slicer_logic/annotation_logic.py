@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..annotation import dataset
+from ..annotation import dataset, manifest
 from ..annotation import review
 from . import scene as slicer_io
 from ..annotation import training, training_runs
@@ -159,7 +159,7 @@ class AnnotationLogic:
             return None
         for info in self.store.list():
             if info.name == modelName:
-                return info.input_format if info.input_format in dataset.FORMATS else None
+                return info.input_format if info.input_format in manifest.FORMATS else None
         return None
 
     def addReviewedSlices(self, segmentationNode, inputVolume, datasetFolder: str | Path, patient: str | None = None,
@@ -202,7 +202,7 @@ class AnnotationLogic:
         `handle.stop()` ends it after the current iteration with a checkpoint kept (resume continues it)."""
         if not str(datasetFolder or "").strip():
             raise InputError("no training set folder chosen; choose the folder the reviewed slices were added to")
-        dataset.load_dataset(datasetFolder, verify=False)  # a clear error now rather than from the worker
+        manifest.load_dataset(datasetFolder, verify=False)  # a clear error now rather than from the worker
         command = self.trainCommand(datasetFolder, fromModel, epochs, device, name, iterations, resume, batchSize)
         return start_run(self.launcher, command, make_workdir("legsegnet-train-"), what="training",
                          onProgress=onProgress, onFinished=onFinished, stopGraceSeconds=stopGraceSeconds,

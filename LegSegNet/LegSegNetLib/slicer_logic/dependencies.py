@@ -3,7 +3,8 @@
 The decision is made here (testable, no Qt); the Slicer widget only shows `InstallPlan.message()` in
 one confirmation dialog and then runs the plan. Rules:
 
-- the threshold engine needs only what Slicer ships (numpy, scipy, SimpleITK);
+- the threshold engine needs only what Slicer ships (numpy, scipy, SimpleITK), plus `filelock` (pure Python,
+  the training set's lock; nnU-Net brings it too), offered in the same dialog as matplotlib for the reports;
 - the nnU-Net engine needs PyTorch and nnunetv2. PyTorch comes from the "PyTorch Utils" extension
   when it is installed (it picks the CUDA build matching the driver), otherwise from pip;
 - Slicer's own packages (numpy, SimpleITK, VTK, requests, ...) are never upgraded: pip gets a
@@ -43,6 +44,7 @@ BASE_REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("numpy", "numpy", "1.24", "arrays"),
     Requirement("scipy", "scipy", "1.10", "image morphology of the threshold engine"),
     Requirement("SimpleITK", "SimpleITK", "2.3", "reading and writing images"),
+    Requirement("filelock", "filelock", "3.12", "the training set's lock (Add to training set)"),
 )
 REPORT_REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("matplotlib", "matplotlib", "3.7", "overlay.png and profile.png reports"),
