@@ -29,11 +29,7 @@ HELD_S = 3.0  # how long the lock stays held after the second export reached it 
 
 
 def test_a_second_dataset_add_waits_for_the_lock_and_keeps_the_first_ones_slices(tmp_path):
-    ct, labels = w.phantom_image(seed=4)
-    ct_path, labels_path = w.write_image(ct, tmp_path / "ct.nii.gz"), w.write_image(labels, tmp_path / "labels.nii.gz")
-    data = tmp_path / "set"
-    done = w.run_legsegnet("dataset", "add", ct_path, labels_path, "--dataset", data, "--slices", "1", "--quiet")
-    assert done.returncode == 0, done.stderr
+    ct_path, labels_path, data = w.phantom_training_set(tmp_path, slices="1")
     with FileLock(data / LOCK_FILE):  # another export holds the set
         second = DrainedProcess([sys.executable, "-c", _ANNOUNCE_THE_LOCK, "dataset", "add", str(ct_path),
                                  str(labels_path), "--dataset", str(data), "--slices", "5,6", "--quiet"])
