@@ -6,10 +6,10 @@ import json
 import sys
 import time
 
+import writers as w
 from filelock import FileLock
 from processes import DrainedProcess
 
-import writers as w
 from LegSegNetLib.annotation.dataset import LOCK_FILE
 from LegSegNetLib.annotation.manifest import MANIFEST_FILE
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 import writers as w
 
 
@@ -84,9 +83,11 @@ def test_too_little_memory_says_not_enough_memory_and_what_to_do(tmp_path):
                                  capture_output=True, text=True, timeout=300, env=env)
     assert calibration.returncode == 0, calibration.stderr
     peak = int(calibration.stdout.split()[-1]) * 1024  # everything a run imports and keeps, on a tiny scan
-    hu = sitk.Image([512, 512, 300], sitk.sitkInt16)  # 157 MB of voxels; zeros compress to a small file
+    # 315 MB of voxels (a constant compresses to 1.4 MB): far more than the run gains beyond the small one's peak,
+    # so reading the voxels is what fails, not some later step
+    hu = sitk.Image([512, 512, 600], sitk.sitkInt16)
     big = w.write_image(hu - 1000, tmp_path / "big.nii.gz")
-    limit = peak + (32 << 20)  # too little for the voxels, enough to start and read the header
+    limit = peak + (32 << 20)  # enough to start and read the header
 
     def low_memory():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

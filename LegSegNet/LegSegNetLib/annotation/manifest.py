@@ -52,7 +52,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, data: dict, where: Path) -> "Manifest":
+    def from_dict(cls, data: dict, where: Path) -> Manifest:
         try:
             input_format = data["input_format"]
             entries = list(data["entries"])

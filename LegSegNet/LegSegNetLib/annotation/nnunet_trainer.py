@@ -10,15 +10,16 @@ import functools
 import json
 import os
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
-from .stopping import StopRequest, Stopped
-from .training_runs import write_json
 from ..core.errors import CancelledError, InputError
 from ..core.progress import Progress
+from .stopping import Stopped, StopRequest
+from .training_runs import write_json
 
 CONFIGURATION = "2d"
 TRAINER_NAME = "nnUNetTrainer"  # what checkpoints record, so nnU-Net's own predictor can load them too
@@ -247,8 +248,8 @@ def _load_base_weights(trainer, base, fold) -> None:
 
 def check_fine_tunable(base) -> None:
     """InputError unless the model's checkpoints fit the network its plans describe (cheap: no data needed)."""
-    from ..models import store as models
     from ..engines.nnunet import _import_torch
+    from ..models import store as models
 
     _import_torch()
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans

@@ -7,15 +7,15 @@ import copy
 import json
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
+from ..core.errors import InputError
+from ..core.files import sha256_file
 from . import manifest as manifest_module
 from .nnunet_trainer import CONFIGURATION
 from .splits import make_patient_splits, number_of_splits
 from .training_runs import write_json
-from ..core.errors import InputError
-from ..core.files import sha256_file
 
 
 def nnunet_dataset_name(folder: Path) -> str:

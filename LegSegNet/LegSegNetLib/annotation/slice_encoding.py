@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .manifest import FORMAT_HU, FORMAT_PNG, FORMATS
 from ..core.errors import InputError
 from ..core.input_paths import itk_path
+from .manifest import FORMAT_HU, FORMAT_PNG, FORMATS
 
 
 # ====================================================================== encodings

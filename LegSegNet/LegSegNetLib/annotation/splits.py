@@ -2,7 +2,7 @@
 (written as nnU-Net's splits_final.json)."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

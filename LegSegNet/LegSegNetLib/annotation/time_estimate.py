@@ -3,7 +3,8 @@ progress bar measures the real time once it runs)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def network_gflop_per_patch(configuration: Mapping[str, Any], num_classes: int = 5) -> float:

@@ -44,17 +44,24 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..core.errors import InputError
+from ..core.progress import Progress
+from ..core.text import format_duration
 from . import manifest as manifest_module
 from .nnunet_trainer import CONFIGURATION, TRAINER_NAME, check_fine_tunable, environment, nnunet_environment, train_fold
 from .preparation import nnunet_dataset_name, prepare
 from .splits import number_of_splits
 from .stopping import StopRequest, forked_helpers_exit_quietly, stop_on_signals
 from .time_estimate import estimate_seconds_per_iteration
-from .training_runs import (RUN_FILE, clean_run, new_run, open_run_for_resume, record_training, training_record,
-                            write_json)
-from ..core.errors import InputError
-from ..core.progress import Progress
-from ..core.text import format_duration
+from .training_runs import (
+    RUN_FILE,
+    clean_run,
+    new_run,
+    open_run_for_resume,
+    record_training,
+    training_record,
+    write_json,
+)
 
 DEFAULT_EPOCHS = 1000  # nnU-Net's default; the published model was trained 1000 epochs
 DEFAULT_FINE_TUNE_EPOCHS = 200

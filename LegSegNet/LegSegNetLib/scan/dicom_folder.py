@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.errors import InputError
+from ..core.input_paths import itk_path, permission_denied
 from .ct_volume import find_axial_axis
 from .dicom_series import DicomSeries, series_from_slices
 from .hounsfield import INT16_MAX, INT16_MIN
 from .itk_calls import BYTES_PER_COMPONENT, as_one_slice, call_quietly, itk_reason
 from .memory import check_memory, refuse_if_memory_ran_out
-from ..core.errors import InputError
-from ..core.input_paths import itk_path, permission_denied
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _DICOM_HEADER_TAGS = [

@@ -3,7 +3,7 @@ stored pixel type (int16 whenever the HU are whole numbers that fit, float32 oth
 reductions (non-finite voxels, whole numbers) the checks and the label reader share."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import SimpleITK as sitk

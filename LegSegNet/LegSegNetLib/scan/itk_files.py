@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.errors import InputError
+from ..core.input_paths import itk_path
 from .ct_volume import find_axial_axis
 from .hounsfield import CHUNK_VOXELS, nonfinite_message
 from .itk_calls import BYTES_PER_COMPONENT, call_quietly, itk_reason
 from .memory import check_memory, refuse_if_memory_ran_out
-from ..core.errors import InputError
-from ..core.input_paths import itk_path
 
 ITK_FORMATS = {
     ".nii.gz": "NIfTI",

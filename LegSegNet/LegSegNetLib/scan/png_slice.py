@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .memory import check_memory
 from ..core.errors import InputError
+from .memory import check_memory
 
 PNG_SUFFIXES = (".png",)
 

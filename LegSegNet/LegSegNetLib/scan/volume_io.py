@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.errors import InputError
+from ..core.input_paths import check_readable
+from ..core.tissues import MAX_LABEL
 from .ct_volume import CTVolume, check_same_grid, find_axial_axis
 from .dicom_folder import DICOM_SUFFIXES, has_dicom_preamble, read_dicom_file, read_dicom_folder
 from .dicom_series import DicomSeries
@@ -27,9 +30,6 @@ from .itk_calls import as_one_slice
 from .itk_files import itk_suffix, read_itk_file
 from .memory import memory_limit_bytes
 from .png_slice import PNG_SUFFIXES, read_png
-from ..core.errors import InputError
-from ..core.input_paths import check_readable
-from ..core.tissues import MAX_LABEL
 
 SUPPORTED_INPUTS = (
     "a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file, a folder holding a "
