@@ -211,6 +211,61 @@ def quantify_labels_on_another_grid(tmp, request):
     return lambda out: ["quantify", ct, w.write_image(labels, tmp / "labels.nrrd"), "-o", out, "--quiet"]
 
 
+# --------------------------------------------------------------------- paths and headers the readers must not trust
+def _non_utf8(path: Path) -> Path:
+    """`path` renamed to a name holding the byte 0xFF (not UTF-8): SimpleITK's C++ code aborted on such paths."""
+    target = path.with_name(os.fsdecode(b"scan-\xff-" + os.fsencode(path.name)))
+    try:
+        os.rename(path, target)
+    except OSError as exc:  # e.g. macOS (APFS) allows only UTF-8 names: the case cannot happen there
+        pytest.skip(f"this file system refuses non-UTF-8 file names ({exc})")
+    return target
+
+
+def non_utf8_input_path(tmp, request):
+    return _segment(_non_utf8(_legs_file(tmp)))
+
+
+def non_utf8_name_in_dicom_folder(tmp, request):
+    paths = w.write_dicom_series(w.leg_image(), tmp / "series")
+    _non_utf8(paths[3])
+    return _segment(tmp / "series")
+
+
+def non_utf8_label_path(tmp, request):
+    legs = w.leg_image()
+    ct = w.write_image(legs, tmp / "ct.nii.gz")
+    labels = _non_utf8(w.write_image(_labels_of(legs), tmp / "labels.nii.gz"))
+    return lambda out: ["quantify", ct, labels, "-o", out, "--quiet"]
+
+
+def non_utf8_evaluate_path(tmp, request):
+    labels = w.write_image(_labels_of(w.leg_image()), tmp / "labels.nii.gz")
+    return lambda out: ["evaluate", _non_utf8(w.write_image(_labels_of(w.leg_image()), tmp / "pred.nii.gz")),
+                        labels, "-o", out, "--quiet"]
+
+
+def non_utf8_dataset_folder(tmp, request):
+    legs = w.leg_image()
+    ct, labels = w.write_image(legs, tmp / "ct.nii.gz"), w.write_image(_labels_of(legs), tmp / "labels.nii.gz")
+    try:
+        (tmp / os.fsdecode(b"sets-\xff")).mkdir()
+    except OSError as exc:
+        pytest.skip(f"this file system refuses non-UTF-8 file names ({exc})")
+    return lambda out: ["dataset", "add", ct, labels, "--dataset", tmp / os.fsdecode(b"sets-\xff") / "set",
+                        "--slices", "3", "--quiet"]
+
+
+def dicom_series_with_mixed_pixel_spacing(tmp, request):
+    # half the slices from a 0.8 mm reconstruction: GDCM takes the first file's spacing for all of them
+    paths = w.write_dicom_series(w.leg_image(), tmp / "series")
+    for path in paths[1::2]:
+        ds = pydicom.dcmread(path)
+        ds.PixelSpacing = [0.8, 0.8]
+        ds.save_as(path)
+    return _segment(tmp / "series")
+
+
 # --------------------------------------------------------------------- --dicom and DICOM SEG labels
 def dicom_with_nifti_input(tmp, request):
     return _segment(_legs_file(tmp), "--dicom")
@@ -391,6 +446,12 @@ def dataset_add_slices_malformed(tmp, request):
 CASES = [
     pytest.param(missing_file, r"not found", id="missing-file"),
     pytest.param(unknown_extension, r"unknown file type", id="unknown-extension"),
+    pytest.param(non_utf8_input_path, r"not UTF-8 .*rename", id="non-utf8-input-path"),
+    pytest.param(non_utf8_name_in_dicom_folder, r"not UTF-8 .*rename", id="non-utf8-name-in-dicom-folder"),
+    pytest.param(non_utf8_label_path, r"not UTF-8 .*rename", id="non-utf8-label-path"),
+    pytest.param(non_utf8_evaluate_path, r"not UTF-8 .*rename", id="non-utf8-evaluate-path"),
+    pytest.param(non_utf8_dataset_folder, r"not UTF-8 .*rename", id="non-utf8-dataset-folder"),
+    pytest.param(dicom_series_with_mixed_pixel_spacing, r"pixel sizes .*PixelSpacing", id="dicom-series-mixed-pixel-spacing"),
     pytest.param(empty_file, r"empty", id="empty-file"),
     pytest.param(truncated_nifti_gz, r"truncated", id="truncated-nii-gz"),
     pytest.param(corrupt_dicom_file, r"corrupt or truncated", id="corrupt-dicom-file"),

@@ -23,6 +23,8 @@ import pytest
 import SimpleITK as sitk
 
 from LegSegNetLib.annotation import dataset
+from LegSegNetLib.annotation.manifest import load_dataset
+from LegSegNetLib.annotation.slice_encoding import resize_labels_nearest
 from LegSegNetLib.engines import published_preprocessing as published
 from LegSegNetLib.core.errors import InputError
 from LegSegNetLib.phantom import make_leg_phantom
@@ -82,7 +84,7 @@ def _formula_nearest(labels: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def test_label_resize_is_nearest_neighbour_with_half_pixel_centres(src):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, size=(2, *src), dtype=np.uint8)
-    resized = dataset.resize_labels_nearest(labels, (256, 256))
+    resized = resize_labels_nearest(labels, (256, 256))
     assert resized.shape == (2, 256, 256) and resized.dtype == np.uint8
     assert np.array_equal(resized[1], _formula_nearest(labels[1], 256, 256))
     assert set(np.unique(resized)) <= set(np.unique(labels))  # no invented label values
@@ -95,7 +97,7 @@ def test_label_grid_is_aligned_with_the_bicubic_image_grid():
     hu[:, :, 53:] = 100.0  # edge between columns 52 and 53
     labels[:, :, 53:] = 2
     image = published.published_input_images(hu)[0].astype(float)
-    resized = dataset.resize_labels_nearest(labels, (256, 256))[0]
+    resized = resize_labels_nearest(labels, (256, 256))[0]
     image_edge = np.argmax(np.diff(image[50]))  # steepest rise of the bicubic image
     label_edge = np.flatnonzero(np.diff(resized[50].astype(int)))[0]
     assert abs(int(image_edge) - int(label_edge)) <= 1  # 53 * 2 = 106 on both (half-pixel centres)
@@ -107,7 +109,7 @@ def test_png_export_is_the_published_network_input_and_passes_nnunets_integrity_
     ct, labels_path, phantom, volume, _ = scan
     result = dataset.add_files(tmp_path / "set", ct, labels_path, "1,4,6", patient="P1", training_round=2)
     assert result.added == [1, 4, 6] and result.input_format == "png" and result.total_cases == 3
-    manifest = dataset.load_dataset(tmp_path / "set")
+    manifest = load_dataset(tmp_path / "set")
     for entry in manifest.entries:
         k = entry["slice_index"]
         image, properties = _read_nnunet(tmp_path / "set" / entry["image"])
@@ -132,7 +134,7 @@ def test_hu_export_keeps_values_and_spacing_as_nnunet_reads_them(tmp_path):
     volume, labels = phantom.to_volume()
     result = dataset.add_slices(tmp_path / "set", volume, labels, [0, 3], patient="P9", input_format="hu")
     assert result.added == [0, 3]
-    manifest = dataset.load_dataset(tmp_path / "set")
+    manifest = load_dataset(tmp_path / "set")
     assert manifest.input_format == "hu"
     for entry in manifest.entries:
         k = entry["slice_index"]
@@ -150,7 +152,7 @@ def test_hu_export_keeps_values_and_spacing_as_nnunet_reads_them(tmp_path):
 def test_manifest_records_provenance_and_checksums(scan, tmp_path):
     ct, labels_path, _, volume, _ = scan
     dataset.add_files(tmp_path / "set", ct, labels_path, "2:3", patient="P7", training_round=1)
-    manifest = dataset.load_dataset(tmp_path / "set")
+    manifest = load_dataset(tmp_path / "set")
     assert [e["slice_index"] for e in manifest.entries] == [2, 3]
     entry = manifest.entries[0]
     assert entry["source"] == str(ct.resolve()) and entry["patient"] == "P7" and entry["round"] == 1
@@ -188,7 +190,7 @@ def test_reexport_skips_unchanged_slices_and_replaces_edited_ones(scan, tmp_path
     third = dataset.add_files(folder, ct, tmp_path / "edited.nii.gz", "1,4,6", patient="P1", training_round=2)
     assert third.unchanged == [1] and third.replaced == [4] and third.added == [6] and third.total_cases == 3
 
-    manifest = dataset.load_dataset(folder)
+    manifest = load_dataset(folder)
     by_slice = {e["slice_index"]: e for e in manifest.entries}
     assert sorted(by_slice) == [1, 4, 6] and len(manifest.entries) == 3  # never twice
     replaced = by_slice[4]
@@ -216,7 +218,7 @@ def test_stale_staging_is_removed_and_tampering_is_detected(scan, tmp_path):
     label = next((folder / "labelsTr").iterdir())
     label.write_bytes(label.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(InputError, match="changed after export"):
-        dataset.load_dataset(folder)
+        load_dataset(folder)
 
 
 def test_no_patient_means_the_scan_is_its_own_patient(scan, tmp_path):

@@ -153,7 +153,7 @@ def test_plans_that_would_run_code_are_refused_at_install_and_at_load(tmp_path, 
 
 def test_plans_changed_after_the_folder_was_checked_are_refused_when_loaded(tmp_path, png_model):
     """The engine and fine-tuning read the plans through the same check, not trusting an earlier one."""
-    from LegSegNetLib.annotation import training
+    from LegSegNetLib.annotation.nnunet_trainer import check_fine_tunable
     from LegSegNetLib.engines.nnunet import NnUNetEngine
     from LegSegNetLib.models.folder import inspect_model_folder
     from LegSegNetLib.models.store import ModelStore, resolve_model
@@ -167,7 +167,7 @@ def test_plans_changed_after_the_folder_was_checked_are_refused_when_loaded(tmp_
     with pytest.raises(InputError, match="'os.system' as the network's nonlin"):
         NnUNetEngine(checked, device="cpu", folds=[0])
     with pytest.raises(InputError, match="'os.system' as the network's nonlin"):
-        training.check_fine_tunable(checked)  # what `train --from` runs on its base model
+        check_fine_tunable(checked)  # what `train --from` runs on its base model
     with pytest.raises(InputError, match="'os.system' as the network's nonlin"):
         resolve_model(str(folder), ModelStore(tmp_path / "store"))  # --model FOLDER, train --from FOLDER
     assert not marker.exists()

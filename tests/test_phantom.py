@@ -120,7 +120,8 @@ def test_leg_ids_and_sides_follow_the_geometry(calf):
         z, r, c = np.nonzero(calf.leg_ids == leg_id)
         centres[side] = volume.slab_index_to_lps(z.mean(), r.mean(), c.mean())
     assert centres["left"][0] > centres["right"][0] + 50
-    assert volume.left_is_increasing() == (False, True)
+    toward_left = np.array(volume.image.GetDirection()).reshape(3, 3)[0, list(volume.inplane_axes)] > 0
+    assert toward_left.tolist() == [False, True]  # rows run to the patient's right, columns to the left
     z = volume.slice_z_mm()
     assert np.all(np.diff(z) < 0)  # slices run toward the feet
 

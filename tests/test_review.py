@@ -82,7 +82,7 @@ def test_an_extra_corrected_slice_joins_the_sample_and_unmarking_withdraws_the_e
     state = state.mark(extra)
     assert extra in state.slices and extra in state.reviewed and state.total == 3
     state = state.mark_exported([extra], "/data/set")
-    assert state.ready_to_export() == [] and state.exported == (extra,)
+    assert state.exported == (extra,)
     state = state.mark(extra, reviewed=False)
     assert extra not in state.reviewed and state.exported == ()
     with pytest.raises(InputError, match="outside the reviewed range"):
@@ -189,7 +189,7 @@ def test_review_state_survives_saving_and_loading_the_scene_as_mrb(tmp_path):
 
 
 def test_reviewed_slices_go_to_the_training_set_with_their_current_labels(tmp_path):
-    from LegSegNetLib.annotation import dataset
+    from LegSegNetLib.annotation.manifest import load_dataset
 
     scene, volume_node, segmentation, labels = _scene_with_segmentation("2:12")
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
@@ -207,7 +207,7 @@ def test_reviewed_slices_go_to_the_training_set_with_their_current_labels(tmp_pa
     assert result.added == sorted([first, second]) and result.patient == "PSEUDO-17"
     assert logic.reviewState(segmentation).exported == tuple(sorted([first, second]))
     assert "2 added to the training set" in logic.reviewSummary(segmentation)
-    manifest = dataset.load_dataset(tmp_path / "set")
+    manifest = load_dataset(tmp_path / "set")
     assert {e["source"] for e in manifest.entries} == {"slicer:calf"}
     volume = slicer_io.ct_volume_from_node(volume_node)
     exact = volume.slab_from_image(labels)

@@ -33,14 +33,16 @@ import SimpleITK as sitk  # noqa: E402
 
 from LegSegNetLib.annotation import dataset  # noqa: E402
 from LegSegNetLib.annotation import review  # noqa: E402
-from LegSegNetLib.annotation import training  # noqa: E402
+from LegSegNetLib.annotation import manifest as manifest_module  # noqa: E402
+from LegSegNetLib.annotation import nnunet_trainer, stopping, time_estimate, training_runs  # noqa: E402
 from LegSegNetLib.core.errors import CancelledError, InputError  # noqa: E402
 from LegSegNetLib.models.checkpoints import load_checkpoint  # noqa: E402
 from LegSegNetLib.models.store import ModelStore  # noqa: E402
 from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 from LegSegNetLib.core.progress import Progress  # noqa: E402
 from LegSegNetLib.core.text import format_duration  # noqa: E402
-from LegSegNetLib.annotation.training import TrainOptions, make_patient_splits, train  # noqa: E402
+from LegSegNetLib.annotation.splits import make_patient_splits, number_of_splits  # noqa: E402
+from LegSegNetLib.annotation.training import TrainOptions, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -85,7 +87,7 @@ def test_patient_level_splits_never_put_a_patient_on_both_sides(counts, n_splits
 def test_a_split_needs_as_many_patients_as_folds():
     with pytest.raises(InputError, match="2 patient"):
         make_patient_splits(_cases({"A": 3, "B": 3}), 5)
-    assert training.number_of_splits(3) == 3 and training.number_of_splits(40) == 5
+    assert number_of_splits(3) == 3 and number_of_splits(40) == 5
 
 
 def test_training_time_estimate_scales_with_the_network():
@@ -96,10 +98,10 @@ def test_training_time_estimate_scales_with_the_network():
         "features_per_stage": [32, 64, 128, 256, 512, 512], "strides": [[1, 1]] + [[2, 2]] * 5,
         "kernel_sizes": [[3, 3]] * 6, "n_conv_per_stage": [2] * 6, "n_conv_per_stage_decoder": [2] * 5}}}
     # data.md measured 17.8 GFLOP per 160 x 256 crop for the default 2D U-Net; this count is within 15 %
-    assert training.network_gflop_per_patch(published_like) == pytest.approx(17.8, rel=0.15)
-    cpu = training.estimate_seconds_per_iteration(published_like, "cpu", cpu_cores=2)
-    assert cpu > 20 * training.estimate_seconds_per_iteration(tiny, "cpu", cpu_cores=2)
-    assert cpu > 20 * training.estimate_seconds_per_iteration(published_like, "cuda")
+    assert time_estimate.network_gflop_per_patch(published_like) == pytest.approx(17.8, rel=0.15)
+    cpu = time_estimate.estimate_seconds_per_iteration(published_like, "cpu", cpu_cores=2)
+    assert cpu > 20 * time_estimate.estimate_seconds_per_iteration(tiny, "cpu", cpu_cores=2)
+    assert cpu > 20 * time_estimate.estimate_seconds_per_iteration(published_like, "cuda")
     assert format_duration(5400) == "1.5 h" and format_duration(40) == "40 s" and format_duration(3 * 86400) == "3.0 days"
 
 
@@ -184,7 +186,7 @@ def test_bad_training_requests_are_refused_before_anything_heavy(tmp_path, store
     with pytest.raises(InputError, match="takes PNG input but the dataset holds HU"):
         train(hu, TrainOptions(from_model="round0"), store=store)
     assert [i.name for i in store.list()] == ["round0"]
-    assert not (data / training.RUNS_DIR).exists()  # nothing was started
+    assert not (data / training_runs.RUNS_DIR).exists()  # nothing was started
 
     refused = _cli("train", str(data), "--from", "round0", "--folds", "x", env=dict(os.environ))
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error: ")
@@ -199,8 +201,8 @@ def test_a_model_whose_checkpoint_does_not_fit_its_plans_cannot_be_fine_tuned(tm
     from LegSegNetLib.models.folder import inspect_model_folder
 
     with pytest.raises(InputError, match=r"do not fit the network its plans.json describes \(.* is \(64,"):
-        training.check_fine_tunable(inspect_model_folder(broken))
-    training.check_fine_tunable(inspect_model_folder(round0_model))  # the intact model passes
+        nnunet_trainer.check_fine_tunable(inspect_model_folder(broken))
+    nnunet_trainer.check_fine_tunable(inspect_model_folder(round0_model))  # the intact model passes
 
 
 # ---------------------------------------------------------------------- one round, end to end (CLI)
@@ -230,13 +232,13 @@ def test_one_annotation_round_fine_tunes_a_better_model_and_survives_an_interrup
                      ",".join(map(str, sampled)), "--patient", f"P{patient}", "--round", "1", env=env)
         assert added.returncode == 0, added.stderr
     assert max(corrected_dice) < 0.95  # there was something to correct
-    manifest = dataset.load_dataset(data)
+    manifest = manifest_module.load_dataset(data)
     assert len(manifest.entries) == len(TRAIN_SEEDS) * SLICES_PER_SCAN and len(manifest.patients()) == 4
 
     # training, interrupted by SIGTERM in the middle of an epoch
     command = [sys.executable, "-m", "LegSegNetLib.cli", "train", str(data), "--from", "round0", "--epochs", "5",
                "--iterations", "12", "--batch-size", "4", "--device", "cpu", "--name", "round1"]
-    run_dir = data / training.RUNS_DIR / "round1"
+    run_dir = data / training_runs.RUNS_DIR / "round1"
     # its progress bar is read all the time: a full stderr pipe would stall the training (and the test)
     process = DrainedProcess(command, cwd=ROOT, env=env)
     try:
@@ -301,7 +303,7 @@ TINY_NETWORK = {"batch_size": 2, "architecture": {"arch_kwargs": {
 @pytest.mark.slow
 def test_training_from_scratch_on_hu_slices_with_an_in_process_stop_and_resume(tmp_path, store):
     data = _small_dataset(tmp_path, seeds=(51, 52, 53), input_format="hu", slices=(1, 4, 7))
-    stop = training.StopRequest()
+    stop = stopping.StopRequest()
 
     class StopAfterTwo(Progress):
         def advance(self, n: int = 1) -> None:
@@ -313,8 +315,8 @@ def test_training_from_scratch_on_hu_slices_with_an_in_process_stop_and_resume(t
                            name="scratch", configuration_overrides=TINY_NETWORK)
     with pytest.raises(CancelledError, match="stopped \\(test\\) at fold 0, epoch 0, iteration 2"):
         train(data, options, store=store, progress=StopAfterTwo(), stop=stop)
-    run_dir = data / training.RUNS_DIR / "scratch"
-    marker = json.loads(next(run_dir.rglob(training.RESUME_FILE)).read_text())
+    run_dir = data / training_runs.RUNS_DIR / "scratch"
+    marker = json.loads(next(run_dir.rglob(nnunet_trainer.RESUME_FILE)).read_text())
     assert (marker["epoch"], marker["iteration"]) == (0, 2)
     splits = json.loads((run_dir / "splits_final.json").read_text())
     assert len(splits) == 3  # three patients: three patient-level folds
@@ -362,7 +364,7 @@ def test_slicer_logic_trains_behind_a_pythonslicer_launcher_with_progress_stop_a
     events = []
     handle = logic.trainAsync(data, fromModel="round0", epochs=3, iterations=10, batchSize=2, device="cpu",
                               name="slicer-round1", onProgress=lambda h: events.append(dict(h.progress)))
-    run_dir = data / training.RUNS_DIR / "slicer-round1"
+    run_dir = data / training_runs.RUNS_DIR / "slicer-round1"
     try:
         deadline = time.monotonic() + 400
         pids: list[int] = []

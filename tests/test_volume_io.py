@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 import writers as w
-from LegSegNetLib.scan import volume_io
+from LegSegNetLib.scan import memory, volume_io
 from LegSegNetLib.scan.ct_volume import AXIAL_TOLERANCE_DEG, CTVolume
 from LegSegNetLib.core.errors import InputError
 
@@ -344,9 +344,9 @@ def test_4d_vector_and_huge_images_refused_from_the_header(tmp_path, legs):
 
 
 def test_default_memory_limit_is_half_the_available_memory():
-    available = volume_io.available_memory_bytes()
+    available = memory.available_memory_bytes()
     assert available and available > 0
-    assert volume_io.memory_limit_bytes() == pytest.approx(available / 2, rel=0.2)  # memory moves meanwhile
+    assert memory.memory_limit_bytes() == pytest.approx(available / 2, rel=0.2)  # memory moves meanwhile
 
 
 def test_dicom_folder_problems(tmp_path, legs):

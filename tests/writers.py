@@ -307,3 +307,14 @@ def file_size_limit(size_bytes: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def phantom_training_set(folder: Path, slices: str = "1", seed: int = 4) -> tuple[Path, Path, Path]:
+    """A phantom CT and its labels as files in `folder`, and a training set `folder/set` made from `slices` of
+    them by the real `legsegnet dataset add`: (CT, labels, set)."""
+    ct, labels = phantom_image(seed=seed)
+    ct_path, labels_path = write_image(ct, folder / "ct.nii.gz"), write_image(labels, folder / "labels.nii.gz")
+    done = run_legsegnet("dataset", "add", ct_path, labels_path, "--dataset", folder / "set", "--slices", slices,
+                         "--quiet")
+    assert done.returncode == 0, done.stderr
+    return ct_path, labels_path, folder / "set"

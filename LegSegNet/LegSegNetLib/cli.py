@@ -405,7 +405,7 @@ def error_exit_code(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, KeyboardInterrupt):
         return 1, str(exc) if isinstance(exc, Stopped) else "interrupted"
     if isinstance(exc, MemoryError):
-        return 1, "out of memory; analyse fewer slices with --slices FIRST:LAST"
+        return 1, "not enough memory; close other programs, or analyse fewer slices with --slices FIRST:LAST"
     return 1, f"internal error ({type(exc).__name__}: {exc}); run again with --debug and report the traceback"
 
 

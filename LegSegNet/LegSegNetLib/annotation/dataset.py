@@ -29,6 +29,9 @@ its commit leaves those files unlisted, and the next export deletes exactly them
 still not in the manifest), and its own `.legsegnet-staging-*` folders. Any other file in the folder (a file
 LegSegNet did not write) is never touched. Training reads only what the manifest lists and checks every
 file's checksum. The CT and label map given are never one of the dataset's files (refused before reading).
+
+The manifest and dataset.json are read and described in manifest.py; how a slice is encoded and written, in
+slice_encoding.py.
 """
 from __future__ import annotations
 
@@ -46,29 +49,18 @@ from typing import Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .. import __version__
-from ..scan.ct_volume import CTVolume
+from .manifest import (DATASET_JSON, FILE_ENDINGS, FORMAT_HU, FORMAT_PNG, FORMATS, IMAGES_DIR, LABELS_DIR,
+                       MANIFEST_FILE, Manifest, dataset_json, manifest_path, read_manifest)
+from .slice_encoding import encode_slices, encoding_description, write_2d
 from ..core.errors import InputError, LegSegNetError
 from ..core.paths import check_writable_folder
-from ..core.progress import Progress
 from ..core.files import atomic_write_text, sha256_file
+from ..core.input_paths import itk_path
+from ..core.progress import Progress
 from ..core.text import now_iso
-from ..core.tissues import MAX_LABEL, TISSUES
+from ..core.tissues import MAX_LABEL
+from ..scan.ct_volume import CTVolume
 
-FORMAT_PNG = "png"
-FORMAT_HU = "hu"
-FORMATS = (FORMAT_PNG, FORMAT_HU)
-FILE_ENDINGS = {FORMAT_PNG: ".png", FORMAT_HU: ".nii.gz"}
-# nnU-Net normalises by channel name: "CT" selects its CT normalisation (dataset-wide HU statistics); any
-# other name gets per-image z-scoring, which is what an 8-bit natural image wants.
-CHANNEL_NAMES = {FORMAT_PNG: "grey", FORMAT_HU: "CT"}
-LABELS = {"background": 0, **{t.key: t.value for t in TISSUES}}
-
-MANIFEST_FILE = "legsegnet-manifest.json"
-MANIFEST_VERSION = 1
-DATASET_JSON = "dataset.json"
-IMAGES_DIR = "imagesTr"
-LABELS_DIR = "labelsTr"
 STAGING_PREFIX = ".legsegnet-staging-"
 PENDING_FILE = ".legsegnet-pending.json"  # the files an export is moving in before its commit
 LOCK_FILE = ".legsegnet.lock"
@@ -79,127 +71,6 @@ LONGEST_ENTRY = 96
 _OWN_ENTRIES = {MANIFEST_FILE, DATASET_JSON, IMAGES_DIR, LABELS_DIR, LOCK_FILE, PENDING_FILE, "training-runs"}
 
 _PATIENT_RE = re.compile(r"^[\w][\w .@+:-]{0,63}$")
-
-
-# ====================================================================== the manifest
-@dataclass
-class Manifest:
-    """legsegnet-manifest.json: the dataset's format and one entry per case (see `_entry`)."""
-
-    input_format: str
-    entries: list[dict] = field(default_factory=list)
-    created_at: str = ""
-    encoding: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "format_version": MANIFEST_VERSION,
-            "written_by": f"legsegnet {__version__}",
-            "created_at": self.created_at,
-            "input_format": self.input_format,
-            "file_ending": FILE_ENDINGS[self.input_format],
-            "labels": LABELS,
-            "encoding": self.encoding,
-            "entries": self.entries,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict, where: Path) -> "Manifest":
-        try:
-            input_format = data["input_format"]
-            entries = list(data["entries"])
-            if input_format not in FORMATS or not all(isinstance(e, dict) and "case" in e for e in entries):
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            raise InputError(f"{where} is not a LegSegNet dataset manifest (damaged or from another tool)") from None
-        return cls(input_format, entries, str(data.get("created_at", "")), dict(data.get("encoding") or {}))
-
-    def by_slice(self) -> dict[tuple[str, int], dict]:
-        return {(e["ct_sha256"], int(e["slice_index"])): e for e in self.entries}
-
-    def patients(self) -> dict[str, int]:
-        """Patient -> number of cases."""
-        counts: dict[str, int] = {}
-        for e in self.entries:
-            counts[e["patient"]] = counts.get(e["patient"], 0) + 1
-        return counts
-
-    def rounds(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for e in self.entries:
-            counts[int(e["round"])] = counts.get(int(e["round"]), 0) + 1
-        return dict(sorted(counts.items()))
-
-    def summary(self) -> dict:
-        return {
-            "input_format": self.input_format,
-            "cases": len(self.entries),
-            "scans": len({e["ct_sha256"] for e in self.entries}),
-            "patients": len(self.patients()),
-            "rounds": {str(r): n for r, n in self.rounds().items()},
-        }
-
-
-def manifest_path(dataset_dir: str | Path) -> Path:
-    return Path(dataset_dir) / MANIFEST_FILE
-
-
-def read_manifest(dataset_dir: str | Path) -> Manifest | None:
-    """The dataset's manifest, or None when the folder holds none."""
-    path = manifest_path(dataset_dir)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise InputError(f"cannot read {path} ({exc.strerror or exc}); check the dataset folder") from None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise InputError(f"{path} is not valid JSON; the dataset's manifest is damaged") from None
-    return Manifest.from_dict(data, path)
-
-
-def load_dataset(dataset_dir: str | Path, verify: bool = True) -> Manifest:
-    """The manifest of an existing dataset; with `verify`, every listed file must exist with its checksum."""
-    folder = Path(dataset_dir).expanduser()
-    if not folder.is_dir():
-        raise InputError(f"dataset folder '{folder}' does not exist; create it with 'legsegnet dataset add'")
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise InputError(
-            f"'{folder}' holds no {MANIFEST_FILE}; it is not a LegSegNet training set — create one with "
-            "'legsegnet dataset add CT LABELS --dataset DIR --slices ...'"
-        )
-    if not manifest.entries:
-        raise InputError(f"the dataset '{folder}' holds no slices yet; add corrected slices with 'legsegnet dataset add'")
-    if verify:
-        for entry in manifest.entries:
-            for key in ("image", "label"):
-                path = folder / entry[key]
-                if not path.is_file():
-                    raise InputError(
-                        f"dataset '{folder}': {entry[key]} (case {entry['case']}) is missing; restore it or export "
-                        "that slice again with 'legsegnet dataset add'"
-                    )
-                if sha256_file(path) != entry[f"{key}_sha256"]:
-                    raise InputError(
-                        f"dataset '{folder}': {entry[key]} (case {entry['case']}) was changed after export (checksum "
-                        "differs from the manifest); export that slice again with 'legsegnet dataset add'"
-                    )
-    return manifest
-
-
-def dataset_json(manifest: Manifest, name: str) -> dict:
-    """nnU-Net v2's dataset.json for the manifest's cases."""
-    return {
-        "channel_names": {"0": CHANNEL_NAMES[manifest.input_format]},
-        "labels": LABELS,
-        "numTraining": len(manifest.entries),
-        "file_ending": FILE_ENDINGS[manifest.input_format],
-        "name": name,
-        "description": "LegSegNet model-in-the-loop annotations (see legsegnet-manifest.json for provenance)",
-    }
 
 
 # ====================================================================== results
@@ -222,71 +93,6 @@ class AddResult:
             "patient": self.patient, "round": self.training_round, "added": self.added, "replaced": self.replaced,
             "unchanged": self.unchanged, "cases": self.cases, "total_cases": self.total_cases, "notes": self.notes,
         }
-
-
-# ====================================================================== encodings
-def resize_labels_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Labels (n, rows, cols) resampled to (n, *size) by nearest neighbour with half-pixel centres.
-
-    Nearest neighbour because labels are categories: any interpolation would mix values and invent labels
-    that nobody drew (halfway between SAT=1 and IAT=3 is SM=2). Half-pixel centres (output pixel j samples
-    source position (j + 0.5) * src / dst - 0.5, rounded) because that is the grid OpenCV's bicubic resize of
-    the image uses, so label pixel j describes the same spot of the leg as image pixel j; the engine maps
-    the model's 256 x 256 output back to the scan with the same alignment.
-    """
-    labels = np.asarray(labels)
-    n, rows, cols = labels.shape
-
-    def taps(src: int, dst: int) -> np.ndarray:
-        centre = (np.arange(dst) + 0.5) * (src / dst)  # source coordinate of the output pixel's centre
-        return np.clip(np.floor(centre).astype(np.int64), 0, src - 1)
-
-    r, c = taps(rows, size[0]), taps(cols, size[1])
-    return labels[:, r[:, None], c[None, :]]
-
-
-def encode_slices(hu_slices: np.ndarray, label_slices: np.ndarray, input_format: str) -> tuple[np.ndarray, np.ndarray]:
-    """The arrays written for each slice: (images, labels), both (n, H, W) on the model's grid."""
-    if input_format == FORMAT_PNG:
-        from ..engines import published_preprocessing as published
-
-        size = (published.IMAGE_SIZE, published.IMAGE_SIZE)
-        return published.published_input_images(hu_slices), resize_labels_nearest(label_slices, size).astype(np.uint8)
-    if input_format == FORMAT_HU:
-        return _hu_storage_dtype(hu_slices), np.asarray(label_slices, dtype=np.uint8)
-    raise InputError(f"unknown dataset format '{input_format}'; choose one of {', '.join(FORMATS)}")
-
-
-def _hu_storage_dtype(hu: np.ndarray) -> np.ndarray:
-    """int16 when every value is a whole number in its range (CT as scanners store it), else float32."""
-    hu = np.asarray(hu)
-    if hu.dtype.kind in "iu" and hu.size and hu.min() >= -32768 and hu.max() <= 32767:
-        return hu.astype(np.int16)
-    as_float = hu.astype(np.float32)
-    if np.all(np.isfinite(as_float)) and np.array_equal(as_float, np.rint(as_float)) and as_float.size \
-            and as_float.min() >= -32768 and as_float.max() <= 32767:
-        return as_float.astype(np.int16)
-    return as_float
-
-
-def encoding_description(input_format: str) -> dict:
-    if input_format == FORMAT_PNG:
-        from ..engines import published_preprocessing as published
-
-        return {
-            "image": f"HU clipped to [{published.HU_LO:g}, {published.HU_HI:g}], scaled to 0..255, truncated to uint8, "
-                     f"bicubic to {published.IMAGE_SIZE} x {published.IMAGE_SIZE} (published_preprocessing)",
-            "resize": published.resize_backend(),
-            "labels": "nearest neighbour with half-pixel centres to the image's grid",
-        }
-    return {"image": "HU on the native grid, 2D NIfTI, pixel spacing kept", "labels": "native grid"}
-
-
-def _write_2d(array: np.ndarray, path: Path, spacing_rc: tuple[float, float] | None) -> None:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))  # numpy axis 0 = rows = ITK y
-    if spacing_rc is not None:
-        image.SetSpacing((float(spacing_rc[1]), float(spacing_rc[0])))  # ITK order: (columns, rows)
-    sitk.WriteImage(image, str(path), useCompression=path.name.endswith(".gz"))
 
 
 # ====================================================================== helpers
@@ -346,7 +152,9 @@ def check_patient(patient: str) -> str:
 
 @contextlib.contextmanager
 def dataset_lock(folder: Path) -> Iterator[None]:
-    """Exclusive lock on the dataset folder (two exports at once would race on the manifest)."""
+    """Exclusive lock on the dataset folder (two exports at once would race on the manifest); waits as long as
+    another export holds it. Hand-written on purpose: `filelock` would be one more package to install inside 3D
+    Slicer's Python for these few lines (see DEVELOPERS.md)."""
     path = folder / LOCK_FILE
     with open(path, "a+") as handle:
         try:
@@ -417,6 +225,7 @@ def _move_no_clobber(source: Path, target: Path) -> None:
 
 
 def _check_dataset_folder(folder: Path) -> Manifest | None:
+    itk_path(folder)  # the case files are written with SimpleITK, which cannot take a path that is not UTF-8
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--dataset '{folder}' is a file; give a folder (it is created if missing)")
     manifest = read_manifest(folder) if folder.is_dir() else None
@@ -600,8 +409,8 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
             case = _case_name(ct_sha, index, version, used_names)
             used_names.add(case)
             image_rel, label_rel = f"{IMAGES_DIR}/{case}_0000{ending}", f"{LABELS_DIR}/{case}{ending}"
-            _write_2d(image, staging / Path(image_rel).name, spacing_rc)
-            _write_2d(label, staging / Path(label_rel).name, spacing_rc)
+            write_2d(image, staging / Path(image_rel).name, spacing_rc)
+            write_2d(label, staging / Path(label_rel).name, spacing_rc)
             entry = {
                 "case": case, "image": image_rel, "label": label_rel,
                 "source": source, "ct_sha256": ct_sha, "slice_index": index, "n_slices": volume.n_slices,

@@ -107,11 +107,6 @@ class ReviewState:
                 return later[0]
         return todo[0]
 
-    def ready_to_export(self) -> list[int]:
-        """Reviewed slices not yet added to a training set."""
-        exported = set(self.exported)
-        return [s for s in self.reviewed if s not in exported]
-
     def summary(self) -> str:
         text = f"{self.done} of {self.total} slices reviewed"
         if self.exported:

@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Sequence
 
 from .errors import InputError, LegSegNetError
 from .paths import check_path, nearest_existing, writable
+from .input_paths import itk_path
 from .progress import Progress
 from .signals import stop_signals_deferred
 from .staging import owner_gone, read_marker, write_marker
@@ -61,6 +62,7 @@ def check_outputs(outdir: str | os.PathLike, names: Iterable[str], inputs: Seque
     folder = Path(os.path.realpath(given))
     if folder != given:
         check_path(folder, option, longest_inside=inside)
+    itk_path(folder.parent)  # the set is staged beside OUTDIR, where SimpleITK writes the label map
     if folder.exists() and not folder.is_dir():
         raise InputError(f"the output path {given} is a file; give a folder for the results")
     for source in inputs:

@@ -17,7 +17,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
+from ..core.input_paths import itk_path
 from ..scan import volume_io
+from ..scan.itk_files import itk_suffix
 from ..anatomy.axial_range import parse_slices
 from ..scan.ct_volume import CTVolume, check_same_grid, find_axial_axis, grid_differences
 from ..core.errors import InputError
@@ -106,10 +108,10 @@ def check_grids_from_headers(pairs: list[EvaluationPair], progress: Progress) ->
 
 
 def _header(path) -> sitk.ImageFileReader | None:
-    if not path.is_file() or volume_io._itk_suffix(path) is None:
+    if not path.is_file() or itk_suffix(path) is None:
         return None
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader.SetFileName(itk_path(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:

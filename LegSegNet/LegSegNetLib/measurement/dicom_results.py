@@ -87,13 +87,13 @@ class Provenance:
 # ---------------------------------------------------------------------------------------------- checks
 def check_input_path(path: str | Path) -> None:
     """Refuse `--dicom` for an input that cannot be DICOM, before anything is read."""
-    from ..scan.volume_io import _file_kind  # the reader's own decision on file types
+    from ..scan.volume_io import file_kind  # the reader's own decision on file types
 
     require_highdicom()
     path = Path(path).expanduser()
     if path.is_file() and path.name.upper() != "DICOMDIR" and path.stat().st_size > 0:
         try:
-            kind = _file_kind(path)
+            kind = file_kind(path)
         except InputError:
             kind = "unknown"
         if kind != "dicom":

@@ -129,12 +129,6 @@ class CTVolume:
         _, rows, cols = self.slab(0, 0).shape
         return self.slab_index_to_lps(idx, (rows - 1) / 2.0, (cols - 1) / 2.0)[:, 2]
 
-    def left_is_increasing(self) -> tuple[bool, bool]:
-        """For (rows, cols): does the index increase toward the patient's left (LPS +x)?"""
-        direction = np.array(self.image.GetDirection()).reshape(3, 3)
-        r, c = self.inplane_axes
-        return bool(direction[0, r] > 0), bool(direction[0, c] > 0)
-
 
 # ---------------------------------------------------------------------- helpers
 class _ImageBuffer:

@@ -1,6 +1,6 @@
 """`DicomSeries`: what a CT read from DICOM must remember of its files to be referenced by new DICOM objects.
 
-The reader (volume_io) already parses every slice's header to sort the series; it keeps, per slice in the
+The DICOM reader (dicom_folder.py) already parses every slice's header to sort the series; it keeps, per slice in the
 volume's storage order, only the SOP Instance UID and the image position, plus one header (the first
 slice's, without pixel data or private tags) for the patient, study, series, frame of reference and
 image-plane attributes that all slices share. A few kilobytes for a 350-slice series; no pixel is read again.

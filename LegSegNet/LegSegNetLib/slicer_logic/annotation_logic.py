@@ -19,12 +19,12 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..annotation import dataset
+from ..annotation import dataset, manifest
 from ..annotation import review
 from . import checks
 from . import frames
 from . import scene as slicer_io
-from ..annotation import training
+from ..annotation import training, training_runs
 from ..core.errors import InputError
 from .logic import Launcher, LegSegNetLogic, check_segmentation_of, default_launcher, stored_slice_range
 from ..annotation.review import ReviewState
@@ -193,7 +193,7 @@ class AnnotationLogic:
             return None
         for info in self.store.list():
             if info.name == modelName:
-                return info.input_format if info.input_format in dataset.FORMATS else None
+                return info.input_format if info.input_format in manifest.FORMATS else None
         return None
 
     def addReviewedSlices(self, segmentationNode, inputVolume, datasetFolder: str | Path, patient: str | None = None,
@@ -236,7 +236,7 @@ class AnnotationLogic:
         `handle.stop()` ends it after the current iteration with a checkpoint kept (resume continues it)."""
         if not str(datasetFolder or "").strip():
             raise InputError("no training set folder chosen; choose the folder the reviewed slices were added to")
-        dataset.load_dataset(datasetFolder, verify=False)  # a clear error now rather than from the worker
+        manifest.load_dataset(datasetFolder, verify=False)  # a clear error now rather than from the worker
         command = self.trainCommand(datasetFolder, fromModel, epochs, device, name, iterations, resume, batchSize)
         return start_run(self.launcher, command, make_workdir("legsegnet-train-"), what="training",
                          onProgress=onProgress, onFinished=onFinished, stopGraceSeconds=stopGraceSeconds,
@@ -246,12 +246,12 @@ class AnnotationLogic:
         """Names of the training runs of this dataset that stopped before their model was installed."""
         if not str(datasetFolder or "").strip():
             return []
-        runs = Path(datasetFolder) / training.RUNS_DIR
+        runs = Path(datasetFolder) / training_runs.RUNS_DIR
         names = []
         if runs.is_dir():
             for child in sorted(runs.iterdir()):
                 try:
-                    status = json.loads((child / training.RUN_FILE).read_text(encoding="utf-8")).get("status")
+                    status = json.loads((child / training_runs.RUN_FILE).read_text(encoding="utf-8")).get("status")
                 except (OSError, ValueError):
                     continue
                 if status != "registered":
@@ -263,13 +263,15 @@ class AnnotationLogic:
         """A rough training time for fine-tuning `fromModel` (None when unknown, e.g. from scratch)."""
         if not fromModel:
             return None
+        from ..annotation.time_estimate import estimate_seconds_per_iteration
         from ..engines.nnunet import cpu_threads
+        from ..models.folder import CONFIGURATION
         from ..models.store import resolve_model
 
         try:
             plans = resolve_model(fromModel, self.store).plans()
-            configuration = plans["configurations"][training.CONFIGURATION]
-            per_iteration = training.estimate_seconds_per_iteration(configuration, device, cpu_threads())
+            configuration = plans["configurations"][CONFIGURATION]
+            per_iteration = estimate_seconds_per_iteration(configuration, device, cpu_threads())
         except (InputError, KeyError, TypeError, ValueError):
             return None
         return per_iteration * iterations * (epochs or training.DEFAULT_FINE_TUNE_EPOCHS)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import importlib.util
 import re
 import sys
 from dataclasses import dataclass, field
@@ -324,8 +323,3 @@ def plan_install(
         pytorch_extension_missing=torch_missing and not pytorch_utils_available,
         python_problem=python_problem,
     )
-
-
-def module_available(module: str) -> bool:
-    """True if `module` can be imported (checked without importing it)."""
-    return importlib.util.find_spec(module) is not None
