@@ -226,7 +226,7 @@ def check_before_work(args: argparse.Namespace) -> None:
 
         ModelStore().check_writable()
     elif args.command == "train":
-        from .annotation.training import RUNS_DIR
+        from .annotation.training_runs import RUNS_DIR
         from .core.paths import check_writable_folder
         from .models.store import ModelStore
 

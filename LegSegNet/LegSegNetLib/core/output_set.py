@@ -188,6 +188,9 @@ def _remove_created(folders: list[Path]) -> None:
             folder.rmdir()
 
 
+_FULL_DISK = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def _claim(parent: Path, target: str, names: tuple[str, ...], created: list[Path]) -> tuple[Path, Path]:
     """A new staging folder and its marker (created first, exclusively: a folder of ours always has one)."""
     for _ in range(100):
@@ -199,6 +202,9 @@ def _claim(parent: Path, target: str, names: tuple[str, ...], created: list[Path
             continue
         except OSError as exc:
             _remove_created(created)
+            if exc.errno in _FULL_DISK:  # not the user's choice of folder: exit 1, as for any write that fails
+                raise LegSegNetError(f"could not write the outputs beside {parent / target} "
+                                     f"({exc.strerror or exc}); check free disk space") from exc
             raise InputError(f"cannot write beside {parent / target} ({exc.strerror or exc}); choose an output "
                              "folder in a folder you can write to") from exc
         try:
