@@ -2,6 +2,7 @@
 
     legsegnet segment INPUT -o OUTDIR [--engine auto|threshold|nnunet] [--slices FIRST:LAST | --auto-range] ...
     legsegnet quantify CT LABELS -o OUTDIR
+    legsegnet batch INPUT... -o OUTDIR [--manifest FILE.csv] [--workers N | --scheduler ADDR | --slurm] [engine options]
     legsegnet models list | install SOURCE [--name NAME] [--sha256 HEX] | remove NAME | default NAME
     legsegnet dataset add CT LABELS --dataset DIR --slices LIST [--patient ID] [--round N] [--format png|hu]
     legsegnet train DATASET [--from MODEL] [--epochs N] [--device ...] [--name NAME] [--folds 0] [--resume]
@@ -38,17 +39,15 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     seg = commands.add_parser("segment", help="segment a CT and measure the tissues")
     seg.add_argument("input", help="NIfTI, NRRD, MetaImage, a DICOM series folder, or one 2D slice (DICOM / 8-bit PNG)")
     seg.add_argument("-o", "--outdir", required=True, help="output folder (created; files replaced atomically)")
-    seg.add_argument("--engine", default="auto", choices=["auto", "threshold", "nnunet"])
-    seg.add_argument("--model", default=None, help="nnU-Net model folder or installed model name")
-    seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    seg.add_argument("--slices", default=None, metavar="FIRST:LAST", help="inclusive axial slice range")
-    seg.add_argument("--auto-range", action="store_true", help="analyse only the slices where legs are found")
-    seg.add_argument("--folds", default=None, type=_parse_folds, help="nnU-Net folds to ensemble, e.g. 0,1,2")
-    tta = seg.add_mutually_exclusive_group()
-    tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="mirroring test-time augmentation")
-    tta.add_argument("--no-tta", dest="tta", action="store_false")
-    seg.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (nnU-Net)")
+    _add_engine_options(seg)
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    batch = commands.add_parser("batch", help="segment and measure many scans on Dask (resumable, cohort.csv)")
+    from .batch.options import add_batch_options
+
+    add_batch_options(batch, _positive_int)
+    _add_engine_options(batch)
+    batch.add_argument("--quiet", action="store_true", help="no progress lines (failures are still listed)")
 
     quant = commands.add_parser("quantify", help="measure an existing (e.g. corrected) label map on its CT")
     quant.add_argument("ct")
@@ -61,6 +60,20 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     _add_dataset_parser(commands)
     _add_train_parser(commands)
     return parser
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `segment` that choose the engine and the slices (shared with `batch`)."""
+    parser.add_argument("--engine", default="auto", choices=["auto", "threshold", "nnunet"])
+    parser.add_argument("--model", default=None, help="nnU-Net model folder or installed model name")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--slices", default=None, metavar="FIRST:LAST", help="inclusive axial slice range")
+    parser.add_argument("--auto-range", action="store_true", help="analyse only the slices where legs are found")
+    parser.add_argument("--folds", default=None, type=_parse_folds, help="nnU-Net folds to ensemble, e.g. 0,1,2")
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="mirroring test-time augmentation")
+    tta.add_argument("--no-tta", dest="tta", action="store_false")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (nnU-Net)")
 
 
 def _add_dataset_parser(commands) -> None:
@@ -174,6 +187,8 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
         return _run_dataset(args, progress)
     if args.command == "train":
         return _run_train(args, progress)
+    if args.command == "batch":
+        raise InputError("'batch' runs from the command line (legsegnet batch ...), not in the worker process")
     from . import pipeline
 
     if args.command == "segment":
@@ -333,6 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress: Progress = Progress()
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "batch":  # its own progress lines, summary and exit status (1: some scans failed)
+            from .batch.runner import run_batch
+
+            return run_batch(args)
         if not getattr(args, "quiet", False):
             progress = TerminalProgress(sys.stderr)
         metrics = run_command(args, progress)

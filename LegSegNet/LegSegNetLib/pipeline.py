@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import axial_range, quantify, report, volume_io
+from .ct_volume import CTVolume
 from .engines import Engine, make_engine
 from .progress import Progress
 
@@ -27,11 +28,15 @@ def segment(
     batch_size: int | None = None,
     progress: Progress | None = None,
     engine_factory: Callable[..., Engine] = make_engine,
+    reader: Callable[[str | Path], CTVolume] = volume_io.read_ct,
 ) -> dict:
-    """Segment INPUT and write the contract's output files to OUTDIR. Returns metrics.json's content."""
+    """Segment INPUT and write the contract's output files to OUTDIR. Returns metrics.json's content.
+
+    `reader` turns INPUT into a CTVolume (the batch passes one that picks a DICOM series and checks for legs).
+    """
     progress = progress or Progress()
     progress.stage("reading")
-    volume = volume_io.read_ct(input_path)
+    volume = reader(input_path)
     _report_notes(volume, progress)
     first, last = axial_range.choose_range(volume, slices=slices, auto=auto_range)
     if auto_range:

@@ -93,11 +93,12 @@ _DICOM_HEADER_TAGS = [
 
 
 # ====================================================================== public API
-def read_ct(path: str | os.PathLike, *, max_bytes: int | None = None) -> CTVolume:
+def read_ct(path: str | os.PathLike, *, max_bytes: int | None = None, series_uid: str | None = None) -> CTVolume:
     """Read a CT scan in HU with its geometry as stored; see the module docstring for the inputs.
 
     `max_bytes` caps the memory the voxels may take (default: half the available memory); a larger
-    image is refused from its header, before any voxel is read.
+    image is refused from its header, before any voxel is read. `series_uid` picks one DICOM series of
+    a folder (by SeriesInstanceUID) instead of the CT series with most slices.
     """
     path = Path(path).expanduser()
     limit = memory_limit_bytes() if max_bytes is None else int(max_bytes)
@@ -110,7 +111,7 @@ def read_ct(path: str | os.PathLike, *, max_bytes: int | None = None) -> CTVolum
         notes.append(f"read the DICOM files in the folder of '{path.name}'")
         path = path.parent
     if path.is_dir():
-        image, modality = _read_dicom_folder(path, limit, notes)
+        image, modality = _read_dicom_folder(path, limit, notes, series_uid)
     else:
         _check_not_empty(path)
         kind = _file_kind(path)
@@ -437,9 +438,18 @@ def _read_dicom_file(path: Path, limit: int, notes: list[str]) -> tuple[sitk.Ima
     return image, header.modality
 
 
-def _read_dicom_folder(folder: Path, limit: int, notes: list[str]) -> tuple[sitk.Image, str]:
-    """The CT series in a folder (the one with most slices if several), slices sorted along their normal."""
+def _read_dicom_folder(folder: Path, limit: int, notes: list[str], series_uid: str | None = None) -> tuple[sitk.Image, str]:
+    """The CT series in a folder (the one with most slices if several, or the one `series_uid` names),
+    slices sorted along their normal."""
     files, unreadable = _scan_dicom_folder(folder)
+    if series_uid is not None:
+        files = [f for f in files if f.series_uid == series_uid]
+        if not files:
+            raise InputError(
+                f"the folder '{folder}' holds no DICOM images of series {series_uid} (moved or deleted?); "
+                "check the folder"
+            )
+        unreadable = []  # files whose header cannot be read belong to no series: not this one's concern
     if not files:
         if unreadable:
             raise InputError(
