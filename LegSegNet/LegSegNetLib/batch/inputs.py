@@ -85,12 +85,13 @@ def find_scans(inputs: list[str], manifest: str | None = None) -> Discovery:
     found: list[_Found] = []
     skipped = 0
     seen_series: dict[str, _Found] = {}
+    seen_files: set[str] = set()  # real paths: a folder searched twice (given twice, nested, linked) counts once
     for text in inputs:
         path = Path(text).expanduser()
         if not path.exists():
             raise InputError(f"input not found: '{text}'; give image files, DICOM folders or folder trees")
         if path.is_dir():
-            skipped += _search_folder(path.absolute(), found, seen_series)
+            skipped += _search_folder(path.absolute(), found, seen_series, seen_files)
         else:
             found.append(_file_scan(path.absolute(), path.name))
     if manifest is not None:
@@ -163,7 +164,7 @@ def _id_from_relative(relative: str, strip_extension: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- folders
-def _search_folder(root: Path, found: list[_Found], seen_series: dict[str, _Found]) -> int:
+def _search_folder(root: Path, found: list[_Found], seen_series: dict[str, _Found], seen_files: set[str]) -> int:
     """Add the scans under `root` to `found`; return the number of files skipped."""
     skipped = 0
     series_in_folder: dict[Path, set[str]] = {}
@@ -181,6 +182,10 @@ def _search_folder(root: Path, found: list[_Found], seen_series: dict[str, _Foun
             if name.startswith(".") or name.upper() == "DICOMDIR":
                 continue
             path = Path(folder) / name
+            real_file = os.path.realpath(path)
+            if real_file in seen_files:
+                continue
+            seen_files.add(real_file)
             relative = path.relative_to(root).as_posix()
             if _itk_suffix(path) is not None:
                 found.append(_file_scan(path, relative))

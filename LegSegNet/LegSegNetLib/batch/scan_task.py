@@ -77,12 +77,10 @@ def _segment(spec: dict, settings: BatchSettings, slices: str | None, auto_range
 
     def read(path):
         volume = volume_io.read_ct(path, series_uid=series_uid)
-        if not auto_range and not axial_range.leg_slices(volume).any():
-            # --auto-range raises its own "no legs found"; a fixed range would measure a head or a trunk
-            raise InputError(
-                "no legs found in this scan: no slice looks like a thigh or lower leg (it may be a head, trunk or "
-                "foot CT); check the input"
-            )
+        if not auto_range:
+            # a cohort may hold a head or trunk CT; the fixed range would measure it. The auto-range's test
+            # (a run of leg slices of at least 30 mm) says "no legs found" instead; --auto-range runs it anyway.
+            axial_range.detect_leg_range(volume)
         return volume
 
     metrics = pipeline.segment(
