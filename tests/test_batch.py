@@ -23,6 +23,7 @@ from pydicom.uid import generate_uid
 
 from LegSegNetLib.batch import results
 from LegSegNetLib.batch.inputs import find_scans
+from LegSegNetLib.models import inspect_model_folder
 from LegSegNetLib.phantom import make_leg_phantom
 from writers import phantom_image, run_legsegnet, truncate_file, write_dicom_series
 
@@ -47,6 +48,7 @@ def long_phantom(path: Path, n_slices: int) -> Path:
     image.SetSpacing(volume.image.GetSpacing())
     image.SetDirection(volume.image.GetDirection())
     image.SetOrigin(volume.image.GetOrigin())
+    path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path))
     return path
 
@@ -312,7 +314,7 @@ def test_batch_on_a_dask_cluster_of_separate_processes(tmp_path):
         for name in ("w1", "w2"):
             processes.append(subprocess.Popen(
                 [dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1",
-                 "--name", name], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                 "--name", name, "--resources", "scan=1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         client = Client(address, timeout="60s")
         client.wait_for_workers(2, timeout=180)  # the scheduler reports both workers
         workers = set(client.scheduler_info()["workers"])
@@ -405,8 +407,9 @@ def test_nnunet_batch_loads_the_model_once_per_worker_and_reports_confidence(tmp
     assert sorted(s["engine_cache"] for s in states.values()) == ["loaded", "reused", "reused"]
     assert len({s["worker"] for s in states.values()}) == 1
     rows = cohort(out)
+    model_name = inspect_model_folder(png_model).name
     for row in rows.values():
-        assert row["engine"] == "nnunet" and row["model"] == png_model.name
+        assert row["engine"] == "nnunet" and row["model"] == model_name
         assert 0.2 <= float(row["qc_confidence_mean"]) <= 1.0 and 0.0 <= float(row["qc_uncertain_fraction"]) <= 1.0
 
 

@@ -1,10 +1,12 @@
 """The Dask cluster a batch runs on: an embedded local cluster, an existing scheduler, or Slurm jobs.
 
-Every worker runs one scan at a time (one thread per worker; the scheduler hands a worker its next scan only
-when the last one is done, `worker-saturation` 1.0), so a worker's memory limit bounds one scan. A scan whose
-worker dies (a crash, or the nanny's kill at 95 % of the memory limit) is rerun once on a restarted worker and
-then marked failed (`allowed-failures` 1) — on the schedulers the batch starts itself; an existing scheduler
-keeps its own setting (Dask's default reruns a scan 3 times).
+Every worker runs one scan at a time: workers have one thread and a resource `scan=1` that each scan task
+needs, and the batch submits no more scans than there are live workers (runner.py), so no scan waits on a busy
+worker. A worker's memory limit therefore bounds one scan, and a worker that dies takes only its own scan with
+it. A scan whose worker dies (a crash, or the nanny's kill at 95 % of the memory limit) is rerun once by the
+batch on a restarted worker and then marked failed: the schedulers the batch starts itself give up on the
+first death (`allowed-failures` 0) and leave the one rerun to the batch. An existing scheduler keeps its own
+setting (Dask's default reruns a task 3 times) and the batch adds no rerun of its own.
 """
 from __future__ import annotations
 
@@ -22,10 +24,8 @@ from ..volume_io import available_memory_bytes
 # Memory one worker needs for a 350 x 512 x 512 scan (measured peaks: ~0.8 GB threshold, ~2.5 GB nnU-Net on
 # the CPU), with headroom; used to choose the default number of local workers.
 WORKER_MEMORY_BYTES = {"threshold": 2 << 30, "nnunet": 4 << 30}
-SCHEDULER_CONFIG = {
-    "distributed.scheduler.allowed-failures": 1,  # one rerun after a worker died on a scan, then failed
-    "distributed.scheduler.worker-saturation": 1.0,  # a worker holds only the scan it runs
-}
+SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 0}  # the batch itself reruns a lost scan once
+SCAN_RESOURCE = {"scan": 1}  # what a worker offers and a scan task needs: one scan per worker at a time
 CONNECT_TIMEOUT = "30s"
 
 
@@ -36,6 +36,8 @@ class Connection:
     dashboard: str | None
     close: Callable[[], None]
     memory_limit: str | None = None  # per worker, when the batch set it
+    task_resources: dict | None = None  # what each scan task asks for (None: the workers offer no `scan`)
+    rerun_lost: bool = True  # the batch reruns a scan whose worker died once (False: the scheduler's own setting)
 
 
 def cpu_cores() -> int:
@@ -95,6 +97,7 @@ def _local(args, engine: str) -> Connection:
         cluster = LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory,
             dashboard_address=":0" if dashboard_available() else None, silence_logs=logging.CRITICAL, env=env,
+            resources=SCAN_RESOURCE,
         )
         client = Client(cluster)
     if gpus > 1:
@@ -108,7 +111,7 @@ def _local(args, engine: str) -> Connection:
         cluster.close()
 
     dashboard = _dashboard(client) if dashboard_available() else None
-    return Connection(client, description, dashboard, close, memory_limit=_gb(memory))
+    return Connection(client, description, dashboard, close, memory_limit=_gb(memory), task_resources=SCAN_RESOURCE)
 
 
 def _existing(address: str) -> Connection:
@@ -121,13 +124,17 @@ def _existing(address: str) -> Connection:
             f"cannot reach the Dask scheduler at {address} ({exc}); start it with 'dask scheduler' and give its "
             "address as tcp://HOST:PORT"
         ) from exc
-    info = client.scheduler_info()
-    workers = info.get("workers", {})
-    threads = sorted({w.get("nthreads", 1) for w in workers.values()})
+    workers = client.scheduler_info().get("workers", {})
+    # scans ask for the `scan` resource only when every worker offers it: a task asking for a resource that no
+    # worker has would wait forever
+    offering = bool(workers) and all((w.get("resources") or {}).get("scan", 0) >= 1 for w in workers.values())
     description = f"Dask scheduler {address}: {len(workers)} worker(s) now"
-    if threads and max(threads) > 1:
-        description += f" (some run {max(threads)} scans at once; start workers with --nthreads 1 to bound memory)"
-    return Connection(client, description, _dashboard(client), client.close)
+    if not offering:
+        threads = max((w.get("nthreads", 1) for w in workers.values()), default=1)
+        description += (f"; without a 'scan' resource on every worker, a worker may take up to {threads} scan(s) "
+                        "at once (start workers with: dask worker ADDRESS --nthreads 1 --resources scan=1)")
+    return Connection(client, description, _dashboard(client), client.close,
+                      task_resources=SCAN_RESOURCE if offering else None, rerun_lost=False)
 
 
 def _slurm(args) -> Connection:
@@ -146,7 +153,8 @@ def _slurm(args) -> Connection:
         client.close()
         cluster.close()
 
-    return Connection(client, description, _dashboard(client) if dashboard_available() else None, close)
+    return Connection(client, description, _dashboard(client) if dashboard_available() else None, close,
+                      memory_limit=args.slurm_memory, task_resources=SCAN_RESOURCE)
 
 
 def make_slurm_cluster(args):
@@ -164,6 +172,7 @@ def make_slurm_cluster(args):
         cores=1, processes=1, job_cpu=args.slurm_cores, memory=args.slurm_memory, walltime=args.slurm_walltime,
         queue=args.slurm_partition, account=args.slurm_account, job_name="legsegnet",
         job_extra_directives=directives, job_script_prologue=prologue, python=sys.executable,
+        worker_extra_args=["--resources", "scan=1"],
         log_directory=args.slurm_log_dir, silence_logs="critical",
         dashboard_address=":0" if dashboard_available() else None,
     )

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from .options import check_combinations
 from .settings import BatchSettings, resolve
 
 COHORT_REFRESH_S = 30.0
+WAIT_S = 2.0  # how often the loop looks for workers that came back when no scan finishes
+MAX_TRIES = 2  # a scan whose worker died is run once more, then marked failed
 
 
 @dataclass
@@ -72,6 +75,7 @@ def run_batch(args) -> int:
                 _run(args, settings, outdir, plan.todo, rows, found.scans, report)
             except KeyboardInterrupt:
                 interrupted = True
+            results.remove_stale_work(outdir)  # what workers that died left behind (all workers are closed now)
         ordered = [rows[s.id] for s in found.scans if s.id in rows]
         cohort = results.write_cohort(outdir, ordered)
     failed = [r for r in ordered if r["status"] == "error"]
@@ -107,7 +111,7 @@ def make_plan(scans: list[inputs.ScanSpec], settings: BatchSettings, outdir: Pat
 
 
 def _run(args, settings, outdir: Path, todo: list, rows: dict, scans: list, report: "Reporter") -> None:
-    from distributed import as_completed
+    from distributed import wait
 
     from .cluster import connect
     from .scan_task import run_scan
@@ -117,26 +121,44 @@ def _run(args, settings, outdir: Path, todo: list, rows: dict, scans: list, repo
     try:
         connection = connect(args, settings.engine)
         report.cluster(connection)
+        client = connection.client
         run_id = uuid.uuid4().hex[:12]
         settings_dict = settings.to_dict()
-        futures, scan_of = [], {}
-        for scan in todo:
-            future = connection.client.submit(
-                run_scan, scan.to_dict(), settings_dict, str(outdir), run_id, key=f"legsegnet-scan-{scan.id}-{run_id}",
-                pure=False,
-            )
-            futures.append(future)
-            scan_of[future.key] = scan
+        waiting = deque(todo)
+        in_flight: dict = {}  # future -> scan
+        tries: dict[str, int] = {}  # scan id -> submissions so far
         report.start(len(todo))
         last_cohort = time.monotonic()
-        for future in as_completed(futures):
-            scan = scan_of[future.key]
+
+        def submit(scan) -> None:
+            tries[scan.id] = tries.get(scan.id, 0) + 1
+            future = client.submit(
+                run_scan, scan.to_dict(), settings_dict, str(outdir), run_id, pure=False,
+                key=f"legsegnet-scan-{scan.id}-{run_id}-{tries[scan.id]}", resources=connection.task_resources,
+            )
+            in_flight[future] = scan
+
+        while waiting or in_flight:
+            # no more scans in flight than live workers: a scan never waits on a busy worker, so a worker that
+            # dies takes no other scan with it (and a restarted worker gets work as soon as it is back)
+            capacity = max(1, len(client.nthreads()))
+            while waiting and len(in_flight) < capacity:
+                submit(waiting.popleft())
             try:
-                status = future.result()
-            except Exception as exc:  # noqa: BLE001 - the worker died (twice) or Dask failed: the scan's error
-                status = _record_lost_scan(outdir, scan, settings, run_id, exc, connection.memory_limit)
-            rows[scan.id] = _row(outdir, status)
-            report.scan_done(status)
+                wait(list(in_flight), timeout=WAIT_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                continue
+            for future in [f for f in in_flight if f.done()]:
+                scan = in_flight.pop(future)
+                try:
+                    status = future.result()
+                except Exception as exc:  # noqa: BLE001 - the worker died, or Dask could not run the scan
+                    if _worker_died(exc) and connection.rerun_lost and tries[scan.id] < MAX_TRIES:
+                        waiting.appendleft(scan)  # once more, on a restarted (or another) worker
+                        continue
+                    status = _record_lost_scan(outdir, scan, settings, run_id, exc, connection.memory_limit)
+                rows[scan.id] = _row(outdir, status)
+                report.scan_done(status)
             if time.monotonic() - last_cohort > COHORT_REFRESH_S:
                 results.write_cohort(outdir, [rows[s.id] for s in scans if s.id in rows])
                 last_cohort = time.monotonic()
@@ -144,6 +166,10 @@ def _run(args, settings, outdir: Path, todo: list, rows: dict, scans: list, repo
         signal.signal(signal.SIGTERM, previous)
         if connection is not None:
             connection.close()
+
+
+def _worker_died(exc: BaseException) -> bool:
+    return type(exc).__name__ == "KilledWorker"
 
 
 def _interrupt(signum, _frame):
@@ -167,7 +193,7 @@ def _record_lost_scan(outdir: Path, scan, settings: BatchSettings, run_id: str, 
         marker.unlink()
     except (OSError, ValueError):
         pass
-    if type(exc).__name__ == "KilledWorker":
+    if _worker_died(exc):
         limit = f" (memory limit {memory_limit} per worker)" if memory_limit else ""
         message = (f"the worker process died on this scan {attempts or 'repeatedly'} time(s): it crashed or ran out of "
                    f"memory{limit}; give the workers more memory (--worker-memory) or analyse fewer slices")
