@@ -177,13 +177,13 @@ def test_mixed_tree_gives_one_row_per_scan_with_its_status(tmp_path, visible_hum
 @pytest.mark.slow
 def test_sigkill_mid_batch_loses_no_finished_scan_and_leaves_no_half_written_one(tmp_path):
     data = tmp_path / "data"
-    for i in range(8):
+    for i in range(6):
         write_phantom(data / f"scan{i}.nii.gz", seed=10 + i, shape=(16, 128, 160))
     out = tmp_path / "out"
     proc = start_batch(data, "-o", out, "--engine", "threshold", "--workers", "1")
     try:
         for line in proc.stderr:  # wait until the first scan is reported done
-            if line.startswith("[1/8]"):
+            if line.startswith("[1/6]"):
                 break
         else:
             pytest.fail(f"the batch ended before reporting a scan: {proc.wait()}")
@@ -193,7 +193,7 @@ def test_sigkill_mid_batch_loses_no_finished_scan_and_leaves_no_half_written_one
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     finished = visible_results(out)  # every visible result is complete
-    assert 1 <= len(finished) < 8, "the kill must land mid-batch"
+    assert 1 <= len(finished) < 6, "the kill must land mid-batch"
     before = {scan_id: (state["run_id"], state["finished_at"]) for scan_id, state in finished.items()}
 
     again = batch(data, "-o", out, "--engine", "threshold", "--workers", "1")
@@ -201,10 +201,10 @@ def test_sigkill_mid_batch_loses_no_finished_scan_and_leaves_no_half_written_one
     assert again.returncode == 0, again.stderr
     assert f"{len(finished)} done earlier" in again.stderr
     after = visible_results(out)
-    assert set(after) == {f"scan{i}" for i in range(8)} and not hidden_leftovers(out)
+    assert set(after) == {f"scan{i}" for i in range(6)} and not hidden_leftovers(out)
     assert {scan_id: (after[scan_id]["run_id"], after[scan_id]["finished_at"]) for scan_id in before} == before
     rows = cohort(out)
-    assert len(rows) == 8 and {r["status"] for r in rows.values()} == {"ok"}
+    assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"ok"}
 
 
 @pytest.mark.slow
@@ -368,20 +368,33 @@ def _slurm_ready() -> str | None:
 
 
 @pytest.mark.slow
-def test_batch_runs_its_workers_as_slurm_jobs(tmp_path):
+def test_batch_runs_its_workers_as_slurm_jobs_and_replaces_a_job_that_ends(tmp_path):
     reason = _slurm_ready()
     if reason:
         pytest.skip(reason)
     data = tmp_path / "data"
-    for i in range(2):
+    for i in range(4):
         write_phantom(data / f"s{i}.nii.gz", seed=60 + i)
     out = tmp_path / "out"
-    done = batch(data, "-o", out, "--engine", "threshold", "--slurm", "--workers", "1", "--slurm-cores", "1",
-                 "--slurm-memory", "2GB", "--slurm-walltime", "00:10:00", "--slurm-log-dir", tmp_path / "logs")
-    assert done.returncode == 0, done.stderr
-    assert "Slurm: 1 job(s)" in done.stderr
+    proc = start_batch(data, "-o", out, "--engine", "threshold", "--slurm", "--workers", "1", "--slurm-cores", "1",
+                       "--slurm-memory", "2GB", "--slurm-walltime", "00:10:00", "--slurm-log-dir", tmp_path / "logs")
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("[1/4]"):  # a scan done: the job runs; end it (as a walltime or a node failure would)
+                jobs = subprocess.run(["squeue", "-h", "-n", "legsegnet", "-o", "%i"], capture_output=True, text=True)
+                assert jobs.stdout.split(), "no legsegnet job in the Slurm queue"
+                subprocess.run(["scancel", *jobs.stdout.split()], check=True)
+                break
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, "".join(lines) + stderr
+    assert "Slurm: 1 job(s)" in "".join(lines)
     assert {r["status"] for r in cohort(out).values()} == {"ok"}
-    assert list((tmp_path / "logs").glob("*.err")), "the worker ran as a Slurm job (its log is there)"
+    assert len(list((tmp_path / "logs").glob("*.err"))) >= 2, "a new job replaced the one that ended"
 
 
 # ---------------------------------------------------------------------------------------------- nnU-Net

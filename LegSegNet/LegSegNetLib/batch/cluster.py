@@ -144,7 +144,8 @@ def _slurm(args) -> Connection:
     with dask.config.set(SCHEDULER_CONFIG):
         cluster = make_slurm_cluster(args)
         jobs = args.workers or 1
-        cluster.scale(jobs=jobs)
+        # adapt, not scale: it keeps `jobs` jobs running, submitting a new one when a job ends (walltime, node failure)
+        cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)
         client = Client(cluster)
     description = (f"Slurm: {jobs} job(s) of {args.slurm_cores} core(s), {args.slurm_memory}"
                    f"{', 1 GPU' if args.slurm_gpu else ''}, one worker and one scan each")

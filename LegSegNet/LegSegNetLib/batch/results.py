@@ -35,7 +35,8 @@ INTERNAL = ".batch"
 IDENTITY_COLUMNS = ("id", "patient", "source", "series_uid", "status", "error", "engine", "model", "model_round")
 RANGE_COLUMNS = ("first_slice", "last_slice", "n_slices", "spacing_x_mm", "spacing_y_mm", "spacing_z_mm")
 METRIC_COLUMNS = tuple(region_csv_names("") + [name for side in SIDES for name in region_csv_names(f"{side}_")])
-RUN_COLUMNS = ("qc_flags", "seconds", *VALUE_COLUMNS, "attempts", "worker", "finished_at", "legsegnet_version")
+RUN_COLUMNS = ("qc_flags", "seconds", *VALUE_COLUMNS, "attempts", "worker", "worker_peak_mb", "finished_at",
+               "legsegnet_version")
 COLUMNS = IDENTITY_COLUMNS + RANGE_COLUMNS + METRIC_COLUMNS + RUN_COLUMNS
 
 
@@ -107,7 +108,7 @@ def cohort_row(status: dict, metrics: dict | None) -> dict:
     """One cohort.csv row from a scan's status.json and (for a finished scan) its metrics.json."""
     row = dict.fromkeys(COLUMNS)
     for key in ("id", "patient", "source", "series_uid", "status", "error", "engine", "model", "model_round",
-                "seconds", "attempts", "worker", "finished_at", "legsegnet_version"):
+                "seconds", "attempts", "worker", "worker_peak_mb", "finished_at", "legsegnet_version"):
         row[key] = status.get(key)
     row["qc_flags"] = ";".join(status.get("qc_flags") or [])
     row.update({k: v for k, v in (status.get("qc") or {}).items() if k in VALUE_COLUMNS})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -57,6 +58,7 @@ def run_scan(spec: dict, settings: dict, outdir: str, run_id: str) -> dict:
                 (work / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
             status.update(status="error", error=_one_line(message), exit_code=code, qc_flags=[], qc={})
         status["seconds"] = round(time.monotonic() - started, 2)
+        status["worker_peak_mb"] = _peak_memory_mb()
         status["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         results.write_json_atomic(work / results.STATUS_FILE, status)
         results.publish(outdir_path, scan_id, work)
@@ -175,6 +177,16 @@ def _worker_name() -> str:
         return f"{get_worker().address} pid {os.getpid()}"
     except (ImportError, ValueError):
         return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def _peak_memory_mb() -> float | None:
+    """The worker process's peak resident memory so far (MB): what --worker-memory must allow."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)  # bytes on macOS, KiB on Linux
 
 
 def _empty(folder: Path) -> None:
