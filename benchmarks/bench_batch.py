@@ -73,34 +73,29 @@ def batch_run(inputs: list[Path], out: Path, *options) -> dict:
 def cpu_side_seconds(scan: Path) -> dict:
     """What a worker does for a scan besides the engine (in-process, the 350-slice calves): the part a GPU does
     not speed up, for the README's projection."""
-    import tempfile as _tempfile
-
     from LegSegNetLib import axial_range, quantify, report, volume_io
     from LegSegNetLib.batch import qc
     from LegSegNetLib.engines.threshold import ThresholdEngine
     from LegSegNetLib.progress import Progress
 
-    times = {}
-    t = time.perf_counter()
-    volume = volume_io.read_ct(scan)
-    times["read"] = time.perf_counter() - t
-    t = time.perf_counter()
-    first, last = axial_range.detect_leg_range(volume)
-    times["leg check"] = time.perf_counter() - t
+    times: dict[str, float] = {}
+
+    def timed(name, call):
+        start = time.perf_counter()
+        value = call()
+        times[name] = time.perf_counter() - start
+        return value
+
+    volume = timed("read", lambda: volume_io.read_ct(scan))
+    first, last = timed("leg check", lambda: axial_range.detect_leg_range(volume))
     slab = volume.slab(first, last)
-    t = time.perf_counter()
-    labels = ThresholdEngine().segment(slab, volume.slab_spacing, Progress())
-    times["threshold engine (not CPU-side for nnU-Net)"] = time.perf_counter() - t
-    t = time.perf_counter()
-    measurements = quantify.quantify(volume, labels, first, last)
-    times["quantify"] = time.perf_counter() - t
-    t = time.perf_counter()
-    qc.assess(slab, labels, volume.slab_spacing, measurements.to_dict(), False)
-    times["qc"] = time.perf_counter() - t
-    with _tempfile.TemporaryDirectory() as out:
-        t = time.perf_counter()
-        report.write_outputs(Path(out) / "o", volume, labels, first, last, measurements, {"input": str(scan)})
-        times["write six files"] = time.perf_counter() - t
+    labels = timed("threshold engine (not CPU-side for nnU-Net)",
+                   lambda: ThresholdEngine().segment(slab, volume.slab_spacing, Progress()))
+    measurements = timed("quantify", lambda: quantify.quantify(volume, labels, first, last))
+    timed("qc", lambda: qc.assess(slab, labels, volume.slab_spacing, measurements.to_dict(), False))
+    with tempfile.TemporaryDirectory() as out:
+        timed("write six files", lambda: report.write_outputs(Path(out) / "o", volume, labels, first, last,
+                                                              measurements, {"input": str(scan)}))
     result = {k: round(v, 2) for k, v in times.items()}
     result["cpu_side_total"] = round(sum(v for k, v in times.items() if not k.startswith("threshold")), 2)
     return result
