@@ -438,6 +438,8 @@ def test_nnunet_batch_loads_the_model_once_per_worker_and_reports_confidence(tmp
         pytest.param(["{tmp}/data", "--scheduler", "tcp://127.0.0.1:1", "--slurm"], "not both", id="scheduler-and-slurm"),
         pytest.param(["{tmp}/data", "--engine", "nnunet", "--model", "{tmp}/nomodel"], "neither an existing model folder", id="missing-model"),
         pytest.param(["{tmp}/data", "--workers", "0"], "at least 1", id="zero-workers"),
+        pytest.param(["{tmp}/data", "--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler",
+                     id="unreachable-scheduler"),
         pytest.param(["{tmp}/empty"], "no scans found", id="folder-without-scans"),
     ],
 )

@@ -26,7 +26,7 @@ from ..volume_io import available_memory_bytes
 WORKER_MEMORY_BYTES = {"threshold": 2 << 30, "nnunet": 4 << 30}
 SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 0}  # the batch itself reruns a lost scan once
 SCAN_RESOURCE = {"scan": 1}  # what a worker offers and a scan task needs: one scan per worker at a time
-CONNECT_TIMEOUT = "30s"
+CONNECT_TIMEOUT = "10s"  # connection attempts are retried until then (a scheduler still starting)
 
 
 @dataclass

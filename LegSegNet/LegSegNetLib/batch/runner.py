@@ -10,8 +10,9 @@ Exit status: 0 every scan ok, 1 some failed (listed at the end) or the batch was
 """
 from __future__ import annotations
 
-import fcntl
+import asyncio
 import os
+import shutil
 import signal
 import sys
 import time
@@ -63,6 +64,7 @@ def run_batch(args) -> int:
             "skipped); give NIfTI/NRRD/MetaImage files or folders holding DICOM series"
         )
     report = Reporter(quiet=args.quiet)
+    created = not outdir.exists()
     with _locked(outdir):
         stale = results.remove_stale_work(outdir)
         _clear_running_markers(outdir)
@@ -75,6 +77,10 @@ def run_batch(args) -> int:
                 _run(args, settings, outdir, plan.todo, rows, found.scans, report)
             except KeyboardInterrupt:
                 interrupted = True
+            except InputError:  # the cluster could not be reached: nothing ran, leave nothing behind
+                if created:
+                    shutil.rmtree(outdir, ignore_errors=True)
+                raise
             results.remove_stale_work(outdir)  # what workers that died left behind (all workers are closed now)
         ordered = [rows[s.id] for s in found.scans if s.id in rows]
         cohort = results.write_cohort(outdir, ordered)
@@ -146,7 +152,7 @@ def _run(args, settings, outdir: Path, todo: list, rows: dict, scans: list, repo
                 submit(waiting.popleft())
             try:
                 wait(list(in_flight), timeout=WAIT_S, return_when="FIRST_COMPLETED")
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11 on
                 continue
             for future in [f for f in in_flight if f.done()]:
                 scan = in_flight.pop(future)
@@ -234,6 +240,10 @@ class _locked:
         except OSError as exc:
             raise InputError(f"cannot write to {self.outdir} ({exc.strerror or exc}); choose an output folder you can write to") from exc
         try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one batch per OUTDIR is then up to the user
+            return self
+        try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.handle.close()
@@ -245,8 +255,7 @@ class _locked:
         return self
 
     def __exit__(self, *exc):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+        self.handle.close()  # closing drops the lock
         return False
 
 
