@@ -177,13 +177,13 @@ def test_mixed_tree_gives_one_row_per_scan_with_its_status(tmp_path, visible_hum
 @pytest.mark.slow
 def test_sigkill_mid_batch_loses_no_finished_scan_and_leaves_no_half_written_one(tmp_path):
     data = tmp_path / "data"
-    for i in range(6):
-        write_phantom(data / f"scan{i}.nii.gz", seed=10 + i, shape=(16, 128, 160))
+    for i in range(5):
+        write_phantom(data / f"scan{i}.nii.gz", seed=10 + i, shape=(12, 112, 144))
     out = tmp_path / "out"
     proc = start_batch(data, "-o", out, "--engine", "threshold", "--workers", "1")
     try:
         for line in proc.stderr:  # wait until the first scan is reported done
-            if line.startswith("[1/6]"):
+            if line.startswith("[1/5]"):
                 break
         else:
             pytest.fail(f"the batch ended before reporting a scan: {proc.wait()}")
@@ -193,7 +193,7 @@ def test_sigkill_mid_batch_loses_no_finished_scan_and_leaves_no_half_written_one
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     finished = visible_results(out)  # every visible result is complete
-    assert 1 <= len(finished) < 6, "the kill must land mid-batch"
+    assert 1 <= len(finished) < 5, "the kill must land mid-batch"
     before = {scan_id: (state["run_id"], state["finished_at"]) for scan_id, state in finished.items()}
 
     again = batch(data, "-o", out, "--engine", "threshold", "--workers", "1")
@@ -201,10 +201,10 @@ def test_sigkill_mid_batch_loses_no_finished_scan_and_leaves_no_half_written_one
     assert again.returncode == 0, again.stderr
     assert f"{len(finished)} done earlier" in again.stderr
     after = visible_results(out)
-    assert set(after) == {f"scan{i}" for i in range(6)} and not hidden_leftovers(out)
+    assert set(after) == {f"scan{i}" for i in range(5)} and not hidden_leftovers(out)
     assert {scan_id: (after[scan_id]["run_id"], after[scan_id]["finished_at"]) for scan_id in before} == before
     rows = cohort(out)
-    assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"ok"}
+    assert len(rows) == 5 and {r["status"] for r in rows.values()} == {"ok"}
 
 
 @pytest.mark.slow
@@ -255,8 +255,8 @@ def test_manifest_names_ids_patients_and_slice_ranges(tmp_path):
 @pytest.mark.slow
 def test_a_worker_killed_mid_scan_is_restarted_and_the_batch_goes_on(tmp_path):
     data = tmp_path / "data"
-    long_phantom(data / "once.nrrd", 240)  # its worker is killed once: rerun on a restarted worker, then ok
-    long_phantom(data / "twice.nrrd", 240)  # killed on both tries: marked failed
+    long_phantom(data / "once.nrrd", 160)  # its worker is killed once: rerun on a restarted worker, then ok
+    long_phantom(data / "twice.nrrd", 160)  # killed on both tries: marked failed
     for i in range(3):
         write_phantom(data / f"small{i}.nii.gz", seed=40 + i)
     out = tmp_path / "out"

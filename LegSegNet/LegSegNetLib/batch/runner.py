@@ -44,9 +44,7 @@ class Plan:
 def run_batch(args) -> int:
     check_combinations(args)
     if args.print_job_script:
-        from .cluster import make_slurm_cluster
-
-        cluster = make_slurm_cluster(args)
+        cluster = _cluster_module().make_slurm_cluster(args)
         try:
             print(cluster.job_script())
         finally:
@@ -65,25 +63,36 @@ def run_batch(args) -> int:
         )
     report = Reporter(quiet=args.quiet)
     created = not outdir.exists()
-    with _locked(outdir):
-        stale = results.remove_stale_work(outdir)
-        _clear_running_markers(outdir)
-        plan = make_plan(found.scans, settings, outdir, args.retry_failed)
-        report.plan(found, plan, stale)
-        rows = {scan_id: _row(outdir, status) for scan_id, status in plan.kept.items()}
-        interrupted = False
-        if plan.todo:
-            try:
-                _run(args, settings, outdir, plan.todo, rows, found.scans, report)
-            except KeyboardInterrupt:
-                interrupted = True
-            except InputError:  # the cluster could not be reached: nothing ran, leave nothing behind
-                if created:
-                    shutil.rmtree(outdir, ignore_errors=True)
-                raise
-            results.remove_stale_work(outdir)  # what workers that died left behind (all workers are closed now)
-        ordered = [rows[s.id] for s in found.scans if s.id in rows]
-        cohort = results.write_cohort(outdir, ordered)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C: workers closed, cohort kept
+    try:
+        with _locked(outdir):
+            stale = results.remove_stale_work(outdir)
+            _clear_running_markers(outdir)
+            plan = make_plan(found.scans, settings, outdir, args.retry_failed)
+            connection = None
+            if plan.todo:
+                try:
+                    connection = _connect(args, settings.engine)
+                except InputError:  # the cluster cannot be reached: nothing ran, leave nothing behind
+                    if created:
+                        shutil.rmtree(outdir, ignore_errors=True)
+                    raise
+            report.plan(found, plan, stale)
+            rows = {scan_id: _row(outdir, status) for scan_id, status in plan.kept.items()}
+            interrupted = False
+            if connection is not None:
+                try:
+                    report.cluster(connection)
+                    _run(connection, settings, outdir, plan.todo, rows, found.scans, report)
+                except KeyboardInterrupt:
+                    interrupted = True
+                finally:
+                    connection.close()
+                results.remove_stale_work(outdir)  # what workers that died left behind (all are closed now)
+            ordered = [rows[s.id] for s in found.scans if s.id in rows]
+            cohort = results.write_cohort(outdir, ordered)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     failed = [r for r in ordered if r["status"] == "error"]
     report.summary(len(found.scans), ordered, failed, cohort, interrupted)
     if interrupted:
@@ -116,62 +125,64 @@ def make_plan(scans: list[inputs.ScanSpec], settings: BatchSettings, outdir: Pat
     return plan
 
 
-def _run(args, settings, outdir: Path, todo: list, rows: dict, scans: list, report: "Reporter") -> None:
+def _run(connection, settings, outdir: Path, todo: list, rows: dict, scans: list, report: "Reporter") -> None:
     from distributed import wait
 
-    from .cluster import connect
     from .scan_task import run_scan
 
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C: workers closed, cohort kept
-    connection = None
-    try:
-        connection = connect(args, settings.engine)
-        report.cluster(connection)
-        client = connection.client
-        run_id = uuid.uuid4().hex[:12]
-        settings_dict = settings.to_dict()
-        waiting = deque(todo)
-        in_flight: dict = {}  # future -> scan
-        tries: dict[str, int] = {}  # scan id -> submissions so far
-        report.start(len(todo))
-        last_cohort = time.monotonic()
+    client = connection.client
+    run_id = uuid.uuid4().hex[:12]
+    settings_dict = settings.to_dict()
+    waiting = deque(todo)
+    in_flight: dict = {}  # future -> scan
+    tries: dict[str, int] = {}  # scan id -> submissions so far
+    report.start(len(todo))
+    last_cohort = time.monotonic()
 
-        def submit(scan) -> None:
-            tries[scan.id] = tries.get(scan.id, 0) + 1
-            future = client.submit(
-                run_scan, scan.to_dict(), settings_dict, str(outdir), run_id, pure=False,
-                key=f"legsegnet-scan-{scan.id}-{run_id}-{tries[scan.id]}", resources=connection.task_resources,
-            )
-            in_flight[future] = scan
+    def submit(scan) -> None:
+        tries[scan.id] = tries.get(scan.id, 0) + 1
+        future = client.submit(
+            run_scan, scan.to_dict(), settings_dict, str(outdir), run_id, pure=False,
+            key=f"legsegnet-scan-{scan.id}-{run_id}-{tries[scan.id]}", resources=connection.task_resources,
+        )
+        in_flight[future] = scan
 
-        while waiting or in_flight:
-            # no more scans in flight than live workers: a scan never waits on a busy worker, so a worker that
-            # dies takes no other scan with it (and a restarted worker gets work as soon as it is back)
-            capacity = max(1, len(client.nthreads()))
-            while waiting and len(in_flight) < capacity:
-                submit(waiting.popleft())
+    while waiting or in_flight:
+        # no more scans in flight than live workers: a scan never waits on a busy worker, so a worker that
+        # dies takes no other scan with it (and a restarted worker gets work as soon as it is back)
+        capacity = max(1, len(client.nthreads()))
+        while waiting and len(in_flight) < capacity:
+            submit(waiting.popleft())
+        try:
+            wait(list(in_flight), timeout=WAIT_S, return_when="FIRST_COMPLETED")
+        except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11 on
+            continue
+        for future in [f for f in in_flight if f.done()]:
+            scan = in_flight.pop(future)
             try:
-                wait(list(in_flight), timeout=WAIT_S, return_when="FIRST_COMPLETED")
-            except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11 on
-                continue
-            for future in [f for f in in_flight if f.done()]:
-                scan = in_flight.pop(future)
-                try:
-                    status = future.result()
-                except Exception as exc:  # noqa: BLE001 - the worker died, or Dask could not run the scan
-                    if _worker_died(exc) and connection.rerun_lost and tries[scan.id] < MAX_TRIES:
-                        waiting.appendleft(scan)  # once more, on a restarted (or another) worker
-                        continue
-                    status = _record_lost_scan(outdir, scan, settings, run_id, exc, connection.memory_limit)
-                rows[scan.id] = _row(outdir, status)
-                report.scan_done(status)
-            if time.monotonic() - last_cohort > COHORT_REFRESH_S:
-                results.write_cohort(outdir, [rows[s.id] for s in scans if s.id in rows])
-                last_cohort = time.monotonic()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if connection is not None:
-            connection.close()
+                status = future.result()
+            except Exception as exc:  # noqa: BLE001 - the worker died, or Dask could not run the scan
+                if _worker_died(exc) and connection.rerun_lost and tries[scan.id] < MAX_TRIES:
+                    waiting.appendleft(scan)  # once more, on a restarted (or another) worker
+                    continue
+                status = _record_lost_scan(outdir, scan, settings, run_id, exc, connection.memory_limit)
+            rows[scan.id] = _row(outdir, status)
+            report.scan_done(status)
+        if time.monotonic() - last_cohort > COHORT_REFRESH_S:
+            results.write_cohort(outdir, [rows[s.id] for s in scans if s.id in rows])
+            last_cohort = time.monotonic()
+
+
+def _cluster_module():
+    try:
+        from . import cluster
+    except ImportError as exc:
+        raise InputError(f"legsegnet batch needs Dask ({exc}); install it with: pip install 'legsegnet[batch]'") from exc
+    return cluster
+
+
+def _connect(args, engine: str):
+    return _cluster_module().connect(args, engine)
 
 
 def _worker_died(exc: BaseException) -> bool:
