@@ -6,8 +6,6 @@ reason to look, not a verdict; the numbers behind each flag are in the `qc_*` co
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -172,11 +170,3 @@ def _contrast_slice_fraction(hu: np.ndarray, labels: np.ndarray, spacing: tuple[
         enhanced += int(np.count_nonzero(per_slice >= CONTRAST_MIN_BLOBS))
     return None if with_muscle == 0 else enhanced / with_muscle
 
-
-def plausible_number(value) -> float | None:
-    """A float for a CSV cell, None for missing or non-finite."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
