@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[nnunet,slicer,dicom,test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[nnunet,slicer,dicom,test,batch]"
 	touch $(STAMP)
 
 demo: setup

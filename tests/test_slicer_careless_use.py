@@ -250,7 +250,6 @@ def test_from_view_next_unreviewed_and_mark_reviewed_work_under_a_parent_transfo
 
 # ---------------------------------------------------------------------- 3: Apply again over reviewed slices
 def test_apply_again_keeps_the_corrections_of_reviewed_slices(tmp_path, children_before):
-    from LegSegNetLib.annotation import dataset
 
     scene = slicer.vtkMRMLScene()
     node, _ = selftest.add_phantom_volume(scene, "calf", (16, 112, 144), seed=8)

@@ -2,6 +2,7 @@
 
     legsegnet segment INPUT -o OUTDIR [--engine auto|threshold|nnunet] [--slices FIRST:LAST | --auto-range] ...
     legsegnet quantify CT LABELS -o OUTDIR
+    legsegnet batch INPUT... -o OUTDIR [--manifest FILE.csv] [--workers N | --scheduler ADDR | --slurm] [engine options]
     legsegnet models list | install SOURCE [--name NAME] [--sha256 HEX] | remove NAME | default NAME
     legsegnet dataset add CT LABELS --dataset DIR --slices LIST [--patient ID] [--round N] [--format png|hu]
     legsegnet train DATASET [--from MODEL] [--epochs N] [--device ...] [--name NAME] [--folds 0] [--resume]
@@ -26,7 +27,8 @@ from typing import Sequence
 from . import __version__
 from .core.errors import InputError, LegSegNetError
 from .core.progress import Progress, for_stream
-from .core.signals import Stopped, stop_signals_raise
+from .core.errors import error_exit_code, one_line as _one_line
+from .core.signals import stop_signals_raise
 from .core.text import format_duration
 
 
@@ -51,19 +53,17 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     seg = commands.add_parser("segment", help="segment a CT and measure the tissues")
     seg.add_argument("input", help="NIfTI, NRRD, MetaImage, a DICOM series folder, or one 2D slice (DICOM / 8-bit PNG)")
     seg.add_argument("-o", "--outdir", required=True, help="output folder (created; files replaced atomically)")
-    seg.add_argument("--engine", default="auto", choices=["auto", "threshold", "nnunet"])
-    seg.add_argument("--model", default=None, help="nnU-Net model folder or installed model name")
-    seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    seg.add_argument("--slices", default=None, metavar="FIRST:LAST", help="inclusive axial slice range")
-    seg.add_argument("--auto-range", action="store_true", help="analyse only the slices where legs are found")
-    seg.add_argument("--folds", default=None, type=_parse_folds, help="nnU-Net folds to ensemble, e.g. 0,1,2")
-    tta = seg.add_mutually_exclusive_group()
-    tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="mirroring test-time augmentation")
-    tta.add_argument("--no-tta", dest="tta", action="store_false")
-    seg.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (nnU-Net)")
+    _add_engine_options(seg)
     seg.add_argument("--dicom", action="store_true",
                      help="DICOM series input only: also write seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    batch = commands.add_parser("batch", help="segment and measure many scans on Dask (resumable, cohort.csv)")
+    from .batch.options import add_batch_options
+
+    add_batch_options(batch, _positive_int)
+    _add_engine_options(batch)
+    batch.add_argument("--quiet", action="store_true", help="no progress lines (failures are still listed)")
 
     quant = commands.add_parser("quantify", help="measure an existing (e.g. corrected) label map on its CT")
     quant.add_argument("ct")
@@ -98,6 +98,20 @@ def _add_evaluate_parser(commands) -> None:
     ev.add_argument("--bootstrap", type=_positive_int, default=DEFAULT_BOOTSTRAP, metavar="N",
                     help=f"bootstrap replicates for the CIs (default {DEFAULT_BOOTSTRAP})")
     ev.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `segment` that choose the engine and the slices (shared with `batch`)."""
+    parser.add_argument("--engine", default="auto", choices=["auto", "threshold", "nnunet"])
+    parser.add_argument("--model", default=None, help="nnU-Net model folder or installed model name")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--slices", default=None, metavar="FIRST:LAST", help="inclusive axial slice range")
+    parser.add_argument("--auto-range", action="store_true", help="analyse only the slices where legs are found")
+    parser.add_argument("--folds", default=None, type=_parse_folds, help="nnU-Net folds to ensemble, e.g. 0,1,2")
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="mirroring test-time augmentation")
+    tta.add_argument("--no-tta", dest="tta", action="store_false")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (nnU-Net)")
 
 
 def _add_dataset_parser(commands) -> None:
@@ -247,6 +261,8 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
         return _run_train(args, progress)
     if args.command == "evaluate":
         return _run_evaluate(args, progress)
+    if args.command == "batch":
+        raise InputError("'batch' runs from the command line (legsegnet batch ...), not in the worker process")
     from . import pipeline
 
     if args.command == "segment":
@@ -398,17 +414,6 @@ def _print_model_table(infos, say) -> None:
         say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
 
 
-def error_exit_code(exc: BaseException) -> tuple[int, str]:
-    """The exit status and the one-line message for a failure."""
-    if isinstance(exc, LegSegNetError):
-        return exc.exit_code, str(exc)
-    if isinstance(exc, KeyboardInterrupt):
-        return 1, str(exc) if isinstance(exc, Stopped) else "interrupted"
-    if isinstance(exc, MemoryError):
-        return 1, "not enough memory; close other programs, or analyse fewer slices with --slices FIRST:LAST"
-    return 1, f"internal error ({type(exc).__name__}: {exc}); run again with --debug and report the traceback"
-
-
 def join_option_values(argv: list[str], options=("--slices",)) -> list[str]:
     """`--slices -3:4` → `--slices=-3:4`: argparse would take a value starting with '-' for an option,
     and the user deserves the range check's message, not "expected one argument"."""
@@ -437,6 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stop_signals_raise():  # SIGTERM and SIGHUP unwind like Ctrl-C: every clean-up runs
             args = build_parser().parse_args(argv)
             debug = getattr(args, "debug", False)
+            if args.command == "batch":  # its own progress lines, summary and exit status (1: some scans failed)
+                from .batch.runner import run_batch
+
+                return run_batch(args)
             if not getattr(args, "quiet", False):
                 progress = for_stream(sys.stderr)
             metrics = run_command(args, progress)
@@ -503,10 +512,6 @@ class _SummaryStdout:
 
     def __getattr__(self, name: str):
         return getattr(self.stream, name)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def _print_summary(metrics: dict, outdir: str) -> None:

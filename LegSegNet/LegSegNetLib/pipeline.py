@@ -14,6 +14,7 @@ from .measurement import quantify
 from .measurement import dicom_results, report
 from .scan import volume_io
 from .core.output_set import check_outputs
+from .scan.ct_volume import CTVolume
 from .engines import Engine, make_engine
 from .core.progress import Progress
 from .core.text import json_safe
@@ -34,13 +35,17 @@ def segment(
     dicom: bool = False,
     progress: Progress | None = None,
     engine_factory: Callable[..., Engine] = make_engine,
+    reader: Callable[[str | Path], CTVolume] = volume_io.read_ct,
 ) -> dict:
     """Segment INPUT and write the contract's output files to OUTDIR (with `dicom`, also seg.dcm and sr.dcm).
-    Returns metrics.json's content."""
+    Returns metrics.json's content.
+
+    `reader` turns INPUT into a CTVolume (the batch passes one that picks a DICOM series and checks for legs).
+    """
     progress = progress or Progress()
     check_before_reading(outdir, [input_path], dicom=dicom)
     progress.stage("reading")
-    volume = volume_io.read_ct(input_path)
+    volume = reader(input_path)
     _report_notes(volume, progress)
     if dicom:
         dicom_results.check_exportable(volume)

@@ -23,3 +23,21 @@ class CancelledError(LegSegNetError):
     """The run was cancelled (SIGTERM, Slicer's Cancel button, parent gone)."""
 
     exit_code = 1
+
+
+def error_exit_code(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the message for a failure (the CLI, the worker and the batch report it alike)."""
+    from .signals import Stopped  # a stop signal's KeyboardInterrupt says which signal
+
+    if isinstance(exc, LegSegNetError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return 1, str(exc) if isinstance(exc, Stopped) else "interrupted"
+    if isinstance(exc, MemoryError):
+        return 1, "not enough memory; close other programs, or analyse fewer slices with --slices FIRST:LAST"
+    return 1, f"internal error ({type(exc).__name__}: {exc}); run again with --debug and report the traceback"
+
+
+def one_line(text: str) -> str:
+    """A message on one line (error: lines, the batch's error column)."""
+    return " ".join(str(text).split())

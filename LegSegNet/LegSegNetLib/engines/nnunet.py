@@ -74,8 +74,16 @@ def select_device(requested: str, progress: Progress | None = None):
     raise InputError(f"unknown device '{requested}'; choose auto, cpu, cuda or mps")
 
 
+CPU_THREADS_ENV = "LEGSEGNET_CPU_THREADS"  # set by `legsegnet batch` so its workers share the cores
+
+
 def cpu_threads() -> int:
-    """Cores this process may run on (a container's or taskset's limit, not the machine's count)."""
+    """Cores this process may run on (a container's or taskset's limit, not the machine's count), or
+    $LEGSEGNET_CPU_THREADS when set (several batch workers on one machine split the cores)."""
+    try:
+        return max(1, int(os.environ[CPU_THREADS_ENV]))
+    except (KeyError, ValueError):
+        pass
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
@@ -148,6 +156,9 @@ class NnUNetEngine:
         self.checkpoint = checkpoint
         self.prefetch = not on_cpu  # prepare the next chunk while the accelerator works
         self.input_format = self.model.input_format
+        # called with each chunk's class probabilities (k, C, rows, cols) on the device, before the argmax
+        # (the batch's confidence summary); None: nobody is watching
+        self.probability_observer = None
         self._load(folds, checkpoint, progress)
 
     # ------------------------------------------------------------------ loading
@@ -329,6 +340,8 @@ class NnUNetEngine:
                 p = torch.nn.functional.interpolate(
                     p, size=(rows, cols), mode="bilinear", align_corners=False, antialias=shrink
                 )
+            if self.probability_observer is not None:
+                self.probability_observer(p)
             return _argmax_classes(p).cpu().numpy()
 
     def segment_model_grid(self, slices: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:

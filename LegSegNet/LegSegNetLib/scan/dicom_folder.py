@@ -133,9 +133,19 @@ def read_dicom_file(path: Path, limit: int, notes: list[str]) -> tuple[sitk.Imag
     return image, header.modality, series_from_slices([header], multiframe=header.frames > 1)
 
 
-def read_dicom_folder(folder: Path, limit: int, notes: list[str]) -> tuple[sitk.Image, str, DicomSeries | None]:
-    """The CT series in a folder (the one with most slices if several), slices sorted along their normal."""
+def read_dicom_folder(folder: Path, limit: int, notes: list[str],
+                      series_uid: str | None = None) -> tuple[sitk.Image, str, DicomSeries | None]:
+    """The CT series in a folder (the one with most slices if several, or the one `series_uid` names),
+    slices sorted along their normal."""
     files, unreadable = _scan_dicom_folder(folder)
+    if series_uid is not None:
+        files = [f for f in files if f.series_uid == series_uid]
+        if not files:
+            raise InputError(
+                f"the folder '{folder}' holds no DICOM images of series {series_uid} (moved or deleted?); "
+                "check the folder"
+            )
+        unreadable = []  # files whose header cannot be read belong to no series: not this one's concern
     if not files:
         if unreadable:
             raise InputError(

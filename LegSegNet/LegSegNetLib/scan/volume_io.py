@@ -38,11 +38,12 @@ SUPPORTED_INPUTS = (
 
 
 # ====================================================================== public API
-def read_ct(path: str | os.PathLike, *, max_bytes: int | None = None) -> CTVolume:
+def read_ct(path: str | os.PathLike, *, max_bytes: int | None = None, series_uid: str | None = None) -> CTVolume:
     """Read a CT scan in HU with its geometry as stored; see the module docstring for the inputs.
 
     `max_bytes` caps the memory the voxels may take (default: half the available memory); a larger
-    image is refused from its header, before any voxel is read.
+    image is refused from its header, before any voxel is read. `series_uid` picks one DICOM series of
+    a folder (by SeriesInstanceUID) instead of the CT series with most slices.
     """
     path = Path(path).expanduser()
     limit = memory_limit_bytes() if max_bytes is None else int(max_bytes)
@@ -57,7 +58,7 @@ def read_ct(path: str | os.PathLike, *, max_bytes: int | None = None) -> CTVolum
         notes.append(f"read the DICOM files in the folder of '{path.name}'")
         path = path.parent
     if path.is_dir():
-        image, modality, series = read_dicom_folder(path, limit, notes)
+        image, modality, series = read_dicom_folder(path, limit, notes, series_uid)
     else:
         _check_not_empty(path)
         kind = file_kind(path)

@@ -32,7 +32,9 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from ..cli import _one_line, build_parser, error_exit_code, join_option_values, run_command
+from ..cli import build_parser, join_option_values, run_command
+from ..core.errors import error_exit_code
+from ..core.errors import one_line as _one_line
 from ..engines import use_passive_openmp_threads
 from ..core.errors import CancelledError
 from ..core.signals import signal_name, stop_signals_raise
