@@ -40,16 +40,9 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     seg = commands.add_parser("segment", help="segment a CT and measure the tissues")
     seg.add_argument("input", help="NIfTI, NRRD, MetaImage, a DICOM series folder, or one 2D slice (DICOM / 8-bit PNG)")
     seg.add_argument("-o", "--outdir", required=True, help="output folder (created; files replaced atomically)")
-    seg.add_argument("--engine", default="auto", choices=["auto", "threshold", "nnunet"])
-    seg.add_argument("--model", default=None, help="nnU-Net model folder or installed model name")
-    seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_engine_options(seg)
     seg.add_argument("--slices", default=None, metavar="FIRST:LAST", help="inclusive axial slice range")
     seg.add_argument("--auto-range", action="store_true", help="analyse only the slices where legs are found")
-    seg.add_argument("--folds", default=None, type=_parse_folds, help="nnU-Net folds to ensemble, e.g. 0,1,2")
-    tta = seg.add_mutually_exclusive_group()
-    tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="mirroring test-time augmentation")
-    tta.add_argument("--no-tta", dest="tta", action="store_false")
-    seg.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (nnU-Net)")
     seg.add_argument("--dicom", action="store_true",
                      help="DICOM series input only: also write seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -192,6 +185,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The engine's options, shared by every command that segments (segment, batch):
+    --engine --model --device --folds --tta/--no-tta --batch-size --checkpoint (see `engine_options`)."""
+    parser.add_argument("--engine", default="auto", choices=["auto", "threshold", "nnunet"])
+    parser.add_argument("--model", default=None, help="nnU-Net model folder or installed model name")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--folds", default=None, type=_parse_folds, help="nnU-Net folds to ensemble, e.g. 0,1,2")
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="mirroring test-time augmentation")
+    tta.add_argument("--no-tta", dest="tta", action="store_false")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (nnU-Net)")
+    parser.add_argument("--checkpoint", default=None, choices=["best", "final"],
+                        help="nnU-Net checkpoint of each fold (default: final for an nnU-Net results folder, as "
+                             "nnUNetv2_predict; best for the published layout)")
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of pipeline.segment (and engines.make_engine) that add_engine_options parsed."""
+    return {"engine": args.engine, "model": args.model, "device": args.device, "folds": args.folds, "tta": args.tta,
+            "batch_size": args.batch_size, "checkpoint": args.checkpoint}
+
+
 def run_command(args: argparse.Namespace, progress: Progress) -> dict:
     """Carry out a parsed command; shared by the CLI and the worker."""
     if args.command == "models":
@@ -208,16 +223,11 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
         return pipeline.segment(
             args.input,
             args.outdir,
-            engine=args.engine,
-            model=args.model,
-            device=args.device,
             slices=args.slices,
             auto_range=args.auto_range,
-            folds=args.folds,
-            tta=args.tta,
-            batch_size=args.batch_size,
             dicom=args.dicom,
             progress=progress,
+            **engine_options(args),
         )
     if args.command == "quantify":
         return pipeline.quantify_files(args.ct, args.labels, args.outdir, slices=args.slices, dicom=args.dicom,

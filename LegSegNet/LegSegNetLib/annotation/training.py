@@ -462,6 +462,7 @@ def train(dataset_dir: str | Path, options: TrainOptions | None = None, *, resum
     progress.stage("checking")
     run_dir, run, options, manifest = _open_run(folder, options, resume, progress)
     base = _resolve_base_model(options.from_model, store, manifest)
+    _note_axes_change(base, manifest, progress)
     training_round = _choose_round(options.training_round, base, manifest)
     name = options.name or _default_name(folder, training_round)
     if not _NAME_RE.match(name):
@@ -602,6 +603,21 @@ def _resolve_base_model(from_model: str | None, store, manifest: dataset_module.
         )
     check_fine_tunable(base)
     return base
+
+
+def _note_axes_change(base, manifest: dataset_module.Manifest, progress: Progress) -> None:
+    """Fine-tuning a model on slices in another axis order (an older LegSegNet's HU model on a new set) works,
+    but starts from weights that learnt the slices transposed: say so."""
+    if base is None:
+        return
+    from ..engines import slice_axes
+
+    learnt, _ = slice_axes.for_model(base)
+    if learnt != manifest.slice_axes:
+        progress.note(
+            f"model '{base.name}' learnt slices with {slice_axes.DESCRIPTIONS[learnt]}; this training set holds them "
+            f"with {slice_axes.DESCRIPTIONS[manifest.slice_axes]}, which the new model learns (it may need more epochs)"
+        )
 
 
 def check_fine_tunable(base) -> None:
@@ -900,6 +916,8 @@ def _training_record(run: dict, *, manifest_path: Path, folds: list, epochs: int
         "name": run["name"], "round": run["round"], "trained_at": now_iso(), "dataset": run["dataset"],
         "dataset_manifest_sha256": sha256_file(manifest_path),
         "input_format": manifest["input_format"], "cases": len(entries), "patients": len(patients),
+        # the axis order of the slices (engines/slice_axes.py); also in the model's dataset.json, which the engine reads
+        "slice_axes": dataset_module.Manifest.from_dict(manifest, manifest_path).slice_axes,
         "scans": len({e["ct_sha256"] for e in entries}),
         "data_rounds": sorted({int(e["round"]) for e in entries}),
         "from_model": run.get("from_model"), "fine_tuned": base is not None,
