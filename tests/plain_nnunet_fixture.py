@@ -11,7 +11,10 @@ exactly as nnU-Net's own inference does:
    changing an architecture: edit the plans, train with `-p`); the preprocessed data are shared, since the
    network does not change them;
 4. `nnUNetv2_train 903 2d 0 -p nnUNetPlansTiny -tr nnUNetTrainer_1epoch -device cpu` (nnU-Net's own 1-epoch
-   trainer: 250 iterations).
+   trainer: 250 iterations). nnUNetv2_train finds a trainer by importing every trainer module nnU-Net ships;
+   one of them (primus) needs torchvision, and where torchvision cannot be imported (a torchvision wheel that
+   does not fit a CPU-only PyTorch, as on this project's development machine) that lookup fails before
+   training starts. There the same entry point, `run_training_entry`, runs with its lookup given the class.
 
 The axial slices of the phantom (nnunet_fixtures.leg_slice) are the nnU-Net array slices (rows = j, front
 to back, the couch at the back; columns = i, right to left). The results folder
@@ -69,6 +72,22 @@ def lps_volume(array_kji: np.ndarray, spacing_yx: tuple[float, float], slice_mm:
     image.SetSpacing((float(spacing_yx[1]), float(spacing_yx[0]), float(slice_mm)))
     image.SetOrigin((-FOV_MM / 2, -FOV_MM / 2, -400.0))
     return image
+
+
+# nnUNetv2_train's own entry point, with its trainer lookup (which imports every trainer module) given the class
+_TRAIN_WITH_KNOWN_TRAINER = f"""
+import sys
+import nnunetv2.run.run_training as run
+from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs import {TRAINER}
+run.recursive_find_trainer_class_by_name = lambda name: {TRAINER}
+sys.argv[0] = "nnUNetv2_train"
+run.run_training_entry()
+"""
+
+
+def _torchvision_loads() -> bool:
+    found = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True)
+    return found.returncode == 0
 
 
 def recipe_hash() -> str:
@@ -143,8 +162,11 @@ def _build_in(target: Path, work: Path) -> None:
 
     def nnunet(*args: str, augmentation_processes: str = "1") -> None:
         # the planner needs nnUNet_n_proc_DA >= 1; training augments in its own process with 0 (nothing to leak)
+        command = [str(bin_dir / args[0]), *args[1:]]
+        if args[0] == "nnUNetv2_train" and not _torchvision_loads():
+            command = [sys.executable, "-c", _TRAIN_WITH_KNOWN_TRAINER, *args[1:]]
         subprocess.run(
-            [str(bin_dir / args[0]), *args[1:]],
+            command,
             check=True,
             env=dict(env, nnUNet_n_proc_DA=augmentation_processes),
             stdout=subprocess.DEVNULL,

@@ -36,6 +36,7 @@ from writers import reorient, run_legsegnet, write_image  # noqa: E402
 
 from LegSegNetLib.core.errors import InputError  # noqa: E402
 from LegSegNetLib.core.progress import Progress  # noqa: E402
+from LegSegNetLib.scan import volume_io  # noqa: E402
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("nnunetv2")
@@ -97,9 +98,17 @@ def agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float((a == b).mean()), float((a[body] == b[body]).mean())
 
 
-def nnunet_predictor(model_folder: Path, checkpoint: str):
+def nnunet_predictor(model_folder: Path, checkpoint: str, monkeypatch):
     """nnU-Net's own predictor as the engine runs on a CPU: no mirroring, tile step 1.0."""
+    import nnunetv2.inference.predict_from_raw_data as predict
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from LegSegNetLib.models.plans_names import find_trainer_class
+
+    if not plain._torchvision_loads():
+        # nnU-Net looks a trainer up by importing every trainer module, and one of them needs torchvision, which
+        # does not load here (see plain_nnunet_fixture.py): the class is found by importing its own module only
+        monkeypatch.setattr(predict, "recursive_find_trainer_class_by_name", find_trainer_class)
 
     predictor = nnUNetPredictor(
         tile_step_size=1.0,
@@ -115,10 +124,10 @@ def nnunet_predictor(model_folder: Path, checkpoint: str):
 
 # ====================================================================== HU: nnU-Net's own inference
 @pytest.mark.slow
-def test_plain_nnunet_hu_model_gives_nnunets_own_labels(plain_model, hu_scan, tmp_path):
+def test_plain_nnunet_hu_model_gives_nnunets_own_labels(plain_model, hu_scan, tmp_path, monkeypatch):
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    predictor = nnunet_predictor(plain_model, "checkpoint_final.pth")  # what nnUNetv2_predict uses
+    predictor = nnunet_predictor(plain_model, "checkpoint_final.pth", monkeypatch)  # what nnUNetv2_predict uses
     data, properties = SimpleITKIO().read_images([str(hu_scan)])
     theirs = predictor.predict_single_npy_array(data, properties, None, None, False)
 
@@ -129,7 +138,7 @@ def test_plain_nnunet_hu_model_gives_nnunets_own_labels(plain_model, hu_scan, tm
     ).transpose(0, 2, 1)
     overall, in_body = agreement(swapped, theirs)
     print(f"\nnnU-Net on the transposed slices vs on the slices: {overall:.4f} of voxels, {in_body:.4f} in the body")
-    assert overall < 0.995 and in_body < 0.98
+    assert overall < 0.999  # below what this test demands of the engine
 
     ours, metrics, _ = segment_cli(hu_scan, plain_model, tmp_path / "out")
     assert metrics["input_format"] == "hu" and metrics["slice_axes"] == "nnunet" and metrics["checkpoint"] == "final"
@@ -137,11 +146,11 @@ def test_plain_nnunet_hu_model_gives_nnunets_own_labels(plain_model, hu_scan, tm
     overall, in_body = agreement(ours, theirs)
     print(f"legsegnet vs nnUNetPredictor: {overall:.5f} of voxels, {in_body:.5f} in the body")
     assert overall >= 0.999 and in_body >= 0.999
-    assert {1, 2, 4} <= set(np.unique(ours).tolist())  # a model that labels tissue, not only background
+    assert {2, 4} <= set(np.unique(ours).tolist())  # a model that labels tissue (one epoch: muscle and bone)
 
 
 # ====================================================================== PNG: the published reference code
-def reference_code_labels(scan: Path, model_folder: Path, tmp_path: Path) -> np.ndarray:
+def reference_code_labels(scan: Path, model_folder: Path, tmp_path: Path, monkeypatch) -> np.ndarray:
     """The published reference inference (docs/method.md, the published input encoding), written as the reference
     code does it: nibabel, the S/I axis to the front, vol[z], HU window with truncation, OpenCV bicubic 256 x 256,
     nnU-Net's predictor on the model folder with its null spacings rewritten to 999. Masks (k, i, j) at 256 x 256."""
@@ -155,7 +164,7 @@ def reference_code_labels(scan: Path, model_folder: Path, tmp_path: Path) -> np.
         if "spacing" in config:
             config["spacing"] = [999.0 if s is None else s for s in config["spacing"]]
     (model / "plans.json").write_text(json.dumps(plans))
-    predictor = nnunet_predictor(model, "checkpoint_best.pth")
+    predictor = nnunet_predictor(model, "checkpoint_best.pth", monkeypatch)
 
     image = nib.load(str(scan))
     si_axis = [i for i, code in enumerate(nib.aff2axcodes(image.affine)) if code in "SI"][0]
@@ -172,8 +181,8 @@ def reference_code_labels(scan: Path, model_folder: Path, tmp_path: Path) -> np.
 
 
 @pytest.mark.slow
-def test_png_model_gives_the_reference_codes_labels_on_a_scan_stored_lps(png_model, png_scan, tmp_path):
-    theirs = reference_code_labels(png_scan, png_model, tmp_path)  # (k, i, j)
+def test_png_model_gives_the_reference_codes_labels_on_a_scan_stored_lps(png_model, png_scan, tmp_path, monkeypatch):
+    theirs = reference_code_labels(png_scan, png_model, tmp_path, monkeypatch)  # (k, i, j)
     ours, metrics, _ = segment_cli(png_scan, png_model, tmp_path / "out")
     assert metrics["input_format"] == "png" and metrics["slice_axes"] == "published" and metrics["checkpoint"] == "best"
     ours_ij = ours.transpose(0, 2, 1)  # SimpleITK (k, j, i) -> (k, i, j)
@@ -192,17 +201,17 @@ def _labels_in_lps(labels_kji: np.ndarray, scan: Path) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hu", "png"])
-def test_storage_order_does_not_change_the_labels_in_physical_space(
-    kind, plain_model, png_model, hu_scan, png_scan, tmp_path
-):
-    model, scan = (plain_model, hu_scan) if kind == "hu" else (png_model, png_scan)
+def test_storage_order_does_not_change_the_labels_in_physical_space(kind, request, tmp_path):
+    model = request.getfixturevalue("plain_model" if kind == "hu" else "png_model")
+    scan = request.getfixturevalue(f"{kind}_scan")
     standard, _, stderr = segment_cli(scan, model, tmp_path / "lps")
     assert "stored" not in stderr  # no turn, no note
     for code in STORAGE_ORDERS:
         stored = write_image(reorient(sitk.ReadImage(str(scan)), code), tmp_path / f"{code}.nii.gz")
         labels, _, stderr = segment_cli(stored, model, tmp_path / code)
         assert np.array_equal(_labels_in_lps(labels, stored), standard), code
-        assert f"the scan is stored {code}" in stderr, stderr
+        turned = not volume_io.read_ct(stored).inplane_turn().is_identity  # LIP: in-plane as LPS, nothing to turn
+        assert (f"the scan is stored {code}" in stderr) == turned, stderr
 
 
 # ====================================================================== --checkpoint
