@@ -249,6 +249,7 @@ def test_checkpoint_option_and_a_results_folder_holding_only_the_final_checkpoin
 
 
 # ====================================================================== models of an earlier LegSegNet
+@pytest.mark.slow  # the first run trains the plain nnU-Net model
 def test_hu_model_of_an_earlier_legsegnet_gets_the_order_it_learnt(plain_model, tmp_path):
     """An HU model trained by LegSegNet before the axis order was recorded learnt the storage slab (the published
     order): recognised by LegSegNet's description in its dataset.json, it is given its slices that way."""
@@ -277,6 +278,7 @@ def test_hu_model_of_an_earlier_legsegnet_gets_the_order_it_learnt(plain_model, 
     assert NnUNetEngine(old, device="cpu").slice_axes == "nnunet"
 
 
+@pytest.mark.slow  # the first run trains the plain nnU-Net model
 def test_a_model_that_slices_along_another_axis_is_refused(plain_model, tmp_path):
     from LegSegNetLib.engines.nnunet import NnUNetEngine
 
