@@ -90,6 +90,7 @@ class LegSegNetParameterNode:
     firstSlice/lastSlice - inclusive range of slice indices along the volume's superior/inferior axis.
     engine/device/tta - worker options; folds: comma-separated nnU-Net folds ("" = all in the model).
     batchSize - slices per forward pass (0 = engine default).
+    checkpoint - nnU-Net checkpoint: default (final for a results folder, best for the published layout), best, final.
     outputSegmentation - segmentation to overwrite (None: a new one named after the volume).
     referenceSegmentation - a reference segmentation of the same CT for "Compare with reference".
     reviewSlicesPerScan/reviewSeed - slices sampled per scan for review (1-50) and the sampling seed.
@@ -109,6 +110,7 @@ class LegSegNetParameterNode:
     folds: str = ""
     tta: Annotated[str, Choice(["default", "on", "off"])] = "default"
     batchSize: Annotated[int, Minimum(0), Maximum(MAX_BATCH_SIZE)] = 0
+    checkpoint: Annotated[str, Choice(["default", "best", "final"])] = "default"
     outputSegmentation: vtkMRMLSegmentationNode
     referenceSegmentation: vtkMRMLSegmentationNode
     reviewSlicesPerScan: Annotated[int, Minimum(1), Maximum(50)] = 3
@@ -434,6 +436,7 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.inputVolume, p.firstSlice, p.lastSlice, engine=p.engine, device=p.device, model=p.model or None,
                 segmentation=p.outputSegmentation, onProgress=self._onProgress, onFinished=self._onFinished,
                 folds=folds, tta=tta, batchSize=p.batchSize or None,
+                checkpoint=None if p.checkpoint == "default" else p.checkpoint,
             )
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()

@@ -22,6 +22,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["segment", "x.nii.gz", "-o", "out", "--folds", "a,b"], "--folds"),
         (["segment", "x.nii.gz", "-o", "out", "--batch-size", "0"], "at least 1"),
         (["segment", "x.nii.gz", "-o", "out", "--tta", "--no-tta"], "not allowed"),
+        (["segment", "x.nii.gz", "-o", "out", "--checkpoint", "latest"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
     ],
 )

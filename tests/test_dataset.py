@@ -2,7 +2,11 @@
 
 - PNG format: each image is exactly what the published preprocessing feeds the network, read back with
   nnU-Net's own reader; labels are nearest-neighbour on the same 256 x 256 grid with half-pixel centres;
-- HU format: the slice's HU and pixel spacing, as nnU-Net's SimpleITK reader reports them;
+- HU format: the slice's HU and pixel spacing, as nnU-Net's SimpleITK reader reports them, and exactly the
+  slice nnU-Net reads from the same scan stored LPS as a volume (so a model trained on the set and one trained
+  by plain nnU-Net on the same slices take the same input); PNG format: the reference code's `vol[z]` encoded;
+  both whatever the storage order of the scan (turned to the standard orientation first); a set started by an
+  earlier LegSegNet keeps its order;
 - the folder passes nnU-Net's own dataset integrity check;
 - the manifest (source, scan hash, slice, patient, round, date, checksums) and de-duplication: unchanged
   slices are skipped, edited ones replaced with their history kept, nothing ever listed twice;
@@ -30,6 +34,10 @@ from LegSegNetLib.core.errors import InputError
 from LegSegNetLib.phantom import make_leg_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from writers import leg_image, reorient  # noqa: E402
+
 SHAPE = (8, 96, 128)  # slices, rows, columns
 
 
@@ -110,18 +118,20 @@ def test_png_export_is_the_published_network_input_and_passes_nnunets_integrity_
     result = dataset.add_files(tmp_path / "set", ct, labels_path, "1,4,6", patient="P1", training_round=2)
     assert result.added == [1, 4, 6] and result.input_format == "png" and result.total_cases == 3
     manifest = load_dataset(tmp_path / "set")
+    # the phantom is stored with rows toward posterior: its standard slab (rows toward the left) is the transpose
+    assert volume.inplane_turn().transpose and manifest.slice_axes == "published"
     for entry in manifest.entries:
         k = entry["slice_index"]
         image, properties = _read_nnunet(tmp_path / "set" / entry["image"])
-        expected = published.published_input_images(volume.slab(k, k))[0]
+        expected = published.published_input_images(volume.slab(k, k).transpose(0, 2, 1))[0]
         assert image.shape == (1, 1, 256, 256) and np.array_equal(image[0, 0], expected)
         assert tuple(properties["spacing"]) == published.SPACING  # what the engine tells nnU-Net at inference
         label, _ = _read_nnunet(tmp_path / "set" / entry["label"])
-        assert np.array_equal(label[0, 0], _formula_nearest(phantom.labels[k], 256, 256))
+        assert np.array_equal(label[0, 0], _formula_nearest(phantom.labels[k].T, 256, 256))
     dataset_json = json.loads((tmp_path / "set" / "dataset.json").read_text())
     assert dataset_json["labels"] == {"background": 0, "SAT": 1, "SM": 2, "IAT": 3, "Bone": 4}
     assert dataset_json["numTraining"] == 3 and dataset_json["file_ending"] == ".png"
-    assert dataset_json["channel_names"] == {"0": "grey"}
+    assert dataset_json["channel_names"] == {"0": "grey"} and dataset_json["legsegnet_slice_axes"] == "published"
 
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
@@ -139,13 +149,111 @@ def test_hu_export_keeps_values_and_spacing_as_nnunet_reads_them(tmp_path):
     for entry in manifest.entries:
         k = entry["slice_index"]
         image, properties = _read_nnunet(tmp_path / "set" / entry["image"])
-        assert np.array_equal(image[0, 0], volume.slab(k, k)[0].astype(np.float32))  # rows and columns as the slab
+        # rows front-back, columns left-right: for this phantom (stored with rows toward posterior) its own slab
+        assert np.array_equal(image[0, 0], volume.slab(k, k)[0].astype(np.float32))
         # nnU-Net's reader: 999 x the largest in-plane spacing, then (row, column) spacing
         assert tuple(properties["spacing"]) == pytest.approx((999 * 1.1, 1.0, 1.1))
         label, _ = _read_nnunet(tmp_path / "set" / entry["label"])
         assert np.array_equal(label[0, 0], phantom.labels[k])
         assert entry["spacing_mm"] == pytest.approx([1.0, 1.1])
     assert sitk.ReadImage(str(tmp_path / "set" / manifest.entries[0]["image"])).GetPixelID() == sitk.sitkInt16
+
+
+def _lps_scan_and_labels(folder: Path, code: str = "LPS") -> tuple[Path, Path]:
+    """The synthetic legs (writers.leg_image: stored LPS, pixels 1.8 x 1.6 mm) and a label map of them, both
+    stored as `code` says."""
+    ct = leg_image()
+    labels = sitk.Cast(sitk.BinaryThreshold(ct, -500, 5000, 1, 0), sitk.sitkUInt8) + sitk.Cast(
+        sitk.BinaryThreshold(ct, 600, 5000, 3, 0), sitk.sitkUInt8)  # 1 body, 4 bone: labels that show the axes
+    folder.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(reorient(ct, code), str(folder / "ct.nii.gz"))
+    sitk.WriteImage(reorient(labels, code), str(folder / "labels.nii.gz"))
+    return folder / "ct.nii.gz", folder / "labels.nii.gz"
+
+
+def _exported(folder: Path) -> list[tuple[np.ndarray, np.ndarray, tuple]]:
+    """Each case of a set as nnU-Net reads it for training: (image, labels, spacing), in slice order."""
+    manifest = load_dataset(folder)
+    out = []
+    for entry in sorted(manifest.entries, key=lambda e: e["z_mm"]):
+        image, properties = _read_nnunet(folder / entry["image"])
+        label, _ = _read_nnunet(folder / entry["label"])
+        out.append((image[0, 0], label[0, 0], tuple(properties["spacing"])))
+    return out
+
+
+def test_hu_export_is_the_slice_plain_nnunet_reads_from_the_volume_in_any_storage_order(tmp_path):
+    """A model trained on this set and one trained by plain nnU-Net on the same slices of the volumes see the same
+    arrays: each exported slice is what nnU-Net's reader gives for that slice of the scan stored LPS (values, axis
+    order, in-plane spacing), and a copy of the scan stored otherwise exports the same slices."""
+    pytest.importorskip("nnunetv2")
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    ct, labels = _lps_scan_and_labels(tmp_path / "lps")
+    dataset.add_files(tmp_path / "set", ct, labels, "2,5,9", patient="P1", input_format="hu")
+    volume, properties = SimpleITKIO().read_images([str(ct)])
+    label_volume, _ = SimpleITKIO().read_seg(str(labels))
+    exported = _exported(tmp_path / "set")
+    for (image, label, spacing), k in zip(exported, (2, 5, 9)):
+        assert image.shape == volume.shape[2:] != volume.shape[2:][::-1]  # (front-back, left-right) = (72, 128)
+        assert np.array_equal(image, volume[0, k]) and np.array_equal(label, label_volume[0, k])
+        assert spacing[1:] == pytest.approx(properties["spacing"][1:])  # (1.6, 1.8): front-back, left-right
+    assert load_dataset(tmp_path / "set").slice_axes == "nnunet"
+    assert json.loads((tmp_path / "set" / "dataset.json").read_text())["legsegnet_slice_axes"] == "nnunet"
+
+    for code in ("PIR", "RAS", "LIP"):
+        ct_other, labels_other = _lps_scan_and_labels(tmp_path / code, code)
+        other = dataset.add_files(tmp_path / f"set-{code}", ct_other, labels_other, _same_slices(ct_other, (2, 5, 9)),
+                                  patient="P1", input_format="hu")
+        assert len(other.added) == 3
+        for (image, label, spacing), (want_image, want_label, want_spacing) in zip(_exported(tmp_path / f"set-{code}"),
+                                                                                    exported):
+            assert np.array_equal(image, want_image) and np.array_equal(label, want_label), code
+            assert spacing[1:] == pytest.approx(want_spacing[1:])
+
+
+def _same_slices(ct: Path, lps_indices) -> str:
+    """The slice indices, in a copy stored in another order, of slices `lps_indices` of the LPS scan."""
+    from LegSegNetLib.scan import volume_io
+
+    volume = volume_io.read_ct(ct)
+    z = volume.slice_z_mm()
+    order = np.argsort(z)  # slice index by height; the LPS scan counts from the lowest slice up
+    return ",".join(str(int(order[k])) for k in lps_indices)
+
+
+def test_png_export_is_the_reference_codes_slice_in_any_storage_order(tmp_path):
+    """The PNG image is the published encoding of the reference code's vol[z] (nibabel, the S/I axis to the front)
+    of the scan stored LPS, also when the scan is stored otherwise."""
+    nib = pytest.importorskip("nibabel")
+    ct, labels = _lps_scan_and_labels(tmp_path / "lps")
+    vol = np.moveaxis(np.asarray(nib.load(str(ct)).get_fdata(), dtype=np.float32), 2, 0)  # (k, i, j)
+    for code in ("LPS", "PIR", "ASL"):
+        ct_code, labels_code = _lps_scan_and_labels(tmp_path / code, code) if code != "LPS" else (ct, labels)
+        dataset.add_files(tmp_path / f"set-{code}", ct_code, labels_code, _same_slices(ct_code, (3, 7)), patient="P1")
+        for (image, _, _), k in zip(_exported(tmp_path / f"set-{code}"), (3, 7)):
+            assert np.array_equal(image, published.published_input_images(vol[k][None])[0]), code
+
+
+def test_a_set_started_before_the_axis_record_keeps_its_order(tmp_path):
+    """An HU set written by an earlier LegSegNet (no slice_axes in its manifest) holds the published order; new
+    slices join in that order, with a note, and dataset.json says so, so the model trained on it is served right."""
+    ct, labels = _lps_scan_and_labels(tmp_path / "lps")
+    folder = tmp_path / "set"
+    dataset.add_files(folder, ct, labels, "2", patient="P1", input_format="hu")
+    manifest_file = folder / dataset.MANIFEST_FILE
+    old = json.loads(manifest_file.read_text())
+    del old["slice_axes"]  # as an earlier LegSegNet wrote it
+    manifest_file.write_text(json.dumps(old))
+    result = dataset.add_files(folder, ct, labels, "5", patient="P1")
+    assert any("earlier LegSegNet" in note and "new --dataset" in note for note in result.notes)
+    assert load_dataset(folder).slice_axes == "published"
+    assert json.loads((folder / "dataset.json").read_text())["legsegnet_slice_axes"] == "published"
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    volume, _ = SimpleITKIO().read_images([str(ct)])
+    image = _exported(folder)[1][0]
+    assert np.array_equal(image, volume[0, 5].T)  # rows left-right: the storage slab of an LPS scan
 
 
 # ---------------------------------------------------------------------- manifest and de-duplication
@@ -200,7 +308,7 @@ def test_reexport_skips_unchanged_slices_and_replaces_edited_ones(scan, tmp_path
     assert not (folder / "imagesTr" / f"{old_case}_0000.png").exists()  # the old files are gone
     assert not (folder / "labelsTr" / f"{old_case}.png").exists()
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / replaced["label"])))
-    assert np.array_equal(label, _formula_nearest(slab_view[4], 256, 256)) and not (label == 3).any()
+    assert np.array_equal(label, _formula_nearest(slab_view[4].T, 256, 256)) and not (label == 3).any()
     files = sorted(p.name for p in (folder / "imagesTr").iterdir())
     assert len(files) == 3 and json.loads((folder / "dataset.json").read_text())["numTraining"] == 3
 

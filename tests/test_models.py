@@ -271,6 +271,29 @@ def test_inspect_results_folder_picks_2d(tmp_path, checkpoint_bytes):
     assert inspect_model_folder(tmp_path).path == two_d
 
 
+def test_default_checkpoint_follows_the_layout_and_installs_keep_it(tmp_path, checkpoint_bytes):
+    """nnUNetv2_predict uses checkpoint_final of a results folder; the published layout ships checkpoint_best:
+    each layout's own file is the default when every fold has both, the other one when it is all there is."""
+    both = {0: ("checkpoint_best.pth", "checkpoint_final.pth")}
+    published = make_model(tmp_path / "pub" / "model", checkpoint_bytes, folds=both)
+    results = make_model(tmp_path / "Dataset001_X" / "nnUNetTrainer__nnUNetPlans__2d", checkpoint_bytes, folds=both,
+                         dataset=dataset_json(file_ending=".nii.gz"))
+    final_only = make_model(tmp_path / "Dataset002_Y" / "nnUNetTrainer__nnUNetPlans__2d", checkpoint_bytes,
+                            folds={0: ("checkpoint_final.pth",)}, dataset=dataset_json(file_ending=".nii.gz"))
+    assert inspect_model_folder(published).checkpoint_path(0).name == "checkpoint_best.pth"
+    assert inspect_model_folder(results).checkpoint_path(0).name == "checkpoint_final.pth"
+    assert inspect_model_folder(final_only).checkpoint_path(0).name == "checkpoint_final.pth"
+    assert inspect_model_folder(results).checkpoint_path(0, "best").name == "checkpoint_best.pth"
+    with pytest.raises(InputError, match=r"fold 0 has no checkpoint_best.pth.*--checkpoint best\|final"):
+        inspect_model_folder(final_only).checkpoint_path(0, "best")
+    # installed, a results folder stays one (its trainer is recorded), so its default stays final
+    store = ModelStore(tmp_path / "store")
+    store.install(str(results), name="results")
+    store.install(str(published), name="published")
+    assert store.get("results").folder().checkpoint_path(0).name == "checkpoint_final.pth"
+    assert store.get("published").folder().checkpoint_path(0).name == "checkpoint_best.pth"
+
+
 def test_inspect_refuses_a_3d_configuration_folder(tmp_path, checkpoint_bytes):
     three_d = make_model(tmp_path / "Dataset001_X" / "nnUNetTrainer__nnUNetPlans__3d_fullres", checkpoint_bytes,
                          plans=plans_json(configurations=("2d", "3d_fullres")))

@@ -200,15 +200,16 @@ def test_hu_model_network_input_is_nnunet_ct_normalisation(hu_model):
     assert engine.input_format == "hu"
     target = engine.configuration.spacing  # slices already at the plans' spacing: no resampling
     size = int(round(FOV_MM / target[0]))
-    hu, _ = leg_slice(HELD_OUT_SEEDS[0], (size, size), (target[0], target[1]))
+    hu, _ = leg_slice(HELD_OUT_SEEDS[0], (size, size), (target[0], target[1]))  # rows front-back, as nnU-Net's
     props = engine.plans_manager.foreground_intensity_properties_per_channel["0"]
-    (item,) = engine.prepare(hu[None], (2.0, target[0], target[1]))
+    # the engine takes standard slabs (rows left-right) and hands HU models their transpose: nnU-Net's order
+    (item,) = engine.prepare(hu.T[None], (2.0, target[1], target[0]))
     expected = np.clip(hu.astype(np.float32), props["percentile_00_5"], props["percentile_99_5"])
     expected = (expected - props["mean"]) / max(props["std"], 1e-8)
     (r0, r1), (c0, c1) = item.properties["bbox_used_for_cropping"][1:]
     np.testing.assert_allclose(item.data[0, 0], expected[r0:r1, c0:c1], rtol=0, atol=1e-5)
     # a slice at another spacing is resampled to the plans' spacing, as nnU-Net does
-    (coarse,) = engine.prepare(hu[None, ::2, ::2], (2.0, 2 * target[0], 2 * target[1]))
+    (coarse,) = engine.prepare(hu.T[None, ::2, ::2], (2.0, 2 * target[1], 2 * target[0]))
     assert abs(coarse.data.shape[2] - item.data.shape[2]) <= 2
 
 
@@ -231,7 +232,9 @@ def test_hu_model_segments_held_out_slices(hu_model):
         size = int(round(FOV_MM / spacing))
         pairs = [leg_slice(seed, (size, size), (spacing, spacing)) for seed in list(HELD_OUT_SEEDS)[:5]]
         hu, truth = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-        labels = engine.segment(hu.astype(np.int16), (3.0, spacing, spacing), Progress())
+        # phantom slices have rows front-back (nnU-Net's order); the standard slab is their transpose
+        standard = hu.astype(np.int16).transpose(0, 2, 1)
+        labels = engine.segment(standard, (3.0, spacing, spacing), Progress()).transpose(0, 2, 1)
         scores = {name: dice(labels, truth, value) for name, value in (("SAT", 1), ("SM", 2), ("Bone", 4))}
         assert min(scores.values()) > 0.8, (spacing, scores)
 
@@ -386,11 +389,11 @@ def _phantom_volume(n: int = 4, size: int = 256) -> tuple[sitk.Image, sitk.Image
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("orientation", ["LPS", "RAI", "SLP", "LSP"])
+@pytest.mark.parametrize("orientation", ["LPS", "RAI", "SLP", "LSP", "PIR"])
 def test_cli_labels_land_in_the_input_geometry(tmp_path, png_model, orientation):
-    """The S/I axis stored first, second or third, flipped or not: labels come back on the input's grid.
-    (Storage that swaps the in-plane axes, e.g. PIR, shows the network a transposed slice, as the
-    reference code does: the tiny model is not trained for that, so it is not used here.)"""
+    """The S/I axis stored first, second or third, flipped or not, in-plane axes swapped: labels come back on
+    the input's grid (the engine sees every storage order turned to the standard; test_nnunet_orientation.py
+    shows the labels are then identical in physical space)."""
     ct, truth = _phantom_volume()
     ct, truth = reorient(ct, orientation), reorient(truth, orientation)
     path = write_image(ct, tmp_path / "ct.nii.gz")

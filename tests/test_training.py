@@ -43,6 +43,7 @@ from LegSegNetLib.core.progress import Progress  # noqa: E402
 from LegSegNetLib.core.text import format_duration  # noqa: E402
 from LegSegNetLib.annotation.splits import make_patient_splits, number_of_splits  # noqa: E402
 from LegSegNetLib.annotation.training import TrainOptions, train  # noqa: E402
+from LegSegNetLib.pipeline import segment_slab  # noqa: E402 - the engine sees what `legsegnet segment` shows it
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -221,7 +222,7 @@ def test_one_annotation_round_fine_tunes_a_better_model_and_survives_an_interrup
     corrected_dice = []
     for patient, seed in enumerate(TRAIN_SEEDS):
         phantom, volume, ct, _ = _phantom_files(tmp_path, seed)
-        predicted = round0.segment(volume.slab(), volume.slab_spacing, Progress())  # round 0's pseudo-masks
+        predicted = segment_slab(round0, volume, 0, volume.n_slices - 1, Progress())  # round 0's pseudo-masks
         sampled = review.sample_slices(0, volume.n_slices - 1, SLICES_PER_SCAN, seed=seed)
         corrected = predicted.copy()
         corrected[sampled] = phantom.labels[sampled]  # the annotator's corrections: the exact anatomy
@@ -286,7 +287,7 @@ def test_one_annotation_round_fine_tunes_a_better_model_and_survives_an_interrup
         phantom = make_leg_phantom(shape=(6, 192, 256), seed=seed)
         volume, _ = phantom.to_volume()
         for name, engine in (("round0", round0), ("round1", round1)):
-            labels = engine.segment(volume.slab(), volume.slab_spacing, Progress())
+            labels = segment_slab(engine, volume, 0, volume.n_slices - 1, Progress())
             scores[name].append(_mean_dice(labels, phantom.labels)[1])
     mean0, mean1 = (float(np.mean(scores[n])) for n in ("round0", "round1"))
     print(f"\nheld-out mean Dice: round 0 {mean0:.4f}, round 1 {mean1:.4f} (+{mean1 - mean0:.4f}); per tissue "
@@ -336,7 +337,9 @@ def test_training_from_scratch_on_hu_slices_with_an_in_process_stop_and_resume(t
 
     phantom = make_leg_phantom(shape=(2, 192, 256), seed=60)
     volume, _ = phantom.to_volume()
-    labels = NnUNetEngine("scratch", device="cpu", store=store).segment(volume.slab(), volume.slab_spacing, Progress())
+    engine = NnUNetEngine("scratch", device="cpu", store=store)
+    assert engine.slice_axes == "nnunet" and record["slice_axes"] == "nnunet"  # written and served in nnU-Net's order
+    labels = segment_slab(engine, volume, 0, volume.n_slices - 1, Progress())
     assert labels.shape == volume.slab().shape and labels.max() <= 4  # an installed, usable HU-format model
 
 

@@ -59,13 +59,20 @@ def test_parse_line_reads_events_and_keeps_text():
 
 def test_segment_command_passes_every_option():
     command = segment_command(["py"], "in.nrrd", "out", engine="nnunet", device="cuda", model="m", slices="3:9",
-                              folds=[0, 2], tta=False, batch_size=4)
+                              folds=[0, 2], tta=False, batch_size=4, checkpoint="final")
     assert command[:5] == ["py", "-m", "LegSegNetLib.worker", "segment", "in.nrrd"]
     for pair in (["-o", "out"], ["--engine", "nnunet"], ["--device", "cuda"], ["--model", "m"], ["--slices", "3:9"],
-                 ["--folds", "0,2"], ["--batch-size", "4"]):
+                 ["--folds", "0,2"], ["--batch-size", "4"], ["--checkpoint", "final"]):
         i = command.index(pair[0])
         assert command[i:i + 2] == pair
     assert "--no-tta" in command and "--tta" not in command
+    # the worker parses them as `legsegnet segment` does: the engine options reach the pipeline
+    from LegSegNetLib.cli import build_parser, engine_options
+
+    args = build_parser().parse_args(command[3:])
+    assert engine_options(args) == {"engine": "nnunet", "model": "m", "device": "cuda", "folds": [0, 2], "tta": False,
+                                    "batch_size": 4, "checkpoint": "final"}
+    assert "--checkpoint" not in segment_command(["py"], "in.nrrd", "out")  # default: the model folder's own
 
 
 def test_cancel_kills_the_whole_tree_and_removes_the_folder(tmp_path):

@@ -112,6 +112,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="mirroring test-time augmentation")
     tta.add_argument("--no-tta", dest="tta", action="store_false")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (nnU-Net)")
+    parser.add_argument("--checkpoint", default=None, choices=["best", "final"],
+                        help="nnU-Net checkpoint of each fold (default: final for an nnU-Net results folder, as "
+                             "nnUNetv2_predict; best for the published layout)")
 
 
 def _add_dataset_parser(commands) -> None:
@@ -250,6 +253,12 @@ def check_before_work(args: argparse.Namespace) -> None:
                               "--workdir" if args.workdir else "the training set's run folder")
 
 
+def engine_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of pipeline.segment (and engines.make_engine) that _add_engine_options parsed."""
+    return {"engine": args.engine, "model": args.model, "device": args.device, "folds": args.folds, "tta": args.tta,
+            "batch_size": args.batch_size, "checkpoint": args.checkpoint}
+
+
 def run_command(args: argparse.Namespace, progress: Progress) -> dict:
     """Carry out a parsed command; shared by the CLI and the worker."""
     check_before_work(args)
@@ -269,16 +278,11 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
         return pipeline.segment(
             args.input,
             args.outdir,
-            engine=args.engine,
-            model=args.model,
-            device=args.device,
             slices=args.slices,
             auto_range=args.auto_range,
-            folds=args.folds,
-            tta=args.tta,
-            batch_size=args.batch_size,
             dicom=args.dicom,
             progress=progress,
+            **engine_options(args),
         )
     if args.command == "quantify":
         return pipeline.quantify_files(args.ct, args.labels, args.outdir, slices=args.slices, dicom=args.dicom,

@@ -9,10 +9,12 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .anatomy import axial_range, label_checks
 from .measurement import quantify
 from .measurement import dicom_results, report
-from .scan import volume_io
+from .scan import orientation, volume_io
 from .core.output_set import check_outputs
 from .scan.ct_volume import CTVolume
 from .engines import Engine, make_engine
@@ -32,6 +34,7 @@ def segment(
     folds: list[int] | None = None,
     tta: bool | None = None,
     batch_size: int | None = None,
+    checkpoint: str | None = None,
     dicom: bool = False,
     progress: Progress | None = None,
     engine_factory: Callable[..., Engine] = make_engine,
@@ -53,11 +56,11 @@ def segment(
     if auto_range:
         progress.note(f"legs found on slices {first}:{last}")
     chosen = engine_factory(
-        engine, model=model, device=device, folds=folds, tta=tta, batch_size=batch_size, progress=progress
+        engine, model=model, device=device, folds=folds, tta=tta, batch_size=batch_size, checkpoint=checkpoint,
+        progress=progress,
     )
     progress.note(f"engine: {chosen.name}")
-    slab = volume.slab(first, last)
-    labels = chosen.segment(slab, volume.slab_spacing, progress)
+    labels = segment_slab(chosen, volume, first, last, progress)
     checked = _check_labels(labels, volume, first, progress, getattr(chosen, "label_check", None))
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
@@ -68,6 +71,23 @@ def segment(
     )
     progress.finish()
     return metrics
+
+
+def segment_slab(chosen: Engine, volume, first: int, last: int, progress: Progress):
+    """The engine's labels on the storage slab; an engine that wants the standard in-plane orientation gets the
+    slab turned to it (a view: swaps and reversals only) and its labels are turned back, so storage order never
+    changes the labels in physical space."""
+    slab = volume.slab(first, last)
+    if not getattr(chosen, "standard_orientation", False):
+        return chosen.segment(slab, volume.slab_spacing, progress)
+    turn = volume.inplane_turn()
+    if not turn.is_identity:
+        progress.note(
+            f"the scan is stored {volume.orientation_code()}: its slices were turned ({turn.describe()}) to "
+            f"{orientation.STANDARD_DESCRIPTION} for the model; the labels are on the input's own grid"
+        )
+    labels = chosen.segment(turn.to_standard(slab), turn.spacing_to_standard(volume.slab_spacing), progress)
+    return np.ascontiguousarray(turn.from_standard(labels))
 
 
 def quantify_files(

@@ -14,6 +14,18 @@ Formats (fixed when the dataset is created; it must be the input format of the m
 - `hu`: the HU slice on its native grid as a 2D NIfTI with the pixel spacing kept; the nnU-Net engine feeds
   HU-format models the same slice with the same spacing.
 
+Axes: every slice is first turned to the standard in-plane orientation (scan/orientation.py), as the engine
+turns every scan, so the storage order of a scan never changes what a model learns. Then it is written in
+the axis order of its format (engines/slice_axes.py), which is the order the engine hands the model:
+PNG images with rows along the patient's left-right axis (the published encoding); HU slices as 2D NIfTI
+whose x axis runs left-right and y axis front-back, so that nnU-Net's reader gives (front-back,
+left-right) with spacing in that order: exactly the slice and spacing nnU-Net reads from the same scan
+stored LPS as a volume. So a model trained on this set and one trained by plain nnU-Net on the same slices
+take the same input and are interchangeable. The order is recorded in the manifest (`slice_axes`) and in
+dataset.json (`legsegnet_slice_axes`, which nnU-Net copies into the trained model). Sets written before
+that record existed hold their slices in the published order (the storage slab); new slices are added to
+them in that order too, so a set never mixes orders.
+
 Each slice is a case. A case is identified by the scan's content hash (`scan_sha256`: voxels and size, not
 the file, so a DICOM folder, its NIfTI copy and the Slicer volume are one scan) and the slice index.
 Exporting a slice again never duplicates it: unchanged labels are skipped; changed labels (a later, better
@@ -59,6 +71,7 @@ from ..core.input_paths import itk_path
 from ..core.progress import Progress
 from ..core.text import now_iso
 from ..core.tissues import MAX_LABEL
+from ..engines import slice_axes as axes_module
 from ..scan.ct_volume import CTVolume
 
 STAGING_PREFIX = ".legsegnet-staging-"
@@ -287,12 +300,18 @@ def add_slices(
         manifest = read_manifest(folder)  # again, under the lock
         if manifest is None:
             fmt = input_format or FORMAT_PNG
-            manifest = Manifest(fmt, [], now_iso(), encoding_description(fmt))
+            manifest = Manifest(fmt, [], now_iso(), encoding_description(fmt), axes_module.written_order(fmt))
         elif input_format is not None and input_format != manifest.input_format:
             raise InputError(
                 f"the dataset '{folder}' holds {manifest.input_format.upper()}-format slices; it cannot take "
                 f"{input_format.upper()} slices (a model is trained on one input format): use --format "
                 f"{manifest.input_format} or another --dataset"
+            )
+        if manifest.slice_axes != axes_module.written_order(manifest.input_format):
+            notes.append(
+                f"the dataset '{folder}' was started by an earlier LegSegNet: its {manifest.input_format.upper()} slices "
+                f"have {axes_module.DESCRIPTIONS[manifest.slice_axes]}, and new slices are added the same way; models "
+                "trained on it are not interchangeable with plain nnU-Net models: start a new --dataset folder for that"
             )
         removed = _remove_leftovers(folder, manifest)
         if removed:
@@ -389,9 +408,13 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
     ending = FILE_ENDINGS[fmt]
     chosen = [i for i, _, _ in to_write]
     progress.stage("encoding", total=len(chosen))
-    images, labels = encode_slices(volume.slab()[chosen], np.asarray(slab_labels[chosen]), fmt)
+    # the slices as the engine hands them to the model: turned to the standard orientation, in the set's axis order
+    turn = volume.inplane_turn()
+    hu_slices, (_, row_mm, col_mm) = axes_module.to_model_order(
+        turn.to_standard(volume.slab())[chosen], turn.spacing_to_standard(volume.slab_spacing), manifest.slice_axes)
+    label_slices, _ = axes_module.to_model_order(turn.to_standard(slab_labels)[chosen], (1.0, 1.0, 1.0), manifest.slice_axes)
+    images, labels = encode_slices(hu_slices, np.asarray(label_slices), fmt)
     resize = encoding_description(fmt).get("resize", "native grid")  # OpenCV or its numpy port (may differ by 1 grey level)
-    _, row_mm, col_mm = volume.slab_spacing
     spacing_rc = (row_mm, col_mm) if fmt == FORMAT_HU else None
     z_mm = volume.slice_z_mm()
     used_names = {e["case"] for e in manifest.entries}
@@ -418,7 +441,7 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
                 "image_sha256": sha256_file(staging / Path(image_rel).name),
                 "label_sha256": sha256_file(staging / Path(label_rel).name),
                 "label_content_sha256": content,
-                "native_shape": list(slab_labels.shape[1:]), "spacing_mm": [row_mm, col_mm],
+                "native_shape": list(label_slices.shape[1:]), "spacing_mm": [row_mm, col_mm],
                 "z_mm": round(float(z_mm[index]), 4),
                 "encoding": resize,
                 "history": [],
@@ -450,7 +473,8 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
                 continue
             entries.append(e)
         entries += [new_entries[i] for i in chosen]
-        committed = Manifest(manifest.input_format, entries, manifest.created_at or now_iso(), manifest.encoding)
+        committed = Manifest(manifest.input_format, entries, manifest.created_at or now_iso(), manifest.encoding,
+                             manifest.slice_axes)
         atomic_write_text(manifest_path(folder), json.dumps(committed.to_dict(), indent=1) + "\n")  # the commit
     except BaseException:
         for path in moved:

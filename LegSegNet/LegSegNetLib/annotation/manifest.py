@@ -12,6 +12,7 @@ from .. import __version__
 from ..core.errors import InputError
 from ..core.files import sha256_file
 from ..core.tissues import TISSUES
+from ..engines import slice_axes as axes_module
 
 FORMAT_PNG = "png"
 FORMAT_HU = "hu"
@@ -38,6 +39,8 @@ class Manifest:
     entries: list[dict] = field(default_factory=list)
     created_at: str = ""
     encoding: dict = field(default_factory=dict)
+    # axis order of the written slices (engines/slice_axes.py); manifests without it hold the published order
+    slice_axes: str = axes_module.PUBLISHED
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +51,7 @@ class Manifest:
             "file_ending": FILE_ENDINGS[self.input_format],
             "labels": LABELS,
             "encoding": self.encoding,
+            "slice_axes": self.slice_axes,
             "entries": self.entries,
         }
 
@@ -56,11 +60,14 @@ class Manifest:
         try:
             input_format = data["input_format"]
             entries = list(data["entries"])
+            axes = data.get("slice_axes", axes_module.PUBLISHED)
             if input_format not in FORMATS or not all(isinstance(e, dict) and "case" in e for e in entries):
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             raise InputError(f"{where} is not a LegSegNet dataset manifest (damaged or from another tool)") from None
-        return cls(input_format, entries, str(data.get("created_at", "")), dict(data.get("encoding") or {}))
+        if axes not in axes_module.AXES:
+            raise InputError(f"{where} records slice axes {axes!r}, which this LegSegNet does not know; update LegSegNet")
+        return cls(input_format, entries, str(data.get("created_at", "")), dict(data.get("encoding") or {}), axes)
 
     def by_slice(self) -> dict[tuple[str, int], dict]:
         return {(e["ct_sha256"], int(e["slice_index"])): e for e in self.entries}
@@ -146,5 +153,6 @@ def dataset_json(manifest: Manifest, name: str) -> dict:
         "numTraining": len(manifest.entries),
         "file_ending": FILE_ENDINGS[manifest.input_format],
         "name": name,
-        "description": "LegSegNet model-in-the-loop annotations (see legsegnet-manifest.json for provenance)",
+        "description": f"{axes_module.LEGSEGNET_DESCRIPTION} (see legsegnet-manifest.json for provenance)",
+        axes_module.DATASET_JSON_KEY: manifest.slice_axes,  # nnU-Net ignores it and copies it into the model
     }

@@ -140,6 +140,7 @@ def train(dataset_dir: str | Path, options: TrainOptions | None = None, *, resum
     progress.stage("checking")
     run_dir, run, options, manifest = _open_run(folder, options, resume, progress)
     base = _resolve_base_model(options.from_model, store, manifest)
+    _note_axes_change(base, manifest, progress)
     training_round = _choose_round(options.training_round, base, manifest)
     name = options.name or _default_name(folder, training_round)
     if not _NAME_RE.match(name):
@@ -329,3 +330,17 @@ def _warn_cpu(base, options: TrainOptions, epochs: int, folds: list, progress: P
         progress.note("training on the CPU is slow (the progress bar shows the time left after the first iterations); "
                       "a CUDA GPU is typically 20-50x faster")
 
+
+def _note_axes_change(base, manifest, progress: Progress) -> None:
+    """Fine-tuning a model on slices in another axis order (an older LegSegNet's HU model on a new set) works,
+    but starts from weights that learnt the slices transposed: say so."""
+    if base is None:
+        return
+    from ..engines import slice_axes
+
+    learnt, _ = slice_axes.for_model(base)
+    if learnt != manifest.slice_axes:
+        progress.note(
+            f"model '{base.name}' learnt slices with {slice_axes.DESCRIPTIONS[learnt]}; this training set holds them "
+            f"with {slice_axes.DESCRIPTIONS[manifest.slice_axes]}, which the new model learns (it may need more epochs)"
+        )

@@ -13,6 +13,7 @@ from typing import Any
 from .. import __version__
 from ..core.errors import InputError
 from ..core.files import atomic_write_text, sha256_file
+from . import manifest as manifest_module
 from ..core.text import now_iso
 
 RUNS_DIR = "training-runs"
@@ -78,6 +79,8 @@ def training_record(run: dict, *, manifest_path: Path, folds: list, epochs: int,
         "name": run["name"], "round": run["round"], "trained_at": now_iso(), "dataset": run["dataset"],
         "dataset_manifest_sha256": sha256_file(manifest_path),
         "input_format": manifest["input_format"], "cases": len(entries), "patients": len(patients),
+        # the axis order of the slices (engines/slice_axes.py); also in the model's dataset.json, which the engine reads
+        "slice_axes": manifest_module.Manifest.from_dict(manifest, manifest_path).slice_axes,
         "scans": len({e["ct_sha256"] for e in entries}),
         "data_rounds": sorted({int(e["round"]) for e in entries}),
         "from_model": run.get("from_model"), "fine_tuned": fine_tuned,

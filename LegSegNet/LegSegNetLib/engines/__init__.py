@@ -2,7 +2,9 @@
 
 An engine is any object with a `name`, an `info()` dict recorded in metrics.json, and
 `segment(slab, spacing, progress) -> uint8 labels of slab.shape`. `slab` is (n_slices, rows, cols) in HU
-(see ct_volume.py for the axis convention); `spacing` is (slice, row, column) in mm.
+(see ct_volume.py for the axis convention); `spacing` is (slice, row, column) in mm. An engine whose
+`standard_orientation` is true (nnU-Net) is given the slab turned to the standard in-plane orientation
+(scan/orientation.py) and its labels are turned back; the others get the storage order.
 """
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ def make_engine(name: str = "auto", **options) -> Engine:
     """The engine the user asked for. `auto` is nnU-Net when a model is given or installed, else threshold.
 
     Options (all optional): model (folder or installed name), device, folds, tta, batch_size, checkpoint
-    ("best" or "final"), progress (for notes such as a CPU fallback), store (a models.ModelStore).
+    ("best", "final", or None: the model folder's default), progress (for notes such as a CPU fallback),
+    store (a models.ModelStore).
     """
     progress = options.get("progress")
     name = choose_engine(name, options.get("model"), options.get("store"), progress)
@@ -74,7 +77,7 @@ def make_engine(name: str = "auto", **options) -> Engine:
         folds=options.get("folds"),
         tta=options.get("tta"),
         batch_size=options.get("batch_size"),
-        checkpoint=options.get("checkpoint") or "best",
+        checkpoint=options.get("checkpoint"),
         progress=progress,
         store=options.get("store"),
     )

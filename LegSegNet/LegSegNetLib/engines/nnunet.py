@@ -1,18 +1,24 @@
 """The nnU-Net engine: a 2D nnU-Net v2 model (the published LegSegNet weights or a retrained one).
 
-One slab in, labels out in the slab's own grid, in five steps per chunk of slices:
+One slab in, labels out in the slab's own grid. The slab comes in the standard in-plane orientation
+(scan/orientation.py: the pipeline turns every scan to it, whatever its storage order, and turns the labels
+back), and is handed to the model in the axis order the model was trained in (slice_axes.py). Five steps
+per chunk of slices:
 
-1. Network input. PNG-format models (the published weights): the published preprocessing, bit for bit
-   (published_preprocessing.py: HU window, truncating cast, OpenCV bicubic 256 x 256), then nnU-Net's
-   own preprocessor with spacing (999, 1, 1). HU-format models: nnU-Net's own preprocessor on the HU
-   slice with its pixel spacing (crop, normalisation and resampling as the plans say).
+1. Network input. PNG-format models (the published weights): the standard slices as they are (the
+   reference code's vol[z] of a scan stored LPS), then the published preprocessing, bit for bit
+   (published_preprocessing.py: HU window, truncating cast, OpenCV bicubic 256 x 256), then nnU-Net's own
+   preprocessor with spacing (999, 1, 1). HU-format models: the standard slices transposed, with their
+   spacing as (slice, row, column) of the transposed slice: exactly the array and spacing nnU-Net's own
+   SimpleITK reader makes of the scan stored LPS; then nnU-Net's own preprocessor (the plans' transpose,
+   crop, normalisation and resampling).
 2. Sliding window exactly as nnU-Net's predictor does it (padding, tile positions, Gaussian weights,
    optional mirroring, half-precision accumulation), but with the tiles of many slices in one batch.
 3. Folds: each fold's logits go through nnU-Net's own export (resampling back to the crop, softmax,
    crop reverted with background 1 outside); the folds' probabilities are averaged.
-4. Back to the scan: PNG-format probabilities are interpolated (bilinear, half-pixel centres) from the
-   256 x 256 grid to the slice's own rows and columns, then the argmax is taken; HU-format models are
-   already on the native grid after step 3.
+4. Back to the scan: probabilities go back to the standard slab's axis order, then PNG-format
+   probabilities are interpolated (bilinear, half-pixel centres) from the 256 x 256 grid to the slice's own
+   rows and columns, then the argmax is taken; HU-format models are already on the native grid after step 3.
 5. Slices without body (every voxel below -500 HU) are not sent to the network: label 0.
 
 Checkpoints are loaded with torch.load(weights_only=True) (models.checkpoints.load_checkpoint) and the plans'
@@ -34,6 +40,7 @@ from ..core.text import first_line
 from ..models.checkpoints import import_torch_for_nnunet as _import_torch
 from ..models.folder import CONFIGURATION
 from . import published_preprocessing as published
+from . import slice_axes
 
 if TYPE_CHECKING:
     from ..models.folder import ModelFolder
@@ -105,10 +112,14 @@ class NnUNetEngine:
     device: auto (CUDA, then MPS, then CPU with a note), cpu, cuda or mps. folds: None = every fold of the
     model; several folds are ensembled by averaging probabilities. tta: mirroring test-time augmentation;
     None follows the reference code (on a GPU, not on the CPU), as does tile_step_size (0.5 / 1.0).
-    batch_size: slices per chunk and tiles per forward pass. checkpoint: "best" or "final".
+    batch_size: slices per chunk and tiles per forward pass. checkpoint: "best", "final", or None for the
+    model folder's default (final for an nnU-Net results folder, as nnUNetv2_predict; best for the published
+    layout). Slabs must be in the standard in-plane orientation (`standard_orientation`, see the module
+    docstring).
     """
 
     name = "nnunet"
+    standard_orientation = True  # the pipeline hands over slabs turned to scan/orientation.py's standard
 
     def __init__(
         self,
@@ -117,7 +128,7 @@ class NnUNetEngine:
         folds: Sequence[int] | None = None,
         tta: bool | None = None,
         batch_size: int | None = None,
-        checkpoint: str = "best",
+        checkpoint: str | None = None,
         progress: Progress | None = None,
         tile_step_size: float | None = None,
         store: "ModelStore | None" = None,
@@ -153,12 +164,14 @@ class NnUNetEngine:
         self.batch_size = int(batch_size) if batch_size else (DEFAULT_CPU_BATCH if on_cpu else DEFAULT_GPU_BATCH)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, not {batch_size}")
-        self.checkpoint = checkpoint
         self.prefetch = not on_cpu  # prepare the next chunk while the accelerator works
         self.input_format = self.model.input_format
         # called with each chunk's class probabilities (k, C, rows, cols) on the device, before the argmax
         # (the batch's confidence summary); None: nobody is watching
         self.probability_observer = None
+        self.slice_axes, axes_note = slice_axes.for_model(self.model)
+        if axes_note and progress is not None:
+            progress.note(axes_note)
         self._load(folds, checkpoint, progress)
 
     # ------------------------------------------------------------------ loading
@@ -166,6 +179,7 @@ class NnUNetEngine:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         from ..models.checkpoints import load_checkpoint
+        from ..models.folder import CHECKPOINT_ALIASES
 
         plans = self.model.plans()
         self.dataset_json = self.model.dataset()
@@ -189,11 +203,32 @@ class NnUNetEngine:
         self.preprocessor = self.configuration.preprocessor_class(verbose=False)
         num_inputs = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {"0": ""})))
 
+        if list(self.plans_manager.transpose_forward)[0] != 0:
+            # nnU-Net's 2D configuration slices along the first axis after this transpose; for such a model
+            # that is not the axis its training images were stacked along
+            raise InputError(
+                f"model '{self.model.name}' cuts its training images into 2D slices along voxel axis "
+                f"{list(self.plans_manager.transpose_forward)[0]} (plans.json transpose_forward "
+                f"{list(self.plans_manager.transpose_forward)}), not along the slice axis; LegSegNet segments axial "
+                "slices: train on volumes whose slice spacing is the largest, or on 2D slices"
+            )
+        if self.input_format != "png" and progress is not None:
+            per_image = [s for s in self.configuration.normalization_schemes if s == "ZScoreNormalization"]
+            if per_image:
+                progress.note(
+                    f"model '{self.model.name}' normalises each image by its own mean and SD (z-score): LegSegNet takes "
+                    "them per slice, as for 2D training slices; nnU-Net on a whole volume takes them over the volume"
+                )
+
         self.networks = []
         self.folds: list = []
         self.checkpoint_files: list[str] = []
         mirror_axes = None
-        for fold, path in self.model.checkpoints(folds, checkpoint):
+        chosen = self.model.checkpoints(folds, checkpoint)
+        # the checkpoint actually used, by its nnU-Net name ("final", "best") when it has one
+        used = chosen[0][1].name
+        self.checkpoint = {v: k for k, v in CHECKPOINT_ALIASES.items()}.get(used, used)
+        for fold, path in chosen:
             ckpt = load_checkpoint(path, map_location="cpu")
             config_name = (ckpt.get("init_args") or {}).get("configuration", CONFIGURATION)
             if config_name != CONFIGURATION:
@@ -285,6 +320,7 @@ class NnUNetEngine:
             "tta": self.tta,
             "device": str(self.device),
             "input_format": self.input_format,
+            "slice_axes": self.slice_axes,
         }
         if self.input_format == "png":
             out["resize"] = published.resize_backend()
@@ -334,7 +370,7 @@ class NnUNetEngine:
         torch = self._torch
         rows, cols = shape
         with torch.inference_mode():
-            p = self._probabilities(prepared)  # (k, C, H, W) on the device
+            p = slice_axes.from_model_order(self._probabilities(prepared), self.slice_axes)  # (k, C, H, W), slab order
             if p.shape[2:] != (rows, cols):
                 shrink = rows < p.shape[2] or cols < p.shape[3]
                 p = torch.nn.functional.interpolate(
@@ -345,13 +381,14 @@ class NnUNetEngine:
             return _argmax_classes(p).cpu().numpy()
 
     def segment_model_grid(self, slices: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-        """Labels on the model's grid (256 x 256 for PNG-format models): what the reference code returns."""
+        """Labels on the model's grid in the model's axis order (256 x 256 for PNG-format models: what the
+        reference code returns; the transposed slices for HU-format models in nnU-Net's order)."""
         with self._torch.inference_mode():
             return _argmax_classes(self._probabilities(self.prepare(slices, spacing))).cpu().numpy()
 
     def model_grid_probabilities(self, slices: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-        """Class probabilities (k, C, H, W), averaged over folds, on the grid the model was given
-        (256 x 256 for PNG-format models, the slices' own grid for HU-format models)."""
+        """Class probabilities (k, C, H, W), averaged over folds, on the grid the model was given, in its axis
+        order (256 x 256 for PNG-format models, the slices' own grid for HU-format models)."""
         with self._torch.inference_mode():
             return self._probabilities(self.prepare(slices, spacing)).float().cpu().numpy()
 
@@ -394,14 +431,25 @@ class NnUNetEngine:
         return out
 
     def network_images(self, slices: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, tuple]:
-        """The images handed to nnU-Net's preprocessor, (k, 1, 1, H, W) float32, and the spacing it is told."""
-        slices = np.asarray(slices)
+        """The images handed to nnU-Net's preprocessor, (k, 1, 1, H, W) float32, and the spacing it is told.
+
+        `slices` are standard slices (rows toward the patient's left, columns toward posterior). Each
+        preprocessing gets them in the order its models were trained in (slice_axes.py):
+        - PNG format: as they are. The published encoding was made by the reference code from `vol[z]` of a
+          nibabel array, whose rows are the first in-plane voxel axis: left-right for a scan stored LPS.
+        - HU format: transposed, rows front-back and columns left-right, spacing (slice, row, column) of the
+          transposed slice. nnU-Net's SimpleITK reader, which made these models' training arrays, reads a
+          volume as (k, j, i) with spacing (k, j, i): for a scan stored LPS a slice is (front-back, left-right).
+          So the preprocessor below gets the very array and spacing it gets inside nnUNetv2_predict; the
+          slice spacing is the scan's, as nnU-Net's would be (its resampling choice looks at it).
+        (A model recognised as trained by an earlier LegSegNet on HU slices gets the published order it
+        learnt: slice_axes.for_model.)
+        """
+        slices, spacing = slice_axes.to_model_order(np.asarray(slices), spacing, self.slice_axes)
         if self.input_format == "png":
             images = published.published_input_images(slices)
             return images.astype(np.float32)[:, None, None], published.SPACING
-        row_mm, col_mm = float(spacing[1]), float(spacing[2])
-        # what nnU-Net's SimpleITKIO reports for a 2D image: 999 x the largest spacing between slices
-        return slices.astype(np.float32)[:, None, None], (999.0 * max(row_mm, col_mm), row_mm, col_mm)
+        return slices.astype(np.float32)[:, None, None], tuple(float(s) for s in spacing)
 
     def prepare(self, slices: np.ndarray, spacing: tuple[float, float, float]) -> list[Prepared]:
         """nnU-Net's own preprocessing (crop to non-zero, normalisation, resampling) of each slice."""

@@ -87,8 +87,9 @@ class ModelFolder:
         self, folds: Sequence[int | str] | None = None, checkpoint: str | None = None
     ) -> list[tuple[int | str, Path]]:
         """The (fold, checkpoint path) pairs to load. `folds` None: every numbered fold (nnU-Net's own
-        choice), else fold_all. `checkpoint`: "best", "final", a file name, or None/"auto" (final where
-        every chosen fold has it, else best). InputError names what is missing and what exists."""
+        choice), else fold_all. `checkpoint`: "best", "final", a file name, or None/"auto": the layout's default
+        where every chosen fold has it (an nnU-Net results folder: final, as nnUNetv2_predict; the published
+        layout: best), else the other one. InputError names what is missing and what exists."""
         chosen = self._choose_folds(folds)
         file_name = self._choose_checkpoint(chosen, checkpoint)
         return [(fold, self.path / fold_dir(fold) / file_name) for fold in chosen]
@@ -131,7 +132,8 @@ class ModelFolder:
 
     def _choose_checkpoint(self, folds: list[int | str], checkpoint: str | None) -> str:
         if checkpoint in (None, "auto"):
-            for candidate in ("checkpoint_final.pth", "checkpoint_best.pth"):
+            preferred = ("checkpoint_final.pth", "checkpoint_best.pth")
+            for candidate in preferred if self.trainer else preferred[::-1]:  # trainer: a Trainer__Plans__2d folder
                 if all(candidate in self.folds[f] for f in folds):
                     return candidate
             raise InputError(
@@ -143,7 +145,7 @@ class ModelFolder:
         if missing:
             raise InputError(
                 f"model '{self.name}': fold {missing[0]} has no {file_name} ({self._checkpoint_summary(folds)}); "
-                "choose another checkpoint or other folds"
+                "choose the other checkpoint with --checkpoint best|final, or other folds with --folds"
             )
         return file_name
 

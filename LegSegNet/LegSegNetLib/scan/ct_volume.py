@@ -7,7 +7,10 @@ axes of the input, never resampled:
   slice index k of the slab is slice k of the input counted in storage order along that axis;
 - rows are the first remaining voxel axis in ITK/NIfTI index order (i, j, k), columns the second.
   This is exactly what the published LegSegNet reference code sees after nibabel's
-  `np.moveaxis(vol, si_axis, 0)`, so the published weights get the orientation they were trained on.
+  `np.moveaxis(vol, si_axis, 0)`.
+
+The slab keeps the storage order; engines that need one orientation whatever the storage (nnU-Net) get the
+slab turned to the standard in-plane orientation by `inplane_turn()` (orientation.py), a view as well.
 
 The slab is a view into the image's buffer (no copy), so a 350 x 512 x 512 scan costs its int16
 buffer once. Labels produced on the slab go back into the input's own grid with `labels_to_image`.
@@ -21,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputError
+from .orientation import InPlaneTurn, inplane_turn, orientation_code
 
 if TYPE_CHECKING:
     from .dicom_series import DicomSeries
@@ -128,6 +132,14 @@ class CTVolume:
         idx = np.arange(first, last + 1)
         _, rows, cols = self.slab(0, 0).shape
         return self.slab_index_to_lps(idx, (rows - 1) / 2.0, (cols - 1) / 2.0)[:, 2]
+
+    def inplane_turn(self) -> "InPlaneTurn":
+        """The swaps/reversals of the slab's rows and columns that give the standard in-plane orientation."""
+        return inplane_turn(self.image.GetDirection(), *self.inplane_axes)
+
+    def orientation_code(self) -> str:
+        """Where the voxel axes point, e.g. 'LPS' (identity direction) or 'PIR'."""
+        return orientation_code(self.image.GetDirection())
 
 
 # ---------------------------------------------------------------------- helpers

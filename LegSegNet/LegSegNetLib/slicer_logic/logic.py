@@ -161,7 +161,8 @@ class LegSegNetLogic:
                 device: str = "auto", model: str | None = None, segmentation=None, table=None, **options):
         """Segment the chosen slices in a worker process and return (segmentationNode, tissueTableNode).
 
-        Blocks until done. Extra options: folds, tta, batchSize, outputFolder (keep the worker's files there).
+        Blocks until done. Extra options: folds, tta, batchSize, checkpoint ("best", "final", None: the model's
+        default), outputFolder (keep the worker's files there).
         """
         handle = self.processAsync(inputVolume, firstSlice, lastSlice, engine, device, model, segmentation, table,
                                    **options)
@@ -175,7 +176,7 @@ class LegSegNetLogic:
                      engine: str = "auto", device: str = "auto", model: str | None = None, segmentation=None,
                      table=None, onProgress: Callable[[RunHandle], None] | None = None,
                      onFinished: Callable[[RunHandle], None] | None = None, folds: Sequence[int] | None = None,
-                     tta: bool | None = None, batchSize: int | None = None,
+                     tta: bool | None = None, batchSize: int | None = None, checkpoint: str | None = None,
                      outputFolder: str | Path | None = None) -> RunHandle:
         """Start the worker and return at once; the caller polls `handle.poll()` (e.g. every 100 ms).
 
@@ -199,7 +200,7 @@ class LegSegNetLogic:
             sitk.WriteImage(slab, str(slab_path), useCompression=False)
             outdir = Path(outputFolder) if outputFolder else workdir / "output"
             command = segment_command(self.python, slab_path, outdir, engine=engine, device=device, model=model,
-                                      folds=folds, tta=tta, batch_size=batchSize)
+                                      folds=folds, tta=tta, batch_size=batchSize, checkpoint=checkpoint)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise

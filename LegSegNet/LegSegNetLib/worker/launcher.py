@@ -472,6 +472,7 @@ def segment_command(
     folds: Sequence[int] | None = None,
     tta: bool | None = None,
     batch_size: int | None = None,
+    checkpoint: str | None = None,
 ) -> list[str]:
     """The worker's command line for `segment` (same options as `legsegnet segment`)."""
     command = worker_command(python, "segment", input_path, "-o", outdir, "--engine", engine, "--device", device)
@@ -485,4 +486,6 @@ def segment_command(
         command.append("--tta" if tta else "--no-tta")
     if batch_size:
         command += ["--batch-size", str(int(batch_size))]
+    if checkpoint:
+        command += ["--checkpoint", checkpoint]
     return command
