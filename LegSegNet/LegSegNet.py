@@ -5,14 +5,15 @@ and the self-test entry. Everything that can run without Qt lives in LegSegNetLi
 worker/) and is tested there. Nothing here waits for a process: every run (segmentation, training,
 model install, device check, package install) is a run handle polled from a QTimer.
 """
+
 import logging
 import os
 from typing import Annotated, Optional
 
 import qt
-import vtk
-
 import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, Maximum, Minimum, parameterNodeWrapper
@@ -24,13 +25,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
-
+from LegSegNetLib.core.text import format_duration
 from LegSegNetLib.slicer_logic import dependencies, widget_rules
 from LegSegNetLib.slicer_logic.annotation_logic import AnnotationLogic
 from LegSegNetLib.slicer_logic.logic import LegSegNetLogic as LegSegNetCoreLogic
 from LegSegNetLib.slicer_logic.packages import PackageSetup
-from LegSegNetLib.core.text import format_duration
 
 PUBLISHED_MODEL_NOTICE = (
     "The published LegSegNet weights (Chen et al. 2026, Hugging Face {repo}) are licensed {licence}: "
@@ -260,15 +259,21 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         p.firstSlice, p.lastSlice = first, last
 
                 # a new volume: all its slices (or the range saved with the scene), never a clamped remainder
-                self._rangeSync.update(volume.GetID(), n, (p.firstSlice, p.lastSlice),
-                                       (self.ui.firstSliceSpinBox, self.ui.lastSliceSpinBox), writeRange)
+                self._rangeSync.update(
+                    volume.GetID(),
+                    n,
+                    (p.firstSlice, p.lastSlice),
+                    (self.ui.firstSliceSpinBox, self.ui.lastSliceSpinBox),
+                    writeRange,
+                )
                 self._updateExportFolder(volume)
                 first, last = min(p.firstSlice, n - 1), min(p.lastSlice, n - 1)
                 self.ui.firstSlicePositionLabel.text = f"S {self.logic.slicePositionMm(volume, first):.1f} mm"
                 self.ui.lastSlicePositionLabel.text = f"S {self.logic.slicePositionMm(volume, last):.1f} mm"
                 valid = first <= last
                 self.ui.rangeInfoLabel.text = (
-                    _("{count} of {total} slices").format(count=last - first + 1, total=n) if valid
+                    _("{count} of {total} slices").format(count=last - first + 1, total=n)
+                    if valid
                     else _("the first slice comes after the last")
                 )
                 self._updateRangeDisplay(volume, first, last, valid and p.showRange)
@@ -339,8 +344,9 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _syncModelCombo(self) -> None:
         """The combo box shows the parameter node's model (also after loading a scene, and one that is not
         installed here), with its signals blocked so that showing it does not write it back."""
-        entries, index = widget_rules.model_combo_entries(self._modelNames,
-                                                          self._parameterNode.model if self._parameterNode else "")
+        entries, index = widget_rules.model_combo_entries(
+            self._modelNames, self._parameterNode.model if self._parameterNode else ""
+        )
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
         try:
@@ -359,8 +365,9 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInstallPublishedModel(self) -> None:
         from LegSegNetLib.models import hub
 
-        notice = PUBLISHED_MODEL_NOTICE.format(repo=hub.PUBLISHED_REPO, licence=hub.PUBLISHED_LICENCE,
-                                               url=hub.LICENCE_URLS.get(hub.PUBLISHED_LICENCE, ""))
+        notice = PUBLISHED_MODEL_NOTICE.format(
+            repo=hub.PUBLISHED_REPO, licence=hub.PUBLISHED_LICENCE, url=hub.LICENCE_URLS.get(hub.PUBLISHED_LICENCE, "")
+        )
         if not slicer.util.confirmOkCancelDisplay(notice + "\n\n" + _("Download and install them?")):
             return
         self._runModelsCommand(["install", hub.PUBLISHED_SOURCE])
@@ -368,15 +375,22 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInstallModelFromFile(self) -> None:
         # a file dialog picks files or folders, not both: a folder is chosen by its plans.json
         path = qt.QFileDialog.getOpenFileName(
-            self.parent, _("nnU-Net model: a .zip, or the plans.json inside a model folder"), "",
-            _("nnU-Net model (*.zip plans.json);;All files (*)"))
+            self.parent,
+            _("nnU-Net model: a .zip, or the plans.json inside a model folder"),
+            "",
+            _("nnU-Net model (*.zip plans.json);;All files (*)"),
+        )
         if path:
             self._runModelsCommand(["install", widget_rules.model_install_source(path)])
 
     def _runModelsCommand(self, arguments) -> None:
         # installing verifies the checkpoints with torch
-        self._withDependencies("nnunet", lambda: self._startTask(
-            self.logic.modelsCommandAsync(arguments), _("Installing the model..."), self._onModelsCommandFinished))
+        self._withDependencies(
+            "nnunet",
+            lambda: self._startTask(
+                self.logic.modelsCommandAsync(arguments), _("Installing the model..."), self._onModelsCommandFinished
+            ),
+        )
 
     def _onModelsCommandFinished(self, handle) -> None:
         if handle.state == "succeeded":
@@ -391,8 +405,11 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startTask(self.logic.deviceProbeAsync(), _("Checking the GPU..."), self._onDeviceChecked)
 
     def _onDeviceChecked(self, handle) -> None:
-        self.ui.deviceStatusLabel.text = (self.logic.describeDevices(handle.result) if handle.state == "succeeded"
-                                          else _("Could not check the GPU: {error}").format(error=handle.errorMessage))
+        self.ui.deviceStatusLabel.text = (
+            self.logic.describeDevices(handle.result)
+            if handle.state == "succeeded"
+            else _("Could not check the GPU: {error}").format(error=handle.errorMessage)
+        )
 
     # ------------------------------------------------------------------ short runs with a progress dialog
     def _startTask(self, handle, title: str, then=None) -> None:
@@ -433,9 +450,18 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             folds = [int(f) for f in p.folds.split(",") if f.strip()] or None
             tta = {"default": None, "on": True, "off": False}[p.tta]
             self._handle = self.logic.processAsync(
-                p.inputVolume, p.firstSlice, p.lastSlice, engine=p.engine, device=p.device, model=p.model or None,
-                segmentation=p.outputSegmentation, onProgress=self._onProgress, onFinished=self._onFinished,
-                folds=folds, tta=tta, batchSize=p.batchSize or None,
+                p.inputVolume,
+                p.firstSlice,
+                p.lastSlice,
+                engine=p.engine,
+                device=p.device,
+                model=p.model or None,
+                segmentation=p.outputSegmentation,
+                onProgress=self._onProgress,
+                onFinished=self._onFinished,
+                folds=folds,
+                tta=tta,
+                batchSize=p.batchSize or None,
                 checkpoint=None if p.checkpoint == "default" else p.checkpoint,
             )
             self.ui.progressBar.value = 0
@@ -487,11 +513,16 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from the Extension Manager when missing, one dialog naming what is missing, torch through PyTorch
         Utils' installer, then pip's exact list confirmed and installed; every install runs in the worker)."""
         self._packageSetup = PackageSetup(
-            logic=self.logic, engine=engine, then=then,
+            logic=self.logic,
+            engine=engine,
+            then=then,
             confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, _("LegSegNet needs Python packages")),
-            error=slicer.util.errorDisplay, startTask=self._startTask,
-            installPyTorchExtension=self._installPyTorchExtension, restart=slicer.util.restart,
-            pytorchUtilsAvailable=hasattr(slicer.modules, "pytorchutils"))
+            error=slicer.util.errorDisplay,
+            startTask=self._startTask,
+            installPyTorchExtension=self._installPyTorchExtension,
+            restart=slicer.util.restart,
+            pytorchUtilsAvailable=hasattr(slicer.modules, "pytorchutils"),
+        )
         self._packageSetup.start()
 
     @staticmethod
@@ -525,8 +556,13 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _exportFolderFor(self, volume, chosen: str):
         documents = qt.QStandardPaths.writableLocation(qt.QStandardPaths.DocumentsLocation)
-        return widget_rules.export_folder(chosen, volume.GetName() if volume else "", slicer.mrmlScene.GetURL() or "",
-                                          documents, working_directory=os.getcwd())
+        return widget_rules.export_folder(
+            chosen,
+            volume.GetName() if volume else "",
+            slicer.mrmlScene.GetURL() or "",
+            documents,
+            working_directory=os.getcwd(),
+        )
 
     def onExport(self) -> None:
         p = self._parameterNode
@@ -563,7 +599,6 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if nodes["chart"] is not None:
             slicer.modules.plots.logic().ShowChartInLayout(nodes["chart"])
 
-
     # ------------------------------------------------------------------ review and training
     def _updateReviewDisplay(self) -> None:
         p = self._parameterNode
@@ -595,14 +630,19 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSampleSlices(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not sample the slices."), waitCursor=True):
-            atStake = self.annotationLogic.progressAStartWouldDrop(p.outputSegmentation, p.inputVolume,
-                                                                    p.reviewSlicesPerScan, p.reviewSeed)
+            atStake = self.annotationLogic.progressAStartWouldDrop(
+                p.outputSegmentation, p.inputVolume, p.reviewSlicesPerScan, p.reviewSeed
+            )
             if atStake is not None and not slicer.util.confirmOkCancelDisplay(
-                    _("This segmentation is under review ({summary}). A new sample starts the review again: "
-                      "the marks are dropped (the corrected labels stay). Continue?").format(summary=atStake.summary())):
+                _(
+                    "This segmentation is under review ({summary}). A new sample starts the review again: "
+                    "the marks are dropped (the corrected labels stay). Continue?"
+                ).format(summary=atStake.summary())
+            ):
                 return
-            state = self.annotationLogic.startReview(p.outputSegmentation, p.inputVolume, p.reviewSlicesPerScan,
-                                                     p.reviewSeed, replace=atStake is not None)
+            state = self.annotationLogic.startReview(
+                p.outputSegmentation, p.inputVolume, p.reviewSlicesPerScan, p.reviewSeed, replace=atStake is not None
+            )
             if state.slices:
                 self._jumpTo(state.slices[0])
         self._updateReviewDisplay()
@@ -629,7 +669,9 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateReviewDisplay()
 
     def onBrowseDataset(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Training set folder"), self._parameterNode.datasetFolder)
+        folder = qt.QFileDialog.getExistingDirectory(
+            self.parent, _("Training set folder"), self._parameterNode.datasetFolder
+        )
         if folder:
             self._parameterNode.datasetFolder = folder
 
@@ -637,13 +679,21 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Adding the slices to the training set failed."), waitCursor=True):
             result = self.annotationLogic.addReviewedSlices(
-                p.outputSegmentation, p.inputVolume, p.datasetFolder, patient=p.patientId or None,
+                p.outputSegmentation,
+                p.inputVolume,
+                p.datasetFolder,
+                patient=p.patientId or None,
                 trainingRound=p.annotationRound,
-                inputFormat=self.annotationLogic.modelInputFormat(self.annotationLogic.modelToRefine(p.model)))
+                inputFormat=self.annotationLogic.modelInputFormat(self.annotationLogic.modelToRefine(p.model)),
+            )
             self.ui.trainStatusLabel.text = _(
                 "{added} added, {replaced} replaced, {unchanged} unchanged; the training set holds {total} slices"
-            ).format(added=len(result.added), replaced=len(result.replaced), unchanged=len(result.unchanged),
-                     total=result.total_cases)
+            ).format(
+                added=len(result.added),
+                replaced=len(result.replaced),
+                unchanged=len(result.unchanged),
+                total=result.total_cases,
+            )
         self._updateReviewDisplay()
 
     def onTrainNextRound(self) -> None:
@@ -658,14 +708,19 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         runs = self.annotationLogic.interruptedRuns(p.datasetFolder)
         name = p.trainModelName or None
         if runs and slicer.util.confirmYesNoDisplay(
-                _("An interrupted training run exists: {name}. Continue it?").format(name=runs[-1])):
+            _("An interrupted training run exists: {name}. Continue it?").format(name=runs[-1])
+        ):
             self._startTraining(runs[-1], resume=True)
         elif p.device in ("cuda", "mps"):
             self._startTraining(name)
         elif p.device == "auto":  # is there a GPU? asked in the worker, without waiting here
-            self._startTask(self.logic.deviceProbeAsync(), _("Checking the GPU..."),
-                            lambda handle: self._confirmCpuTraining(name, gpu=handle.state == "succeeded"
-                                                                    and self.logic.hasGpu(handle.result)))
+            self._startTask(
+                self.logic.deviceProbeAsync(),
+                _("Checking the GPU..."),
+                lambda handle: self._confirmCpuTraining(
+                    name, gpu=handle.state == "succeeded" and self.logic.hasGpu(handle.result)
+                ),
+            )
         else:
             self._confirmCpuTraining(name, gpu=False)
 
@@ -673,14 +728,21 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """On a CPU, say how long training will roughly take before starting it."""
         p = self._parameterNode
         if not gpu:
-            seconds = self.annotationLogic.expectedTrainingSeconds(self.annotationLogic.modelToRefine(p.model),
-                                                                   p.trainEpochs)
-            expected = (_("roughly {time}").format(time=format_duration(seconds)) if seconds is not None
-                        else _("many hours to days (training from scratch)"))
+            seconds = self.annotationLogic.expectedTrainingSeconds(
+                self.annotationLogic.modelToRefine(p.model), p.trainEpochs
+            )
+            expected = (
+                _("roughly {time}").format(time=format_duration(seconds))
+                if seconds is not None
+                else _("many hours to days (training from scratch)")
+            )
             if not slicer.util.confirmOkCancelDisplay(
-                    _("No GPU is available: training runs on the CPU, which is slow: {expected} for {epochs} epochs. "
-                      "The progress bar shows the time left once training runs; Stop training keeps a checkpoint "
-                      "from which training can continue later. Start?").format(expected=expected, epochs=p.trainEpochs)):
+                _(
+                    "No GPU is available: training runs on the CPU, which is slow: {expected} for {epochs} epochs. "
+                    "The progress bar shows the time left once training runs; Stop training keeps a checkpoint "
+                    "from which training can continue later. Start?"
+                ).format(expected=expected, epochs=p.trainEpochs)
+            ):
                 return
         self._startTraining(name)
 
@@ -688,9 +750,15 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not start the training."), waitCursor=True):
             self._trainingHandle = self.annotationLogic.trainAsync(
-                p.datasetFolder, fromModel=self.annotationLogic.modelToRefine(p.model), epochs=p.trainEpochs,
-                device=p.device, name=name, resume=resume, onProgress=self._onTrainingProgress,
-                onFinished=self._onTrainingFinished)
+                p.datasetFolder,
+                fromModel=self.annotationLogic.modelToRefine(p.model),
+                epochs=p.trainEpochs,
+                device=p.device,
+                name=name,
+                resume=resume,
+                onProgress=self._onTrainingProgress,
+                onFinished=self._onTrainingFinished,
+            )
             self.ui.trainProgressBar.value = 0
             self.ui.trainProgressBar.show()
             self.ui.trainStatusLabel.text = _("starting the training process...")
@@ -724,7 +792,8 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.model = model
                 self.ui.modelComboBox.currentIndex = max(0, self.ui.modelComboBox.findData(model))
             self.ui.trainStatusLabel.text = _("model {name} (round {round}) installed and selected").format(
-                name=model, round=handle.result.get("round"))
+                name=model, round=handle.result.get("round")
+            )
         elif handle.state == "cancelled":
             self.ui.trainStatusLabel.text = _("training stopped; Train next round offers to continue it")
         else:

@@ -13,6 +13,7 @@ Cohort: 8 phantom leg scans of 60 slices (256 x 256) and the 350-slice Visible H
 
     python benchmarks/bench_batch.py [--json FILE] [--skip-nnunet]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,12 @@ def cli(*args) -> tuple[float, float]:
     workers, which it reaps) does not grow when other work shares the cores, the wall time does."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *map(str, args)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "LegSegNetLib.cli", *map(str, args)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -61,8 +66,11 @@ def cli(*args) -> tuple[float, float]:
 
 def batch_run(inputs: list[Path], out: Path, *options) -> dict:
     wall, cpu = cli("batch", *inputs, "-o", out, "--quiet", *options)
-    states = [json.loads((folder / "status.json").read_text()) for folder in sorted((out / "scans").iterdir())
-              if not folder.name.startswith(".")]
+    states = [
+        json.loads((folder / "status.json").read_text())
+        for folder in sorted((out / "scans").iterdir())
+        if not folder.name.startswith(".")
+    ]
     failed = [s["id"] for s in states if s["status"] != "ok"]
     if failed:
         raise SystemExit(f"scans failed in {out}: {failed}")
@@ -70,7 +78,9 @@ def batch_run(inputs: list[Path], out: Path, *options) -> dict:
     for s in states:
         peaks[s["worker"]] = max(peaks.get(s["worker"], 0.0), s.get("worker_peak_mb") or 0.0)
     return {
-        "scans": len(states), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+        "scans": len(states),
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
         "scans_per_min": round(len(states) / wall * 60, 2),
         "scan_seconds_sum": round(sum(s["seconds"] for s in states), 1),
         "worker_peak_mb": sorted(round(p) for p in peaks.values()),
@@ -81,12 +91,11 @@ def cpu_side_seconds(scan: Path) -> dict:
     """What a worker does for a scan besides the engine (in-process, the 350-slice calves): the part a GPU does
     not speed up, for the README's projection."""
     from LegSegNetLib.anatomy import axial_range
-    from LegSegNetLib.measurement import quantify
-    from LegSegNetLib.measurement import report
-    from LegSegNetLib.scan import volume_io
     from LegSegNetLib.batch import qc
-    from LegSegNetLib.engines.threshold import ThresholdEngine
     from LegSegNetLib.core.progress import Progress
+    from LegSegNetLib.engines.threshold import ThresholdEngine
+    from LegSegNetLib.measurement import quantify, report
+    from LegSegNetLib.scan import volume_io
 
     times: dict[str, float] = {}
 
@@ -99,13 +108,19 @@ def cpu_side_seconds(scan: Path) -> dict:
     volume = timed("read", lambda: volume_io.read_ct(scan))
     first, last = timed("leg check", lambda: axial_range.detect_leg_range(volume))
     slab = volume.slab(first, last)
-    labels = timed("threshold engine (not CPU-side for nnU-Net)",
-                   lambda: ThresholdEngine().segment(slab, volume.slab_spacing, Progress()))
+    labels = timed(
+        "threshold engine (not CPU-side for nnU-Net)",
+        lambda: ThresholdEngine().segment(slab, volume.slab_spacing, Progress()),
+    )
     measurements = timed("quantify", lambda: quantify.quantify(volume, labels, first, last))
     timed("qc", lambda: qc.assess(slab, labels, volume.slab_spacing, measurements.to_dict(), False))
     with tempfile.TemporaryDirectory() as out:
-        timed("write six files", lambda: report.write_outputs(Path(out) / "o", volume, labels, first, last,
-                                                              measurements, {"input": str(scan)}))
+        timed(
+            "write six files",
+            lambda: report.write_outputs(
+                Path(out) / "o", volume, labels, first, last, measurements, {"input": str(scan)}
+            ),
+        )
     result = {k: round(v, 2) for k, v in times.items()}
     result["cpu_side_total"] = round(sum(v for k, v in times.items() if not k.startswith("threshold")), 2)
     return result
@@ -130,10 +145,13 @@ def main() -> int:
 
         threshold = {}
         for workers in (1, 2):
-            threshold[f"{workers}_worker"] = batch_run(inputs, tmp / f"threshold{workers}", "--engine", "threshold",
-                                                       "--workers", workers)
+            threshold[f"{workers}_worker"] = batch_run(
+                inputs, tmp / f"threshold{workers}", "--engine", "threshold", "--workers", workers
+            )
             print(f"threshold, {workers} worker(s): {threshold[f'{workers}_worker']}", flush=True)
-        threshold["ratio_2_vs_1"] = round(threshold["2_worker"]["scans_per_min"] / threshold["1_worker"]["scans_per_min"], 2)
+        threshold["ratio_2_vs_1"] = round(
+            threshold["2_worker"]["scans_per_min"] / threshold["1_worker"]["scans_per_min"], 2
+        )
         # with idle cores the wall-time ratio can approach the CPU-time ratio (how much extra work two workers cost)
         threshold["cpu_ratio_1_vs_2"] = round(threshold["1_worker"]["cpu_s"] / threshold["2_worker"]["cpu_s"], 2)
         result["threshold"] = threshold
@@ -144,20 +162,28 @@ def main() -> int:
             model = nnunet_fixtures.get_model("png")
             options = ("--engine", "nnunet", "--model", model, "--device", "cpu", "--folds", "0")
             nnunet = {"model": str(model)}
-            runs = [cli("segment", scan, "-o", tmp / "separate" / str(i), "--quiet", *options)
-                    for i, scan in enumerate(phantoms)]
+            runs = [
+                cli("segment", scan, "-o", tmp / "separate" / str(i), "--quiet", *options)
+                for i, scan in enumerate(phantoms)
+            ]
             separate, separate_cpu = sum(r[0] for r in runs), sum(r[1] for r in runs)
-            nnunet["separate_segment_commands"] = {"wall_s": round(separate, 1), "cpu_s": round(separate_cpu, 1),
-                                                   "scans_per_min": round(len(phantoms) / separate * 60, 2)}
+            nnunet["separate_segment_commands"] = {
+                "wall_s": round(separate, 1),
+                "cpu_s": round(separate_cpu, 1),
+                "scans_per_min": round(len(phantoms) / separate * 60, 2),
+            }
             print(f"nnU-Net, {len(phantoms)} segment commands: {nnunet['separate_segment_commands']}", flush=True)
             for workers in (1, 2):
-                nnunet[f"batch_{workers}_worker"] = batch_run(phantoms, tmp / f"nnunet{workers}", *options,
-                                                              "--workers", workers)
+                nnunet[f"batch_{workers}_worker"] = batch_run(
+                    phantoms, tmp / f"nnunet{workers}", *options, "--workers", workers
+                )
                 print(f"nnU-Net, batch with {workers} worker(s): {nnunet[f'batch_{workers}_worker']}", flush=True)
             for workers in (1, 2):
                 run = nnunet[f"batch_{workers}_worker"]
                 nnunet[f"ratio_batch_{workers}_worker_vs_separate"] = {
-                    "wall": round(separate / run["wall_s"], 2), "cpu": round(separate_cpu / run["cpu_s"], 2)}
+                    "wall": round(separate / run["wall_s"], 2),
+                    "cpu": round(separate_cpu / run["cpu_s"], 2),
+                }
             result["nnunet"] = nnunet
     result["cpu_side_seconds_350_slices"] = cpu_side_seconds(calves)
     result["load_average_at_end"] = os.getloadavg()

@@ -7,6 +7,7 @@ Not a unit test: these 2-core machines are noisy, so quote ratios from runs take
 
     python benchmarks/bench_dicom.py [--input DIR] [--repeat 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,19 +24,33 @@ sys.path.insert(0, str(ROOT / "scripts"))
 def run_cli(input_path: Path, extra: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one CLI run, measured by GNU time's %M around a fresh process."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "LegSegNetLib.cli", "segment", str(input_path),
-               "-o", out, "--engine", "threshold", "--quiet", *extra]
+        cmd = [
+            "/usr/bin/time",
+            "-f",
+            "%M",
+            sys.executable,
+            "-m",
+            "LegSegNetLib.cli",
+            "segment",
+            str(input_path),
+            "-o",
+            out,
+            "--engine",
+            "threshold",
+            "--quiet",
+            *extra,
+        ]
         start = time.perf_counter()
         done = subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         return time.perf_counter() - start, int(done.stderr.strip().splitlines()[-1]) / 1024.0
 
 
 def in_process(input_path: Path) -> None:
+    from LegSegNetLib.core.progress import Progress
     from LegSegNetLib.core.text import json_safe
+    from LegSegNetLib.engines import make_engine
     from LegSegNetLib.measurement import dicom_results, quantify
     from LegSegNetLib.scan import volume_io
-    from LegSegNetLib.engines import make_engine
-    from LegSegNetLib.core.progress import Progress
 
     volume = volume_io.read_ct(input_path)
     labels = make_engine("threshold").segment(volume.slab(), volume.slab_spacing, Progress())
@@ -51,8 +66,10 @@ def in_process(input_path: Path) -> None:
     sr_bytes = dicom_results.encode(sr)
     sr_encoded = time.perf_counter() - t
     print(f"in-process: SEG + SR built in {built:.1f} s; encoded SEG {seg_encoded:.1f} s, SR {sr_encoded:.2f} s")
-    print(f"seg.dcm {len(seg_bytes) / 1e6:.1f} MB ({int(seg.NumberOfFrames)} frames of {seg.Rows} x {seg.Columns}, "
-          f"1 bit per pixel); sr.dcm {len(sr_bytes) / 1e3:.0f} kB")
+    print(
+        f"seg.dcm {len(seg_bytes) / 1e6:.1f} MB ({int(seg.NumberOfFrames)} frames of {seg.Rows} x {seg.Columns}, "
+        f"1 bit per pixel); sr.dcm {len(sr_bytes) / 1e3:.0f} kB"
+    )
 
 
 def main() -> None:

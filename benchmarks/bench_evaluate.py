@@ -11,6 +11,7 @@ Target: at most a few minutes for the 100 scans on 2 cores.
 
     python benchmarks/bench_evaluate.py [--scans 100] [--slices 100] [--size 512] [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,8 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "LegSegNet"))
 
-from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 from LegSegNetLib.core.tissues import BONE, IAT, SAT, SM  # noqa: E402
+from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 
 
 def base_labels(n_slices: int, size: int) -> tuple[list[np.ndarray], sitk.Image]:
@@ -64,7 +65,7 @@ def perturbed(ref: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         rows, cols = np.nonzero(ref[k])
         if rows.size:
             i = rng.integers(0, rows.size)
-            pred[k, max(0, rows[i] - 4):rows[i] + 4, max(0, cols[i] - 4):cols[i] + 4] = rng.choice([SAT, SM, IAT])
+            pred[k, max(0, rows[i] - 4) : rows[i] + 4, max(0, cols[i] - 4) : cols[i] + 4] = rng.choice([SAT, SM, IAT])
     return pred
 
 
@@ -135,11 +136,15 @@ def main() -> None:
         else:
             t = time.perf_counter()
             pred_dir, ref_dir = make_cohort(folder, args.scans, args.slices, args.size)
-            print(f"cohort: {args.scans} scans of {args.slices} x {args.size} x {args.size} made in "
-                  f"{time.perf_counter() - t:.0f} s (not timed below)")
+            print(
+                f"cohort: {args.scans} scans of {args.slices} x {args.size} x {args.size} made in "
+                f"{time.perf_counter() - t:.0f} s (not timed below)"
+            )
         wall, peak_mb = run_cli(pred_dir, ref_dir, folder / "out")
         n = len(list(ref_dir.iterdir()))
-        print(f"legsegnet evaluate, {n} scans: {wall:.1f} s wall ({wall / n:.2f} s per scan), peak RSS {peak_mb:.0f} MB")
+        print(
+            f"legsegnet evaluate, {n} scans: {wall:.1f} s wall ({wall / n:.2f} s per scan), peak RSS {peak_mb:.0f} MB"
+        )
         first = sorted(ref_dir.iterdir())[0]
         for step, seconds in one_scan_breakdown(pred_dir / first.name, first).items():
             print(f"  {step:<48} {seconds:6.2f} s")

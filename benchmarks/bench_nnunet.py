@@ -25,6 +25,7 @@ The slices: the first N slices of the Visible Human calf CT (--slices N), else p
 
     python benchmarks/bench_nnunet.py [--slices 32] [--batch-size 8] [--model DIR | --tiny] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,12 +70,25 @@ def published_size_model(dest: Path) -> Path:
     shutil.copy(tiny / "dataset.json", dest / "dataset.json")
     torch.manual_seed(0)
     arch = cfg["architecture"]
-    network = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                     1, 5, allow_init=True, deep_supervision=False)
+    network = get_network_from_plans(
+        arch["network_class_name"],
+        arch["arch_kwargs"],
+        arch["_kw_requires_import"],
+        1,
+        5,
+        allow_init=True,
+        deep_supervision=False,
+    )
     (dest / "fold_0").mkdir()
-    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
-                "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
-               dest / "fold_0" / "checkpoint_best.pth")
+    torch.save(
+        {
+            "network_weights": network.state_dict(),
+            "trainer_name": "nnUNetTrainer",
+            "init_args": {"configuration": "2d"},
+            "inference_allowed_mirroring_axes": (0, 1),
+        },
+        dest / "fold_0" / "checkpoint_best.pth",
+    )
     return dest
 
 
@@ -82,6 +96,7 @@ def published_size_model(dest: Path) -> Path:
 def load_slices(n: int) -> tuple[np.ndarray, tuple[float, float, float], str]:
     try:
         import fetch_visible_human
+
         from LegSegNetLib.scan import volume_io
 
         volume = volume_io.read_ct(fetch_visible_human.fetch())
@@ -115,8 +130,12 @@ def time_ours(engine, slab, spacing) -> tuple[Clock, Clock, np.ndarray]:
     from LegSegNetLib.core.progress import Progress
 
     with Clock() as grid:
-        masks = np.concatenate([engine.segment_model_grid(slab[s : s + engine.batch_size], spacing)
-                                for s in range(0, len(slab), engine.batch_size)])
+        masks = np.concatenate(
+            [
+                engine.segment_model_grid(slab[s : s + engine.batch_size], spacing)
+                for s in range(0, len(slab), engine.batch_size)
+            ]
+        )
     with Clock() as native:
         engine.segment(slab, spacing, Progress())
     return grid, native, masks
@@ -159,8 +178,9 @@ class Reference:
         spec.loader.exec_module(module)
         copy_of_model = tmp / "reference-model"
         shutil.copytree(model, copy_of_model)
-        self.segmenter = module.LegCTSegmenter(model_folder=str(copy_of_model), fold=0,
-                                               checkpoint_name="checkpoint_best.pth", device=device)
+        self.segmenter = module.LegCTSegmenter(
+            model_folder=str(copy_of_model), fold=0, checkpoint_name="checkpoint_best.pth", device=device
+        )
 
     def time(self, slab) -> tuple[Clock, np.ndarray]:
         """Its per-slice loop over the slab, and its 256 x 256 masks."""
@@ -176,13 +196,19 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads for every contender (default: the cores this process may use); "
-                             "1 makes the CPU-time figures robust on a busy machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for every contender (default: the cores this process may use); "
+        "1 makes the CPU-time figures robust on a busy machine",
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", type=Path, default=None, help="a PNG-format model folder (published layout)")
     which.add_argument("--tiny", action="store_true", help="the test suite's trained tiny PNG model")
-    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="folder holding the reference inference.py")
+    parser.add_argument(
+        "--reference", type=Path, default=DEFAULT_REFERENCE, help="folder holding the reference inference.py"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -260,7 +286,9 @@ def main() -> int:
         if importlib.util.find_spec("cv2") is not None:
             u8 = published_preprocessing.hu_to_uint8(slab)
             port = published_preprocessing.resize_cubic_uint8(u8)
-            result["numpy_port_equals_opencv_here"] = bool(np.array_equal(port, published_preprocessing.resize_to_model(u8)))
+            result["numpy_port_equals_opencv_here"] = bool(
+                np.array_equal(port, published_preprocessing.resize_to_model(u8))
+            )
         if reference is None:
             result["reference"] = why_not
         else:

@@ -8,6 +8,7 @@ Targets: <= 30 s end to end and <= 2 GB peak on this machine.
 
     python benchmarks/bench_pipeline.py [--input DIR] [--engine threshold] [--repeat 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,19 @@ sys.path.insert(0, str(ROOT / "scripts"))
 def run_cli(input_path: Path, engine: str, extra: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one CLI run in a fresh process."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "LegSegNetLib.cli", "segment", str(input_path), "-o", out,
-               "--engine", engine, "--quiet", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "LegSegNetLib.cli",
+            "segment",
+            str(input_path),
+            "-o",
+            out,
+            "--engine",
+            engine,
+            "--quiet",
+            *extra,
+        ]
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -39,11 +51,10 @@ def run_cli(input_path: Path, engine: str, extra: list[str]) -> tuple[float, flo
 
 def stage_breakdown(input_path: Path, engine_name: str) -> dict[str, float]:
     from LegSegNetLib.anatomy import axial_range
-    from LegSegNetLib.measurement import quantify
-    from LegSegNetLib.measurement import report
-    from LegSegNetLib.scan import volume_io
-    from LegSegNetLib.engines import make_engine
     from LegSegNetLib.core.progress import Progress
+    from LegSegNetLib.engines import make_engine
+    from LegSegNetLib.measurement import quantify, report
+    from LegSegNetLib.scan import volume_io
 
     times: dict[str, float] = {}
     t = time.perf_counter()
@@ -62,8 +73,16 @@ def stage_breakdown(input_path: Path, engine_name: str) -> dict[str, float]:
     times["quantify"] = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        report.write_outputs(Path(out) / "o", volume, labels, first, last, measurements,
-                             {"input": str(input_path), **engine.info()}, Progress())
+        report.write_outputs(
+            Path(out) / "o",
+            volume,
+            labels,
+            first,
+            last,
+            measurements,
+            {"input": str(input_path), **engine.info()},
+            Progress(),
+        )
         times["write outputs"] = time.perf_counter() - t
     times["n_slices"] = float(last - first + 1)
     return times

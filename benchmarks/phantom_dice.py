@@ -8,6 +8,7 @@ Easy: the default phantom (24 slices of 5 mm, touching legs, contrast, couch, no
 fatty infiltration, an artery on the cortex, through-plane partial volume). Prints min-max over the seeds per
 region and tissue; the README quotes these figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ def phantom_options(difficulty: str, region: str) -> dict:
     if difficulty == "easy":
         return dict(region=region, touching=True)
     pixel = DEFAULT_FOV_MM[region] / HARD_SHAPE[2]
-    return dict(region=region, touching=True, difficulty="hard", shape=HARD_SHAPE,
-                spacing=(HARD_SLICE_MM, pixel, pixel))
+    return dict(
+        region=region, touching=True, difficulty="hard", shape=HARD_SHAPE, spacing=(HARD_SLICE_MM, pixel, pixel)
+    )
 
 
 def dice_scores(difficulty: str, region: str, seed: int) -> dict[str, float]:
@@ -58,8 +60,9 @@ def main() -> int:
     for difficulty in ("easy", "hard"):
         for region in ("calf", "thigh"):
             runs = [dice_scores(difficulty, region, seed) for seed in seeds]
-            summary = {key: (round(min(r[key] for r in runs), 3), round(max(r[key] for r in runs), 3))
-                       for key in runs[0]}
+            summary = {
+                key: (round(min(r[key] for r in runs), 3), round(max(r[key] for r in runs), 3)) for key in runs[0]
+            }
             result[f"{difficulty} {region}"] = {"seeds": seeds, "min_max": summary, "runs": runs}
             cells = "  ".join(f"{key} {lo:.3f}-{hi:.3f}" for key, (lo, hi) in summary.items())
             print(f"{difficulty:5s} {region:6s} {cells}")

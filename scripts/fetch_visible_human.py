@@ -7,6 +7,7 @@ runs (the README's demo, the test suite) cost nothing.
 
     python scripts/fetch_visible_human.py [--cache DIR]      # prints the DICOM folder
 """
+
 from __future__ import annotations
 
 import argparse

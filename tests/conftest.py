@@ -1,4 +1,5 @@
 """Shared fixtures: the real Visible Human calf CT (cached download), temporary folders."""
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ status, and handles no signals: SIGTERM ends the launcher at once and is not for
 FAKE_LAUNCHER_OWN_GROUP=1 the child also gets a process group of its own, so not even a signal to the
 launcher's group reaches it (the strictest case: only its pid does).
 """
+
 import os
 import signal
 import subprocess

@@ -12,6 +12,7 @@ as `huggingface_hub` uses to download a model (read from its source):
 It can cut the first download of a file half-way (the connection closes after half the bytes it announced)
 or fail a file's downloads with HTTP 500, and it records every request (method, path, Range and Authorization headers) for the tests to check.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,8 +63,9 @@ class LocalHub:
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- content
-    def add_commit(self, repo: str, files: dict[str, bytes], refs: tuple[str, ...] = ("main",),
-                   licence: str | None = None) -> str:
+    def add_commit(
+        self, repo: str, files: dict[str, bytes], refs: tuple[str, ...] = ("main",), licence: str | None = None
+    ) -> str:
         """A commit holding `files`; `refs` (branches or tags) then name it. Returns its 40-digit id."""
         entry = self.repos.setdefault(repo, _Repo())
         digest = hashlib.sha1()
@@ -111,7 +113,9 @@ class LocalHub:
         return [r for r in self.requests if f"/{repo}/" in r.path + "/"]
 
     def downloads_of(self, path: str, method: str = "GET") -> list[Request]:
-        return [r for r in self.requests if r.method == method and "/resolve/" in r.path and r.path.endswith("/" + path)]
+        return [
+            r for r in self.requests if r.method == method and "/resolve/" in r.path and r.path.endswith("/" + path)
+        ]
 
     # ---------------------------------------------------------------- answers
     def _commit(self, repo: str, revision: str) -> str | None:
@@ -129,8 +133,11 @@ class LocalHub:
         for path, data in sorted(self.repos[repo].commits[commit].items()):
             sibling = {"rfilename": path, "size": len(data), "blobId": git_blob_id(data)}
             if is_lfs(path):
-                sibling.update(size=134, blobId=git_blob_id(b"pointer " + path.encode()),
-                               lfs={"sha256": self._listed_sha256(path, data), "size": len(data), "pointerSize": 134})
+                sibling.update(
+                    size=134,
+                    blobId=git_blob_id(b"pointer " + path.encode()),
+                    lfs={"sha256": self._listed_sha256(path, data), "size": len(data), "pointerSize": 134},
+                )
             siblings.append(sibling)
         licence = self.repos[repo].licence
         info = {"id": repo, "sha": commit, "siblings": siblings, "tags": [f"license:{licence}"] if licence else []}
@@ -165,7 +172,9 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
         hub = self.hub
         path = urllib.parse.urlsplit(self.path).path
         with hub._lock:
-            hub.requests.append(Request(self.command, path, self.headers.get("Range"), self.headers.get("Authorization")))
+            hub.requests.append(
+                Request(self.command, path, self.headers.get("Range"), self.headers.get("Authorization"))
+            )
         if hub.token is not None and self.headers.get("Authorization") != f"Bearer {hub.token}":
             return self._error(401, {"X-Error-Message": "Invalid credentials in Authorization header"})
         parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]

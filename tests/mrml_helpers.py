@@ -1,5 +1,6 @@
 """Helpers shared by the tests that drive the Slicer logic on real MRML (slicer-core): phantom volume nodes,
 what a scene holds, and which run folders and processes a test left behind."""
+
 from __future__ import annotations
 
 import contextlib

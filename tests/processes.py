@@ -1,5 +1,6 @@
 """A test's child process whose output is read continuously, so it can never block on a full pipe; one whose
 stderr is a terminal, to see the progress bar a person sees."""
+
 from __future__ import annotations
 
 import os
@@ -45,12 +46,15 @@ class DrainedProcess(_Child):
     """
 
     def __init__(self, command, **popen_options) -> None:
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        errors="replace", **popen_options)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", **popen_options
+        )
         self._out: list[str] = []
         self._err: list[str] = []
-        self._readers = [threading.Thread(target=self._drain, args=(stream, into), daemon=True)
-                         for stream, into in ((self.process.stdout, self._out), (self.process.stderr, self._err))]
+        self._readers = [
+            threading.Thread(target=self._drain, args=(stream, into), daemon=True)
+            for stream, into in ((self.process.stdout, self._out), (self.process.stderr, self._err))
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -78,8 +82,9 @@ class TerminalProcess(_Child):
 
         leader, follower = pty.openpty()
         try:
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=follower, text=True,
-                                            errors="replace", **popen_options)
+            self.process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=follower, text=True, errors="replace", **popen_options
+            )
         finally:
             os.close(follower)
         self._leader = leader
@@ -87,8 +92,10 @@ class TerminalProcess(_Child):
         self._text: list[str] = []
         self._changed = threading.Condition()
         self._out: list[str] = []
-        self._readers = [threading.Thread(target=self._read_terminal, daemon=True),
-                         threading.Thread(target=self._read_stdout, daemon=True)]
+        self._readers = [
+            threading.Thread(target=self._read_terminal, daemon=True),
+            threading.Thread(target=self._read_stdout, daemon=True),
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -128,7 +135,9 @@ class TerminalProcess(_Child):
         with self._changed:
             while text not in "".join(self._text):
                 left = deadline - time.monotonic()
-                assert left > 0 and not self._closed, f"'{text}' never shown; the terminal showed: {''.join(self._text)!r}"
+                assert left > 0 and not self._closed, (
+                    f"'{text}' never shown; the terminal showed: {''.join(self._text)!r}"
+                )
                 self._changed.wait(left)
 
 
@@ -139,13 +148,13 @@ def visible_lines(terminal_text: str) -> list[str]:
     for line in terminal_text.split("\n"):
         screen = ""
         for piece in line.split("\r"):
-            screen = piece + screen[len(piece):]
+            screen = piece + screen[len(piece) :]
         if screen.strip():
             shown.append(screen.rstrip())
     return shown
 
 
-def stop(process: "subprocess.Popen | None", *pids: "int | None") -> None:
+def stop(process: subprocess.Popen | None, *pids: int | None) -> None:
     """Test clean-up for a `finally`: kill `process` (and the other processes `pids` it left, e.g. a worker
     behind a launcher) if they still run, reap it and close its pipes."""
     import os

@@ -1,4 +1,5 @@
 """Slice ranges: FIRST:LAST parsing, the choice between explicit / detected / all, labelled slices, leg detection."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +7,9 @@ import pytest
 import SimpleITK as sitk
 
 from LegSegNetLib.anatomy import axial_range
-from LegSegNetLib.scan.ct_volume import CTVolume
 from LegSegNetLib.core.errors import InputError
 from LegSegNetLib.phantom import PHANTOM_DIRECTION, make_leg_phantom
+from LegSegNetLib.scan.ct_volume import CTVolume
 
 
 def _volume_from_slab(slab: np.ndarray, spacing) -> CTVolume:
@@ -85,8 +86,13 @@ def test_labelled_range(phantom):
 
 # ------------------------------------------------------------------------------------------- detect_leg_range
 @pytest.mark.parametrize(
-    "options", [dict(touching=True), dict(touching=False, seed=1), dict(region="thigh", touching=True, seed=4),
-                dict(one_leg="right", seed=3)]
+    "options",
+    [
+        dict(touching=True),
+        dict(touching=False, seed=1),
+        dict(region="thigh", touching=True, seed=4),
+        dict(one_leg="right", seed=3),
+    ],
 )
 def test_detects_all_slices_of_a_leg_phantom(options):
     volume, _ = make_leg_phantom(shape=(12, 192, 256), **options).to_volume()

@@ -4,6 +4,7 @@ Every row must end with exit status 2, exactly one line on stderr that starts wi
 is wrong (no traceback), and nothing left in the output folder (absent or empty). Output folders that cannot
 take the results (a file, read-only, names too long, a link to nowhere) are refused before any input is read.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 import writers as w
 
 Builder = Callable[[Path, pytest.FixtureRequest], list]
@@ -241,8 +241,14 @@ def non_utf8_label_path(tmp, request):
 
 def non_utf8_evaluate_path(tmp, request):
     labels = w.write_image(_labels_of(w.leg_image()), tmp / "labels.nii.gz")
-    return lambda out: ["evaluate", _non_utf8(w.write_image(_labels_of(w.leg_image()), tmp / "pred.nii.gz")),
-                        labels, "-o", out, "--quiet"]
+    return lambda out: [
+        "evaluate",
+        _non_utf8(w.write_image(_labels_of(w.leg_image()), tmp / "pred.nii.gz")),
+        labels,
+        "-o",
+        out,
+        "--quiet",
+    ]
 
 
 def non_utf8_dataset_folder(tmp, request):
@@ -252,8 +258,17 @@ def non_utf8_dataset_folder(tmp, request):
         (tmp / os.fsdecode(b"sets-\xff")).mkdir()
     except OSError as exc:
         pytest.skip(f"this file system refuses non-UTF-8 file names ({exc})")
-    return lambda out: ["dataset", "add", ct, labels, "--dataset", tmp / os.fsdecode(b"sets-\xff") / "set",
-                        "--slices", "3", "--quiet"]
+    return lambda out: [
+        "dataset",
+        "add",
+        ct,
+        labels,
+        "--dataset",
+        tmp / os.fsdecode(b"sets-\xff") / "set",
+        "--slices",
+        "3",
+        "--quiet",
+    ]
 
 
 def dicom_series_with_mixed_pixel_spacing(tmp, request):
@@ -365,33 +380,76 @@ def outdir_is_a_file(tmp, request):
 
 
 def outdir_is_read_only(tmp, request):
-    return lambda out: ["segment", _unreadable_input(tmp), "-o", _read_only_folder(tmp), "--engine", "threshold",
-                        "--quiet"]
+    return lambda out: [
+        "segment",
+        _unreadable_input(tmp),
+        "-o",
+        _read_only_folder(tmp),
+        "--engine",
+        "threshold",
+        "--quiet",
+    ]
 
 
 def quantify_outdir_is_a_file(tmp, request):
-    return lambda out: ["quantify", _unreadable_input(tmp), _unreadable_input(tmp, "labels.nii.gz"), "-o", _a_file(tmp),
-                        "--quiet"]
+    return lambda out: [
+        "quantify",
+        _unreadable_input(tmp),
+        _unreadable_input(tmp, "labels.nii.gz"),
+        "-o",
+        _a_file(tmp),
+        "--quiet",
+    ]
 
 
 def evaluate_outdir_is_a_file(tmp, request):
-    return lambda out: ["evaluate", _unreadable_input(tmp, "pred.nii.gz"), _unreadable_input(tmp, "ref.nii.gz"),
-                        "-o", _a_file(tmp), "--quiet"]
+    return lambda out: [
+        "evaluate",
+        _unreadable_input(tmp, "pred.nii.gz"),
+        _unreadable_input(tmp, "ref.nii.gz"),
+        "-o",
+        _a_file(tmp),
+        "--quiet",
+    ]
 
 
 def evaluate_outdir_is_read_only(tmp, request):
-    return lambda out: ["evaluate", _unreadable_input(tmp, "pred.nii.gz"), _unreadable_input(tmp, "ref.nii.gz"),
-                        "-o", _read_only_folder(tmp), "--quiet"]
+    return lambda out: [
+        "evaluate",
+        _unreadable_input(tmp, "pred.nii.gz"),
+        _unreadable_input(tmp, "ref.nii.gz"),
+        "-o",
+        _read_only_folder(tmp),
+        "--quiet",
+    ]
 
 
 def dataset_add_into_a_file(tmp, request):
-    return lambda out: ["dataset", "add", _unreadable_input(tmp), _unreadable_input(tmp, "labels.nii.gz"),
-                        "--dataset", _a_file(tmp), "--slices", "1", "--quiet"]
+    return lambda out: [
+        "dataset",
+        "add",
+        _unreadable_input(tmp),
+        _unreadable_input(tmp, "labels.nii.gz"),
+        "--dataset",
+        _a_file(tmp),
+        "--slices",
+        "1",
+        "--quiet",
+    ]
 
 
 def dataset_add_into_a_read_only_folder(tmp, request):
-    return lambda out: ["dataset", "add", _unreadable_input(tmp), _unreadable_input(tmp, "labels.nii.gz"),
-                        "--dataset", _read_only_folder(tmp), "--slices", "1", "--quiet"]
+    return lambda out: [
+        "dataset",
+        "add",
+        _unreadable_input(tmp),
+        _unreadable_input(tmp, "labels.nii.gz"),
+        "--dataset",
+        _read_only_folder(tmp),
+        "--slices",
+        "1",
+        "--quiet",
+    ]
 
 
 def outdir_name_too_long(tmp, request):
@@ -404,13 +462,28 @@ def outdir_path_too_long(tmp, request):
 
 
 def evaluate_outdir_name_too_long(tmp, request):
-    return lambda out: ["evaluate", _unreadable_input(tmp, "pred.nii.gz"), _unreadable_input(tmp, "ref.nii.gz"),
-                        "-o", out / ("r" * 256), "--quiet"]
+    return lambda out: [
+        "evaluate",
+        _unreadable_input(tmp, "pred.nii.gz"),
+        _unreadable_input(tmp, "ref.nii.gz"),
+        "-o",
+        out / ("r" * 256),
+        "--quiet",
+    ]
 
 
 def dataset_name_too_long(tmp, request):
-    return lambda out: ["dataset", "add", _unreadable_input(tmp), _unreadable_input(tmp, "labels.nii.gz"),
-                        "--dataset", out / ("r" * 256), "--slices", "1", "--quiet"]
+    return lambda out: [
+        "dataset",
+        "add",
+        _unreadable_input(tmp),
+        _unreadable_input(tmp, "labels.nii.gz"),
+        "--dataset",
+        out / ("r" * 256),
+        "--slices",
+        "1",
+        "--quiet",
+    ]
 
 
 def outdir_link_to_nowhere(tmp, request):
@@ -438,8 +511,17 @@ def dataset_add_huge_slice_range(tmp, request):
 
 def dataset_add_slices_malformed(tmp, request):
     # a malformed --slices is refused before the CT is read
-    return lambda out: ["dataset", "add", _unreadable_input(tmp), _unreadable_input(tmp, "labels.nii.gz"),
-                        "--dataset", out, "--slices", "3,x", "--quiet"]
+    return lambda out: [
+        "dataset",
+        "add",
+        _unreadable_input(tmp),
+        _unreadable_input(tmp, "labels.nii.gz"),
+        "--dataset",
+        out,
+        "--slices",
+        "3,x",
+        "--quiet",
+    ]
 
 
 # --------------------------------------------------------------------- the table
@@ -451,7 +533,9 @@ CASES = [
     pytest.param(non_utf8_label_path, r"not UTF-8 .*rename", id="non-utf8-label-path"),
     pytest.param(non_utf8_evaluate_path, r"not UTF-8 .*rename", id="non-utf8-evaluate-path"),
     pytest.param(non_utf8_dataset_folder, r"not UTF-8 .*rename", id="non-utf8-dataset-folder"),
-    pytest.param(dicom_series_with_mixed_pixel_spacing, r"pixel sizes .*PixelSpacing", id="dicom-series-mixed-pixel-spacing"),
+    pytest.param(
+        dicom_series_with_mixed_pixel_spacing, r"pixel sizes .*PixelSpacing", id="dicom-series-mixed-pixel-spacing"
+    ),
     pytest.param(empty_file, r"empty", id="empty-file"),
     pytest.param(truncated_nifti_gz, r"truncated", id="truncated-nii-gz"),
     pytest.param(corrupt_dicom_file, r"corrupt or truncated", id="corrupt-dicom-file"),
@@ -483,11 +567,19 @@ CASES = [
     pytest.param(dicom_with_truncated_nifti, r"--dicom .* not DICOM", id="dicom-truncated-nifti"),
     pytest.param(dicom_series_with_gap, r"not evenly spaced", id="dicom-series-gap"),
     pytest.param(dicom_series_with_duplicated_frame, r"same slice position", id="dicom-series-duplicated-frame"),
-    pytest.param(dicom_series_with_repeated_instance_uid, r"SOP Instance UID .* repeated",
-                 id="dicom-series-repeated-instance-uid"),
-    pytest.param(quantify_seg_of_another_series, r"does not belong to this CT: its Frame of Reference",
-                 id="quantify-seg-of-another-series"),
-    pytest.param(quantify_seg_on_nifti_ct, r"only be measured on the DICOM CT series it references", id="quantify-seg-nifti-ct"),
+    pytest.param(
+        dicom_series_with_repeated_instance_uid,
+        r"SOP Instance UID .* repeated",
+        id="dicom-series-repeated-instance-uid",
+    ),
+    pytest.param(
+        quantify_seg_of_another_series,
+        r"does not belong to this CT: its Frame of Reference",
+        id="quantify-seg-of-another-series",
+    ),
+    pytest.param(
+        quantify_seg_on_nifti_ct, r"only be measured on the DICOM CT series it references", id="quantify-seg-nifti-ct"
+    ),
     pytest.param(quantify_ct_slice_as_labels, r"not a DICOM Segmentation", id="quantify-ct-slice-as-labels"),
     pytest.param(quantify_dicom_with_nifti_ct, r"--dicom .* not DICOM", id="quantify-dicom-nifti-ct"),
     pytest.param(outdir_is_a_file, r"results.txt is a file", id="outdir-is-a-file"),
@@ -497,17 +589,27 @@ CASES = [
     pytest.param(evaluate_outdir_is_read_only, r"locked is read-only", id="evaluate-outdir-read-only"),
     pytest.param(dataset_add_into_a_file, r"--dataset .*results.txt is a file", id="dataset-add-into-a-file"),
     pytest.param(dataset_add_into_a_read_only_folder, r"--dataset .*locked is read-only", id="dataset-add-read-only"),
-    pytest.param(outdir_name_too_long, r"-o: the name 'rrr.*' is 256 bytes long, .* at most 255 bytes per name",
-                 id="outdir-name-too-long"),
+    pytest.param(
+        outdir_name_too_long,
+        r"-o: the name 'rrr.*' is 256 bytes long, .* at most 255 bytes per name",
+        id="outdir-name-too-long",
+    ),
     pytest.param(outdir_path_too_long, r"-o: the path .* is too long", id="outdir-path-too-long"),
     pytest.param(evaluate_outdir_name_too_long, r"-o: the name .* 256 bytes long", id="evaluate-outdir-name-too-long"),
     pytest.param(dataset_name_too_long, r"--dataset: the name .* 256 bytes long", id="dataset-name-too-long"),
-    pytest.param(outdir_link_to_nowhere, r"out is a link to .*moved-away, which does not exist",
-                 id="outdir-link-to-nowhere"),
-    pytest.param(outdir_inside_a_link_to_nowhere, r"results is a link to .*unmounted-disk, which does not exist",
-                 id="outdir-inside-a-link-to-nowhere"),
-    pytest.param(dataset_add_huge_slice_range, r"slice 12 does not exist: the CT has slices 0:11",
-                 id="dataset-add-huge-slice-range"),
+    pytest.param(
+        outdir_link_to_nowhere, r"out is a link to .*moved-away, which does not exist", id="outdir-link-to-nowhere"
+    ),
+    pytest.param(
+        outdir_inside_a_link_to_nowhere,
+        r"results is a link to .*unmounted-disk, which does not exist",
+        id="outdir-inside-a-link-to-nowhere",
+    ),
+    pytest.param(
+        dataset_add_huge_slice_range,
+        r"slice 12 does not exist: the CT has slices 0:11",
+        id="dataset-add-huge-slice-range",
+    ),
     pytest.param(dataset_add_slices_malformed, r"--slices wants slice numbers", id="dataset-add-slices-malformed"),
 ]
 
@@ -524,4 +626,3 @@ def test_bad_input_gives_one_error_line_and_no_output(tmp_path, request, make: B
     assert result.stdout.strip() == ""
     out = tmp_path / "out"
     assert not out.exists() or not any(out.iterdir()), f"left in the output folder: {list(out.iterdir())}"
-

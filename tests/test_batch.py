@@ -4,6 +4,7 @@ Everything runs through the real command line as a subprocess, on a real Dask cl
 a `dask scheduler` with two `dask worker` processes the test starts), on phantom scans written to disk and the
 real Visible Human head CT and MR series. Workers are killed with real signals; nothing is mocked.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,12 +21,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
+from writers import phantom_image, run_legsegnet, truncate_file, write_dicom_series
 
 from LegSegNetLib.batch import results
 from LegSegNetLib.batch.inputs import find_scans
 from LegSegNetLib.models.folder import inspect_model_folder
 from LegSegNetLib.phantom import make_leg_phantom
-from writers import phantom_image, run_legsegnet, truncate_file, write_dicom_series
 
 CLI = [sys.executable, "-m", "LegSegNetLib.cli"]
 SEGMENT_FILES = ("labels.nii.gz", "metrics.json", "metrics.csv", "profile.csv", "overlay.png", "profile.png")
@@ -89,8 +90,13 @@ def hidden_leftovers(outdir: Path) -> list[str]:
 
 def start_batch(*args) -> subprocess.Popen:
     """The batch as its own process group, so a test can kill it with all its Dask workers at once."""
-    return subprocess.Popen([*CLI, "batch", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [*CLI, "batch", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- discovery
@@ -156,21 +162,41 @@ def test_mixed_tree_gives_one_row_per_scan_with_its_status(tmp_path, visible_hum
 
     with open(out / "cohort.csv", newline="") as handle:
         assert tuple(next(csv.reader(handle))) == results.COLUMNS
-    for name in ("id", "patient", "source", "series_uid", "status", "error", "engine", "model", "first_slice",
-                 "last_slice", "V_SM_cm3", "mu_SM_hu", "R_SM_Fat", "left_V_SM_cm3", "right_mu_Fat_hu", "qc_flags",
-                 "seconds"):
+    for name in (
+        "id",
+        "patient",
+        "source",
+        "series_uid",
+        "status",
+        "error",
+        "engine",
+        "model",
+        "first_slice",
+        "last_slice",
+        "V_SM_cm3",
+        "mu_SM_hu",
+        "R_SM_Fat",
+        "left_V_SM_cm3",
+        "right_mu_Fat_hu",
+        "qc_flags",
+        "seconds",
+    ):
         assert name in results.COLUMNS
     published = visible_results(out)
     assert set(published) == set(rows) and not hidden_leftovers(out)
 
     # a scan of the batch is exactly what `segment` makes of it
     single = tmp_path / "single"
-    assert run_legsegnet("segment", tree / "P01.nii.gz", "-o", single, "--engine", "threshold", "--quiet").returncode == 0
+    assert (
+        run_legsegnet("segment", tree / "P01.nii.gz", "-o", single, "--engine", "threshold", "--quiet").returncode == 0
+    )
     expected = json.loads((single / "metrics.json").read_text())
     got = json.loads((out / "scans" / "P01" / "metrics.json").read_text())
     assert got["tissues"] == expected["tissues"] and got["legs"] == expected["legs"]
     assert float(rows["P01"]["V_SM_cm3"]) == pytest.approx(expected["tissues"]["SM"]["volume_cm3"], rel=1e-12)
-    assert float(rows["P01"]["left_V_SAT_cm3"]) == pytest.approx(expected["legs"]["left"]["tissues"]["SAT"]["volume_cm3"])
+    assert float(rows["P01"]["left_V_SAT_cm3"]) == pytest.approx(
+        expected["legs"]["left"]["tissues"]["SAT"]["volume_cm3"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -285,7 +311,12 @@ def test_a_worker_killed_mid_scan_is_restarted_and_the_batch_goes_on(tmp_path):
     assert proc.returncode == 1, stderr
     rows = cohort(out)
     assert {i: r["status"] for i, r in rows.items()} == {
-        "once": "ok", "twice": "error", "small0": "ok", "small1": "ok", "small2": "ok"}
+        "once": "ok",
+        "twice": "error",
+        "small0": "ok",
+        "small1": "ok",
+        "small2": "ok",
+    }
     assert rows["once"]["attempts"] == "2"
     assert "worker process died" in rows["twice"]["error"] and rows["twice"]["attempts"] == "2"
     assert visible_results(out) and not hidden_leftovers(out)
@@ -302,9 +333,24 @@ def test_batch_on_a_dask_cluster_of_separate_processes(tmp_path):
     processes = []
     client = None
     try:
-        processes.append(subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-             str(scheduler_file)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(
+            subprocess.Popen(
+                [
+                    dask,
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-dashboard",
+                    "--scheduler-file",
+                    str(scheduler_file),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         deadline = time.monotonic() + 120
         while not scheduler_file.exists() or not scheduler_file.read_text().strip():
             assert processes[0].poll() is None, "the scheduler died"
@@ -312,9 +358,29 @@ def test_batch_on_a_dask_cluster_of_separate_processes(tmp_path):
             time.sleep(0.1)
         address = json.loads(scheduler_file.read_text())["address"]
         for name in ("w1", "w2"):
-            processes.append(subprocess.Popen(
-                [dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1",
-                 "--name", name, "--resources", "scan=1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            processes.append(
+                subprocess.Popen(
+                    [
+                        dask,
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--nworkers",
+                        "1",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                        "--name",
+                        name,
+                        "--resources",
+                        "scan=1",
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         client = Client(address, timeout="60s")
         client.wait_for_workers(2, timeout=180)  # the scheduler reports both workers
         workers = set(client.scheduler_info()["workers"])
@@ -345,13 +411,38 @@ def test_batch_on_a_dask_cluster_of_separate_processes(tmp_path):
 
 def test_slurm_job_script_asks_for_the_resources_and_runs_one_scan_per_worker(tmp_path):
     out = tmp_path / "out"
-    done = batch("-o", out, "--slurm", "--slurm-cores", "8", "--slurm-memory", "32GB", "--slurm-walltime", "12:00:00",
-                 "--slurm-partition", "gpu", "--slurm-account", "lab42", "--slurm-gpu",
-                 "--slurm-prologue", "module load cuda/12", "--print-job-script", timeout=120)
+    done = batch(
+        "-o",
+        out,
+        "--slurm",
+        "--slurm-cores",
+        "8",
+        "--slurm-memory",
+        "32GB",
+        "--slurm-walltime",
+        "12:00:00",
+        "--slurm-partition",
+        "gpu",
+        "--slurm-account",
+        "lab42",
+        "--slurm-gpu",
+        "--slurm-prologue",
+        "module load cuda/12",
+        "--print-job-script",
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     script = done.stdout
-    for line in ("#SBATCH --cpus-per-task=8", "#SBATCH -t 12:00:00", "#SBATCH -p gpu", "#SBATCH -A lab42",
-                 "#SBATCH --gres=gpu:1", "#SBATCH -J legsegnet", "module load cuda/12", "export LEGSEGNET_CPU_THREADS=8"):
+    for line in (
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH -t 12:00:00",
+        "#SBATCH -p gpu",
+        "#SBATCH -A lab42",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH -J legsegnet",
+        "module load cuda/12",
+        "export LEGSEGNET_CPU_THREADS=8",
+    ):
         assert line in script, line
     assert "#SBATCH --mem=30G" in script  # dask-jobqueue writes 32 GB as 30 GiB
     assert f"{sys.executable} -m distributed.cli.dask_worker" in script and "--nthreads 1" in script
@@ -376,8 +467,24 @@ def test_batch_runs_its_workers_as_slurm_jobs_and_replaces_a_job_that_ends(tmp_p
     for i in range(4):
         write_phantom(data / f"s{i}.nii.gz", seed=60 + i)
     out = tmp_path / "out"
-    proc = start_batch(data, "-o", out, "--engine", "threshold", "--slurm", "--workers", "1", "--slurm-cores", "1",
-                       "--slurm-memory", "2GB", "--slurm-walltime", "00:10:00", "--slurm-log-dir", tmp_path / "logs")
+    proc = start_batch(
+        data,
+        "-o",
+        out,
+        "--engine",
+        "threshold",
+        "--slurm",
+        "--workers",
+        "1",
+        "--slurm-cores",
+        "1",
+        "--slurm-memory",
+        "2GB",
+        "--slurm-walltime",
+        "00:10:00",
+        "--slurm-log-dir",
+        tmp_path / "logs",
+    )
     try:
         lines = []
         for line in proc.stderr:
@@ -412,8 +519,9 @@ def test_nnunet_batch_loads_the_model_once_per_worker_and_reports_confidence(tmp
         write_phantom(data / f"n{i}.nii.gz", seed=70 + i, shape=(6, 96, 128))
     out = tmp_path / "out"
 
-    done = batch(data, "-o", out, "--engine", "nnunet", "--model", png_model, "--device", "cpu", "--folds", "0",
-                 "--workers", "1")
+    done = batch(
+        data, "-o", out, "--engine", "nnunet", "--model", png_model, "--device", "cpu", "--folds", "0", "--workers", "1"
+    )
 
     assert done.returncode == 0, done.stderr
     states = visible_results(out)
@@ -435,11 +543,20 @@ def test_nnunet_batch_loads_the_model_once_per_worker_and_reports_confidence(tmp
         pytest.param(["--manifest", "{tmp}/nocolumn.csv"], "no 'scan' column", id="manifest-without-scan-column"),
         pytest.param(["--manifest", "{tmp}/dupes.csv"], "to several scans", id="manifest-duplicate-ids"),
         pytest.param(["--manifest", "{tmp}/badrange.csv"], "line 2: slices", id="manifest-bad-range"),
-        pytest.param(["{tmp}/data", "--scheduler", "tcp://127.0.0.1:1", "--slurm"], "not both", id="scheduler-and-slurm"),
-        pytest.param(["{tmp}/data", "--engine", "nnunet", "--model", "{tmp}/nomodel"], "neither an existing model folder", id="missing-model"),
+        pytest.param(
+            ["{tmp}/data", "--scheduler", "tcp://127.0.0.1:1", "--slurm"], "not both", id="scheduler-and-slurm"
+        ),
+        pytest.param(
+            ["{tmp}/data", "--engine", "nnunet", "--model", "{tmp}/nomodel"],
+            "neither an existing model folder",
+            id="missing-model",
+        ),
         pytest.param(["{tmp}/data", "--workers", "0"], "at least 1", id="zero-workers"),
-        pytest.param(["{tmp}/data", "--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler",
-                     id="unreachable-scheduler"),
+        pytest.param(
+            ["{tmp}/data", "--scheduler", "tcp://127.0.0.1:9"],
+            "cannot reach the Dask scheduler",
+            id="unreachable-scheduler",
+        ),
         pytest.param(["{tmp}/empty"], "no scans found", id="folder-without-scans"),
     ],
 )

@@ -1,4 +1,5 @@
 """Argument handling of the real `legsegnet` console script: one `error:` line, exit 2, no traceback."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,7 +10,9 @@ import pytest
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "LegSegNetLib.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize(

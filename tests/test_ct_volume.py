@@ -1,4 +1,5 @@
 """The slab convention and the geometry helpers of CTVolume, checked against SimpleITK itself."""
+
 from __future__ import annotations
 
 import itertools
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LegSegNetLib.scan.ct_volume import CTVolume, check_same_grid, find_axial_axis
 from LegSegNetLib.core.errors import InputError
+from LegSegNetLib.scan.ct_volume import CTVolume, check_same_grid, find_axial_axis
 
 
 def _direction_with_si_on(axis: int, flip: bool) -> np.ndarray:

@@ -14,6 +14,7 @@
   that do not exist, a format change, a foreign folder; a crashed export's staging is cleaned up;
 - the same through the real CLI (one `error:` line, exit 2) and the worker (a result event).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,8 @@ import SimpleITK as sitk
 from LegSegNetLib.annotation import dataset
 from LegSegNetLib.annotation.manifest import load_dataset
 from LegSegNetLib.annotation.slice_encoding import resize_labels_nearest
-from LegSegNetLib.engines import published_preprocessing as published
 from LegSegNetLib.core.errors import InputError
+from LegSegNetLib.engines import published_preprocessing as published
 from LegSegNetLib.phantom import make_leg_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,13 +56,17 @@ def scan(tmp_path_factory):
 
 def _tree(folder: Path) -> dict[str, str]:
     """Every file under `folder` with its SHA-256 (to prove a refused export changed nothing)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "LegSegNetLib.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def _read_nnunet(path: Path) -> tuple[np.ndarray, dict]:
@@ -82,8 +87,9 @@ def _formula_nearest(labels: np.ndarray, rows: int, cols: int) -> np.ndarray:
     out = np.empty((rows, cols), labels.dtype)
     for r in range(rows):
         for c in range(cols):
-            out[r, c] = labels[min(int((r + 0.5) * src_rows / rows), src_rows - 1),
-                               min(int((c + 0.5) * src_cols / cols), src_cols - 1)]
+            out[r, c] = labels[
+                min(int((r + 0.5) * src_rows / rows), src_rows - 1), min(int((c + 0.5) * src_cols / cols), src_cols - 1)
+            ]
     return out
 
 
@@ -164,7 +170,8 @@ def _lps_scan_and_labels(folder: Path, code: str = "LPS") -> tuple[Path, Path]:
     stored as `code` says."""
     ct = leg_image()
     labels = sitk.Cast(sitk.BinaryThreshold(ct, -500, 5000, 1, 0), sitk.sitkUInt8) + sitk.Cast(
-        sitk.BinaryThreshold(ct, 600, 5000, 3, 0), sitk.sitkUInt8)  # 1 body, 4 bone: labels that show the axes
+        sitk.BinaryThreshold(ct, 600, 5000, 3, 0), sitk.sitkUInt8
+    )  # 1 body, 4 bone: labels that show the axes
     folder.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(reorient(ct, code), str(folder / "ct.nii.gz"))
     sitk.WriteImage(reorient(labels, code), str(folder / "labels.nii.gz"))
@@ -203,11 +210,18 @@ def test_hu_export_is_the_slice_plain_nnunet_reads_from_the_volume_in_any_storag
 
     for code in ("PIR", "RAS", "LIP"):
         ct_other, labels_other = _lps_scan_and_labels(tmp_path / code, code)
-        other = dataset.add_files(tmp_path / f"set-{code}", ct_other, labels_other, _same_slices(ct_other, (2, 5, 9)),
-                                  patient="P1", input_format="hu")
+        other = dataset.add_files(
+            tmp_path / f"set-{code}",
+            ct_other,
+            labels_other,
+            _same_slices(ct_other, (2, 5, 9)),
+            patient="P1",
+            input_format="hu",
+        )
         assert len(other.added) == 3
-        for (image, label, spacing), (want_image, want_label, want_spacing) in zip(_exported(tmp_path / f"set-{code}"),
-                                                                                    exported):
+        for (image, label, spacing), (want_image, want_label, want_spacing) in zip(
+            _exported(tmp_path / f"set-{code}"), exported
+        ):
             assert np.array_equal(image, want_image) and np.array_equal(label, want_label), code
             assert spacing[1:] == pytest.approx(want_spacing[1:])
 
@@ -392,8 +406,22 @@ def test_geometry_mismatch_bad_slices_format_change_and_foreign_folders_are_refu
 def test_cli_adds_slices_and_refuses_bad_labels_with_one_error_line(scan, tmp_path):
     ct, labels_path, phantom, volume, labels = scan
     folder = tmp_path / "set"
-    done = _cli("dataset", "add", str(ct), str(labels_path), "--dataset", str(folder), "--slices", "1,3",
-                "--patient", "P2", "--round", "1", "--format", "hu")
+    done = _cli(
+        "dataset",
+        "add",
+        str(ct),
+        str(labels_path),
+        "--dataset",
+        str(folder),
+        "--slices",
+        "1,3",
+        "--patient",
+        "P2",
+        "--round",
+        "1",
+        "--format",
+        "hu",
+    )
     assert done.returncode == 0, done.stderr
     assert "2 added" in done.stdout and "holds 2 slices (hu format)" in done.stdout
     before = _tree(folder)
@@ -407,22 +435,51 @@ def test_cli_adds_slices_and_refuses_bad_labels_with_one_error_line(scan, tmp_pa
     shifted.SetSpacing([s * 1.5 for s in labels.GetSpacing()])
     sitk.WriteImage(shifted, str(tmp_path / "shifted.nii.gz"))
     for labels_file, message in (("bad.nii.gz", "values 9"), ("shifted.nii.gz", "voxel grid")):
-        refused = _cli("dataset", "add", str(ct), str(tmp_path / labels_file), "--dataset", str(folder),
-                       "--slices", "2", "--patient", "P2")
+        refused = _cli(
+            "dataset",
+            "add",
+            str(ct),
+            str(tmp_path / labels_file),
+            "--dataset",
+            str(folder),
+            "--slices",
+            "2",
+            "--patient",
+            "P2",
+        )
         assert refused.returncode == 2
         lines = [line for line in refused.stderr.splitlines() if line.strip()]
         assert lines[-1].startswith("error: ") and message in lines[-1] and "Traceback" not in refused.stderr
-    refused = _cli("dataset", "add", str(ct), str(labels_path), "--dataset", str(folder), "--slices", "2",
-                   "--round", "-1")
+    refused = _cli(
+        "dataset", "add", str(ct), str(labels_path), "--dataset", str(folder), "--slices", "2", "--round", "-1"
+    )
     assert refused.returncode == 2 and "--round" in refused.stderr
     assert _tree(folder) == before
 
 
 def test_worker_reports_the_export_as_a_result_event(scan, tmp_path):
     ct, labels_path, _, _, _ = scan
-    done = subprocess.run([sys.executable, "-m", "LegSegNetLib.worker", "dataset", "add", str(ct), str(labels_path),
-                           "--dataset", str(tmp_path / "set"), "--slices", "0,7", "--patient", "P3"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "LegSegNetLib.worker",
+            "dataset",
+            "add",
+            str(ct),
+            str(labels_path),
+            "--dataset",
+            str(tmp_path / "set"),
+            "--slices",
+            "0,7",
+            "--patient",
+            "P3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     result = [e for e in events if e["event"] == "result"]

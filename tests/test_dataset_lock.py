@@ -1,5 +1,6 @@
 """The training set's lock (an flock on LOCK_FILE, taken here with `filelock`, which uses the same flock): a second `dataset add` into the same set waits for the export that holds
 the lock, through the real `legsegnet` command, and then adds its slices to what that export committed."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,22 @@ HELD_S = 3.0  # how long the lock stays held after the second export reached it 
 def test_a_second_dataset_add_waits_for_the_lock_and_keeps_the_first_ones_slices(tmp_path):
     ct_path, labels_path, data = w.phantom_training_set(tmp_path, slices="1")
     with FileLock(data / LOCK_FILE):  # another export holds the set
-        second = DrainedProcess([sys.executable, "-c", _ANNOUNCE_THE_LOCK, "dataset", "add", str(ct_path),
-                                 str(labels_path), "--dataset", str(data), "--slices", "5,6", "--quiet"])
+        second = DrainedProcess(
+            [
+                sys.executable,
+                "-c",
+                _ANNOUNCE_THE_LOCK,
+                "dataset",
+                "add",
+                str(ct_path),
+                str(labels_path),
+                "--dataset",
+                str(data),
+                "--slices",
+                "5,6",
+                "--quiet",
+            ]
+        )
         try:
             deadline = time.monotonic() + 120  # reading the CT comes first: seconds, more on a busy CI machine
             while "at the lock" not in second.stdout:

@@ -3,6 +3,7 @@
 Version lookups are plain dictionaries standing for a Slicer installation's site-packages (the function
 under test takes the lookup as an argument), plus one check against this environment's real packages.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,8 +13,14 @@ import pytest
 from LegSegNetLib.slicer_logic import dependencies
 from LegSegNetLib.slicer_logic.dependencies import TORCH, at_least
 
-SLICER_SHIPS = {"numpy": "1.26.4", "scipy": "1.13.1", "SimpleITK": "2.4.0", "vtk": "9.3.1", "requests": "2.32.3",
-                "pydicom": "2.4.4"}
+SLICER_SHIPS = {
+    "numpy": "1.26.4",
+    "scipy": "1.13.1",
+    "SimpleITK": "2.4.0",
+    "vtk": "9.3.1",
+    "requests": "2.32.3",
+    "pydicom": "2.4.4",
+}
 
 
 def lookup(installed: dict[str, str]):
@@ -56,8 +63,10 @@ def test_install_steps_run_pip_and_light_the_torch_with_slicer_packages_pinned(t
     constraints = plan.write_constraints(tmp_path / "c.txt")
     steps = plan.install_steps(constraints)
     assert [(s["module"], s["arguments"][:2]) for s in steps] == [
-        ("pip", ["install", dependencies.LIGHT_THE_TORCH]), ("light_the_torch", ["install", TORCH.pip_spec]),
-        ("pip", ["install", "nnunetv2>=2.5"])]
+        ("pip", ["install", dependencies.LIGHT_THE_TORCH]),
+        ("light_the_torch", ["install", TORCH.pip_spec]),
+        ("pip", ["install", "nnunetv2>=2.5"]),
+    ]
     assert all(s["arguments"][-2:] == ["--constraint", str(constraints)] for s in steps)
     with_ltt = plan_install("nnunet", True, lookup({**installed, "light-the-torch": "0.7.5"}), {})
     assert [s["module"] for s in with_ltt.install_steps(constraints)] == ["light_the_torch", "pip"]
@@ -90,7 +99,9 @@ def _report(*items: tuple[str, str]) -> dict:
 
 def test_the_change_list_is_pips_report_with_the_versions_replaced():
     installed = {**SLICER_SHIPS, "pandas": "2.0.0"}
-    changes = dependencies.changes_from_pip_report(_report(("pandas", "2.2.3"), ("acvl-utils", "0.2")), lookup(installed))
+    changes = dependencies.changes_from_pip_report(
+        _report(("pandas", "2.2.3"), ("acvl-utils", "0.2")), lookup(installed)
+    )
     assert [c.describe() for c in changes] == ["acvl-utils 0.2 (new)", "pandas 2.2.3 (replaces 2.0.0)"]
     text = dependencies.changes_message(changes, ["numpy==1.26.4"], loaded_modules={})
     assert "exactly these 2 packages" in text and "acvl-utils 0.2 (new)" in text and "numpy==1.26.4" in text
@@ -118,9 +129,20 @@ def test_once_the_dry_run_fixed_the_list_exactly_those_pins_are_installed_withou
     assert preview[0]["arguments"][:4] == ["install", "--dry-run", "--report", str(tmp_path / "report.json")]
     assert preview[0]["report"] == str(tmp_path / "report.json")
     steps = plan.with_changes(changes).install_steps(constraints)
-    assert steps == [{"label": "installing acvl-utils==0.2, nnunetv2==2.6.0", "module": "pip",
-                      "arguments": ["install", "--no-deps", "acvl-utils==0.2", "nnunetv2==2.6.0",
-                                    "--constraint", str(constraints)]}]
+    assert steps == [
+        {
+            "label": "installing acvl-utils==0.2, nnunetv2==2.6.0",
+            "module": "pip",
+            "arguments": [
+                "install",
+                "--no-deps",
+                "acvl-utils==0.2",
+                "nnunetv2==2.6.0",
+                "--constraint",
+                str(constraints),
+            ],
+        }
+    ]
 
 
 def test_an_outdated_package_that_is_already_imported_needs_a_restart():

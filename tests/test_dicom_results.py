@@ -6,6 +6,7 @@ to the source images, identity copied, new UIDs). The source series is a small p
 DICOM files with a non-trivial orientation; the 350-slice Visible Human calf series runs the same checks
 in the slow test. Bad inputs are in test_bad_inputs.py.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,11 +23,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 import writers as w
+
 from LegSegNetLib.core import tissues
-from LegSegNetLib.measurement.dicom_results import DERIVED_CODES, PRIVATE_SCHEME
 from LegSegNetLib.core.terminology import tissue_terms
+from LegSegNetLib.measurement.dicom_results import DERIVED_CODES, PRIVATE_SCHEME
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -43,7 +44,10 @@ def _install_dicom3tools() -> str:
         return "no apt-get on this system (dicom3tools is a Debian/Ubuntu package)"
     done = subprocess.run(
         ["sh", "-c", "apt-get update -qq && apt-get install -y -qq dicom3tools"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
     return "" if done.returncode == 0 else f"apt-get failed: {(done.stderr or done.stdout).strip()[-300:]}"
 
@@ -95,7 +99,9 @@ def measurement_groups(sr) -> dict[str, dict]:
                 for child in item.get("ContentSequence", []):
                     if _code(child) == ("DCM", "121112"):  # Source of Measurement
                         ref = child.ReferencedSOPSequence[0]
-                        entry["sources"][_code(item)] = sorted(int(n) for n in np.atleast_1d(ref.ReferencedSegmentNumber))
+                        entry["sources"][_code(item)] = sorted(
+                            int(n) for n in np.atleast_1d(ref.ReferencedSegmentNumber)
+                        )
         groups[name] = entry
     return groups
 
@@ -111,13 +117,18 @@ def assert_sr_equals_metrics(sr, metrics: dict, seg) -> None:
             group = groups[f"{tissue.key}, {REGION_IDS[region]}"]
             stats = numbers["tissues"][tissue.key]
             assert group["segment"] == tissue.value and group["segment_of"] == seg.SOPInstanceUID
-            expected = {("SCT", "118565006"): stats["volume_cm3"], ("SCT", "373098007"): stats["mean_hu"],
-                        ("SCT", "386136009"): stats["sd_hu"]}
+            expected = {
+                ("SCT", "118565006"): stats["volume_cm3"],
+                ("SCT", "373098007"): stats["mean_hu"],
+                ("SCT", "386136009"): stats["sd_hu"],
+            }
             assert group["values"] == {code: value for code, value in expected.items() if value is not None}
         derived = groups[f"Derived metrics, {REGION_IDS[region]}"]
         for key, (code, _, _, from_tissues) in DERIVED_CODES.items():
             assert derived["values"][(PRIVATE_SCHEME, code)] == numbers["derived"][key]
-            assert derived["sources"][(PRIVATE_SCHEME, code)] == sorted(tissues.TISSUE_BY_KEY[k].value for k in from_tissues)
+            assert derived["sources"][(PRIVATE_SCHEME, code)] == sorted(
+                tissues.TISSUE_BY_KEY[k].value for k in from_tissues
+            )
 
 
 # ---------------------------------------------------------------------------------------------- shared checks
@@ -126,8 +137,9 @@ def seg_labels_by_source(seg_path: Path, uids: list[str]) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         seg = hd.seg.segread(seg_path)
-        return seg.get_pixels_by_source_instance(uids, combine_segments=True, relabel=False,
-                                                 assert_missing_frames_are_empty=True)
+        return seg.get_pixels_by_source_instance(
+            uids, combine_segments=True, relabel=False, assert_missing_frames_are_empty=True
+        )
 
 
 def source_headers(folder: Path) -> list:
@@ -154,8 +166,9 @@ def assert_references_source(seg, sr, headers: list, first: int, last: int) -> N
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     # SR: the SEG and the analysed source images are its evidence.
     (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
-    evidence_uids = {str(r.ReferencedSOPInstanceUID) for s in evidence.ReferencedSeriesSequence
-                     for r in s.ReferencedSOPSequence}
+    evidence_uids = {
+        str(r.ReferencedSOPInstanceUID) for s in evidence.ReferencedSeriesSequence for r in s.ReferencedSOPSequence
+    }
     assert evidence_uids == analysed | {seg.SOPInstanceUID}
     # Identity copied; new UIDs for the new objects.
     for ds in (seg, sr):
@@ -177,7 +190,9 @@ def assert_seg_equals_labels_file(seg_path: Path, labels_path: Path, headers: li
 
 
 def file_digests(folder: Path) -> dict[str, tuple[str, int]]:
-    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+    return {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())
+    }
 
 
 # ---------------------------------------------------------------------------------------------- phantom series
@@ -288,16 +303,18 @@ def test_quantify_with_dicom_reports_corrected_labels(whole_run, phantom_series,
     corrected = sitk.GetImageFromArray(edited)
     corrected.CopyInformation(labels)
     w.write_image(corrected, tmp_path / "corrected.nii.gz")
-    done = w.run_legsegnet("quantify", phantom_series, tmp_path / "corrected.nii.gz", "-o", tmp_path / "q", "--dicom",
-                           "--quiet")
+    done = w.run_legsegnet(
+        "quantify", phantom_series, tmp_path / "corrected.nii.gz", "-o", tmp_path / "q", "--dicom", "--quiet"
+    )
     assert done.returncode == 0, done.stderr
     metrics = json.loads((tmp_path / "q" / "metrics.json").read_text())
     seg, sr = pydicom.dcmread(tmp_path / "q" / "seg.dcm"), pydicom.dcmread(tmp_path / "q" / "sr.dcm")
     assert_sr_equals_metrics(sr, metrics, seg)
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert "engine=external" in algorithm.AlgorithmParameters
-    assert_seg_equals_labels_file(tmp_path / "q" / "seg.dcm", tmp_path / "q" / "labels.nii.gz",
-                                  source_headers(phantom_series), *metrics["slices"])
+    assert_seg_equals_labels_file(
+        tmp_path / "q" / "seg.dcm", tmp_path / "q" / "labels.nii.gz", source_headers(phantom_series), *metrics["slices"]
+    )
     assert_valid_dicom(dciodvfy, tmp_path / "q" / "seg.dcm", "Segmentation")
 
 
@@ -316,7 +333,8 @@ def test_quantify_maps_a_seg_from_another_writer_by_its_codes(whole_run, phantom
     order = [("Bone", "Bone tissue"), ("IAT", "Fat between muscles"), ("SM", "Muscle"), ("SAT", "Subcutaneous fat")]
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=n, segment_label=words,
+            segment_number=n,
+            segment_label=words,
             segmented_property_category=Code(terms[key].category.value, "SCT", terms[key].category.meaning),
             segmented_property_type=Code(terms[key].type.value, "SCT", terms[key].type.meaning),
             algorithm_type="MANUAL",
@@ -328,10 +346,18 @@ def test_quantify_maps_a_seg_from_another_writer_by_its_codes(whole_run, phantom
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         seg = hd.seg.Segmentation(
-            source_images=headers[first : last + 1], pixel_array=stacked.astype(np.uint8), segmentation_type="BINARY",
-            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=300,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="another tool",
-            manufacturer_model_name="test", software_versions="1", device_serial_number="1",
+            source_images=headers[first : last + 1],
+            pixel_array=stacked.astype(np.uint8),
+            segmentation_type="BINARY",
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=300,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="another tool",
+            manufacturer_model_name="test",
+            software_versions="1",
+            device_serial_number="1",
         )
     seg.save_as(tmp_path / "other.dcm")
     done = w.run_legsegnet("quantify", phantom_series, tmp_path / "other.dcm", "-o", tmp_path / "q", "--quiet")
@@ -346,6 +372,7 @@ def test_quantify_maps_a_seg_from_another_writer_by_its_codes(whole_run, phantom
 def test_nnunet_model_name_and_round_identify_the_algorithm(phantom_series, tmp_path):
     """A real (tiny, cached) nnU-Net model installed as annotation round 3 in the test's private model store."""
     import nnunet_fixtures
+
     from LegSegNetLib.models.store import ModelStore
 
     ModelStore().install(nnunet_fixtures.get_model("png"), name="tiny-round3", training_round=3)
@@ -354,7 +381,10 @@ def test_nnunet_model_name_and_round_identify_the_algorithm(phantom_series, tmp_
     seg, sr = pydicom.dcmread(out / "seg.dcm"), pydicom.dcmread(out / "sr.dcm")
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert dict(p.split("=", 1) for p in algorithm.AlgorithmParameters.split(",")) == {
-        "engine": "nnunet", "model": "tiny-round3", "round": "3"}
+        "engine": "nnunet",
+        "model": "tiny-round3",
+        "round": "3",
+    }
     assert _concept(algorithm.AlgorithmFamilyCodeSequence[0]) == ("DCM", "123110")  # Artificial Intelligence
     assert seg.ManufacturerModelName == "LegSegNet nnunet tiny-round3"
     texts = {str(item.TextValue) for item in _walk(sr) if item.ValueType == "TEXT"}
@@ -388,5 +418,7 @@ def test_visible_human_calf_round_trip(visible_human_dir, tmp_path, dciodvfy):
     # 1 bit per pixel per segment on every slice: 350 x 4 frames of 512 x 512 pixels, about 46 MB.
     frame_bytes = 512 * 512 // 8
     assert (out / "seg.dcm").stat().st_size < 1.01 * 350 * 4 * frame_bytes + 2_000_000
-    print(f"\n--dicom on 350 slices: {seconds:.1f} s in all; seg.dcm {(out / 'seg.dcm').stat().st_size / 1e6:.1f} MB "
-          f"({int(seg.NumberOfFrames)} frames), sr.dcm {(out / 'sr.dcm').stat().st_size / 1e3:.0f} kB")
+    print(
+        f"\n--dicom on 350 slices: {seconds:.1f} s in all; seg.dcm {(out / 'seg.dcm').stat().st_size / 1e6:.1f} MB "
+        f"({int(seg.NumberOfFrames)} frames), sr.dcm {(out / 'sr.dcm').stat().st_size / 1e3:.0f} kB"
+    )

@@ -1,5 +1,6 @@
 """`legsegnet evaluate` end to end on real files: phantom CTs, their exact labels as references, and the threshold
 engine's real predictions, in the three input forms (one pair, pairs.csv, two folders)."""
+
 from __future__ import annotations
 
 import csv
@@ -15,20 +16,21 @@ import SimpleITK as sitk
 from scipy import stats
 
 from LegSegNetLib import cli
+from LegSegNetLib.core.progress import Progress
+from LegSegNetLib.core.tissues import TISSUE_KEYS
 from LegSegNetLib.engines import make_engine
 from LegSegNetLib.evaluation import metrics
 from LegSegNetLib.evaluation.report import EVALUATION_COLUMNS, OUTPUT_FILES, SLICE_COLUMNS
 from LegSegNetLib.phantom import make_leg_phantom
-from LegSegNetLib.core.progress import Progress
-from LegSegNetLib.core.tissues import TISSUE_KEYS
 
 IDS = ("p01", "p02", "p03", "p04")
 SHAPE = (6, 80, 112)
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "LegSegNetLib.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -68,8 +70,9 @@ def cohort_run(cohort, tmp_path_factory):
     """The folder form with a CT folder, run once through the real command (a subprocess)."""
     root, _ = cohort
     out = tmp_path_factory.mktemp("runs") / "cohort-out"
-    done = run_cli("evaluate", str(root / "batch"), str(root / "ref"), "--ct", str(root / "ct"), "-o", str(out),
-                   "--seed", "3")
+    done = run_cli(
+        "evaluate", str(root / "batch"), str(root / "ref"), "--ct", str(root / "ct"), "-o", str(out), "--seed", "3"
+    )
     assert done.returncode == 0, done.stderr
     return out, done
 
@@ -78,8 +81,15 @@ def cohort_run(cohort, tmp_path_factory):
 def test_one_pair_with_ct_gives_the_numbers_of_compare_labels(cohort, tmp_path):
     root, arrays = cohort
     out = tmp_path / "one"
-    done = run_cli("evaluate", str(root / "batch" / "scans" / "p01" / "labels.nii.gz"), str(root / "ref" / "p01.nii.gz"),
-                   "--ct", str(root / "ct" / "p01.nii.gz"), "-o", str(out))
+    done = run_cli(
+        "evaluate",
+        str(root / "batch" / "scans" / "p01" / "labels.nii.gz"),
+        str(root / "ref" / "p01.nii.gz"),
+        "--ct",
+        str(root / "ct" / "p01.nii.gz"),
+        "-o",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
     assert "1 scan evaluated" in done.stdout and "SM   Dice" in done.stdout
@@ -158,12 +168,34 @@ def test_pairs_csv_with_relative_paths_and_a_seeded_bootstrap(cohort, tmp_path):
         writer.writerow(["id", "pred", "ref", "ct", "note"])
         for i in range(9):  # enough scans for the bootstrap to draw many different cohorts
             scan = IDS[i % 3]
-            writer.writerow([f"case{i}-{scan}", f"batch/scans/{scan}/labels.nii.gz", f"ref/{scan}.nii.gz",
-                             "" if scan == "p03" else f"ct/{scan}.nii.gz", "ignored"])
+            writer.writerow(
+                [
+                    f"case{i}-{scan}",
+                    f"batch/scans/{scan}/labels.nii.gz",
+                    f"ref/{scan}.nii.gz",
+                    "" if scan == "p03" else f"ct/{scan}.nii.gz",
+                    "ignored",
+                ]
+            )
     runs = {}
     for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
-        assert cli.main(["evaluate", "--pairs", str(table), "-o", str(tmp_path / name), "--seed", seed,
-                         "--bootstrap", "500", "--quiet"]) == 0
+        assert (
+            cli.main(
+                [
+                    "evaluate",
+                    "--pairs",
+                    str(table),
+                    "-o",
+                    str(tmp_path / name),
+                    "--seed",
+                    seed,
+                    "--bootstrap",
+                    "500",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         runs[name] = (tmp_path / name / "summary.json").read_text()
     assert runs["a"] == runs["b"]  # the same seed, the same file
     a, c = json.loads(runs["a"]), json.loads(runs["c"])
@@ -182,8 +214,21 @@ def test_reference_slices_only(cohort, tmp_path):
     ref_path = tmp_path / "sparse.nii.gz"
     sitk.WriteImage(volume.labels_to_image(sparse), str(ref_path))
     out = tmp_path / "out"
-    assert cli.main(["evaluate", str(root / "batch" / "scans" / "p02" / "labels.nii.gz"), str(ref_path), "-o", str(out),
-                     "--slices", "reference", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                str(root / "batch" / "scans" / "p02" / "labels.nii.gz"),
+                str(ref_path),
+                "-o",
+                str(out),
+                "--slices",
+                "reference",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = read_csv(out / "evaluation.csv")
     assert {(r["first_slice"], r["last_slice"]) for r in rows} == {("2", "4")}
     expected = metrics.compare_labels(pred[2:5], truth[2:5], volume.slab_spacing)
@@ -215,7 +260,14 @@ def test_empty_masks_follow_the_documented_conventions_in_the_files(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["tissues"]["IAT"]["metrics"]["assd_mm"]["n_infinite"] == 1
     assert summary["tissues"]["SAT"]["metrics"]["dice"] == {
-        "n": 0, "n_undefined": 1, "n_infinite": 0, "mean": None, "sd": None, "median": None, "ci95_mean": None}
+        "n": 0,
+        "n_undefined": 1,
+        "n_infinite": 0,
+        "mean": None,
+        "sd": None,
+        "median": None,
+        "ci95_mean": None,
+    }
 
 
 def test_other_files_in_an_existing_output_folder_are_kept(cohort, tmp_path):
@@ -261,8 +313,9 @@ def test_labels_outside_0_to_4_are_refused_and_nothing_is_written(cohort, tmp_pa
     wrong[2, 10, 10] = 7
     path = tmp_path / "seven.nii.gz"
     sitk.WriteImage(volume.labels_to_image(wrong), str(path))
-    line = _one_error_line(run_cli("evaluate", str(path), str(root / "ref" / "p01.nii.gz"), "-o", str(tmp_path / "out"),
-                                   "--quiet"))
+    line = _one_error_line(
+        run_cli("evaluate", str(path), str(root / "ref" / "p01.nii.gz"), "-o", str(tmp_path / "out"), "--quiet")
+    )
     assert "values 7 that are not LegSegNet labels" in line
     assert not (tmp_path / "out").exists()
 
@@ -294,10 +347,14 @@ def test_bad_arguments_give_one_error_line_and_exit_2(cohort, tmp_path, capsys, 
 def test_without_matplotlib_the_tables_are_written_and_the_figures_skipped(cohort, tmp_path):
     # 3D Slicer's Python has no matplotlib
     root, _ = cohort
-    code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from LegSegNetLib.cli import main\n"
-            f"sys.exit(main(['evaluate', {str(root / 'batch')!r}, {str(root / 'ref')!r}, '-o', {str(tmp_path / 'out')!r}]))\n")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from LegSegNetLib.cli import main\n"
+        f"sys.exit(main(['evaluate', {str(root / 'batch')!r}, {str(root / 'ref')!r}, '-o', {str(tmp_path / 'out')!r}]))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "matplotlib is not installed: dice_boxplot.png, bland_altman.png, correlation.png were not drawn" in done.stderr
+    assert (
+        "matplotlib is not installed: dice_boxplot.png, bland_altman.png, correlation.png were not drawn" in done.stderr
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["evaluation.csv", "slices.csv", "summary.json"]

@@ -5,6 +5,7 @@ symmetric average surface distance and 95th-percentile Hausdorff distance, which
 distances agree to a relative 1e-6. A brute-force check with scipy's distance transform of the whole volume
 (float64) pins the directed distances exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,14 +16,16 @@ import pytest
 from scipy import ndimage as ndi
 from scipy import stats
 
-from LegSegNetLib.engines import make_engine
 from LegSegNetLib.core.errors import InputError
-from LegSegNetLib.evaluation import metrics, statistics
-from LegSegNetLib.phantom import make_leg_phantom
 from LegSegNetLib.core.progress import Progress
 from LegSegNetLib.core.tissues import TISSUES
+from LegSegNetLib.engines import make_engine
+from LegSegNetLib.evaluation import metrics, statistics
+from LegSegNetLib.phantom import make_leg_phantom
 
-monai_metrics = pytest.importorskip("monai.metrics", reason="MONAI is the reference implementation (pip install '.[test]')")
+monai_metrics = pytest.importorskip(
+    "monai.metrics", reason="MONAI is the reference implementation (pip install '.[test]')"
+)
 torch = pytest.importorskip("torch")
 
 ANISOTROPIC = (3.0, 0.7, 1.1)  # (slice, row, column) mm
@@ -31,6 +34,7 @@ ANISOTROPIC = (3.0, 0.7, 1.1)  # (slice, row, column) mm
 # ---------------------------------------------------------------------------------------------- helpers
 def _monai(pred: np.ndarray, ref: np.ndarray, spacing) -> dict[str, np.ndarray]:
     """MONAI's per-tissue metrics of two label maps (one-hot, background excluded)."""
+
     def one_hot(labels):
         return torch.from_numpy(np.stack([labels == t.value for t in TISSUES])[None].astype(np.float32))
 
@@ -41,9 +45,11 @@ def _monai(pred: np.ndarray, ref: np.ndarray, spacing) -> dict[str, np.ndarray]:
             "dice": monai_metrics.compute_dice(y_pred, y, include_background=True).numpy()[0],
             "iou": monai_metrics.compute_iou(y_pred, y, include_background=True).numpy()[0],
             "assd_mm": monai_metrics.compute_average_surface_distance(
-                y_pred, y, include_background=True, symmetric=True, spacing=list(spacing)).numpy()[0],
+                y_pred, y, include_background=True, symmetric=True, spacing=list(spacing)
+            ).numpy()[0],
             "hd95_mm": monai_metrics.compute_hausdorff_distance(
-                y_pred, y, include_background=True, percentile=95, spacing=list(spacing)).numpy()[0],
+                y_pred, y, include_background=True, percentile=95, spacing=list(spacing)
+            ).numpy()[0],
         }
 
 
@@ -281,8 +287,9 @@ def test_icc_equals_shrout_fleiss_icc21_from_the_anova_table():
     # Shrout & Fleiss (1979), ICC(2,1) = (BMS - EMS) / (BMS + (k-1) EMS + k (JMS - EMS) / n)
     bms = k * data.mean(1).var(ddof=1)
     jms = n * data.mean(0).var(ddof=1)
-    ems = (((data - data.mean(1, keepdims=True) - data.mean(0, keepdims=True) + data.mean()) ** 2).sum()
-           / ((n - 1) * (k - 1)))
+    ems = ((data - data.mean(1, keepdims=True) - data.mean(0, keepdims=True) + data.mean()) ** 2).sum() / (
+        (n - 1) * (k - 1)
+    )
     expected = (bms - ems) / (bms + (k - 1) * ems + k * (jms - ems) / n)
     assert statistics.icc_agreement(x, y) == pytest.approx(expected, abs=1e-12)
 

@@ -7,6 +7,7 @@ bone is labelled where HU > 600 and air is background; and resampled to one phys
 labels are identical to those of the phantom as made (the threshold engine works slice by slice, so the
 result may not depend on how the voxels are stored).
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 import writers as w
+
 from LegSegNetLib.core.tissues import BONE, TISSUE_KEYS
 
 AS_MADE = "as-made"  # the phantom's own storage order (rows posterior, columns left, slices inferior)

@@ -13,6 +13,7 @@
   install, a live one's is not; the worker and training take SIGHUP as they take SIGTERM;
 - with stderr closed (`2>&-`) a run still writes its results.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ def _cli_command(*args) -> list[str]:
 
 
 def _run(*args, env: dict | None = None, **options) -> subprocess.CompletedProcess:
-    return subprocess.run(_cli_command(*args), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})}, **options)
+    return subprocess.run(
+        _cli_command(*args), capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}, **options
+    )
 
 
 def _one_error_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
@@ -57,8 +59,13 @@ def test_segment_into_a_closed_pipe_exits_0_with_complete_results(scan, tmp_path
     read_end, write_end = os.pipe()
     os.close(read_end)  # `legsegnet ... | true`: the reader is gone before the summary is printed
     try:
-        done = subprocess.run(_cli_command("segment", scan[0], "-o", tmp_path / "out", "--engine", "threshold"),
-                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+        done = subprocess.run(
+            _cli_command("segment", scan[0], "-o", tmp_path / "out", "--engine", "threshold"),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
     finally:
         os.close(write_end)
     assert done.returncode == 0, done.stderr
@@ -70,14 +77,25 @@ def test_segment_into_a_closed_pipe_exits_0_with_complete_results(scan, tmp_path
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_segment_with_stdout_on_a_full_device_exits_0_and_models_list_says_it_failed(scan, tmp_path):
     with open("/dev/full", "w") as full:
-        done = subprocess.run(_cli_command("segment", scan[0], "-o", tmp_path / "out", "--engine", "threshold"),
-                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+        done = subprocess.run(
+            _cli_command("segment", scan[0], "-o", tmp_path / "out", "--engine", "threshold"),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         assert "error" not in done.stderr
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
         # `models list` exists to print: a list nobody can read is its failure
-        listing = subprocess.run(_cli_command("models", "list"), stdout=full, stderr=subprocess.PIPE, text=True,
-                                 timeout=120, env={**os.environ, "LEGSEGNET_MODELS_DIR": str(tmp_path / "store")})
+        listing = subprocess.run(
+            _cli_command("models", "list"),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={**os.environ, "LEGSEGNET_MODELS_DIR": str(tmp_path / "store")},
+        )
     line = _one_error_line(listing, code=1)
     assert line == "error: could not write to standard output (No space left on device)"
 
@@ -86,8 +104,14 @@ def test_models_list_into_a_closed_pipe_exits_0(tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)  # `legsegnet models list | head -0`
     try:
-        listing = subprocess.run(_cli_command("models", "list"), stdout=write_end, stderr=subprocess.PIPE, text=True,
-                                 timeout=120, env={**os.environ, "LEGSEGNET_MODELS_DIR": str(tmp_path / "store")})
+        listing = subprocess.run(
+            _cli_command("models", "list"),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={**os.environ, "LEGSEGNET_MODELS_DIR": str(tmp_path / "store")},
+        )
     finally:
         os.close(write_end)
     assert listing.returncode == 0 and listing.stderr == "", listing.stderr
@@ -95,9 +119,14 @@ def test_models_list_into_a_closed_pipe_exits_0(tmp_path):
 
 def test_segment_with_stderr_closed_still_writes_its_results(scan, tmp_path):
     # `legsegnet ... 2>&-`: Python then has no sys.stderr at all; progress and error lines have nowhere to go
-    done = subprocess.run(_cli_command("segment", scan[0], "-o", tmp_path / "out", "--engine", "threshold"),
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=300,
-                          preexec_fn=lambda: os.close(2))
+    done = subprocess.run(
+        _cli_command("segment", scan[0], "-o", tmp_path / "out", "--engine", "threshold"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.close(2),
+    )
     assert done.returncode == 0, done.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
     assert done.stdout.splitlines()[-1] == f"results in {tmp_path / 'out'}"
@@ -105,12 +134,23 @@ def test_segment_with_stderr_closed_still_writes_its_results(scan, tmp_path):
 
 def test_stdout_closed_fails_only_models_list(scan, tmp_path):
     # `legsegnet ... >&-`: Python then has no sys.stdout at all
-    done = subprocess.run(_cli_command("segment", scan[0], "-o", tmp_path / "out", "--engine", "threshold"),
-                          stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=lambda: os.close(1))
+    done = subprocess.run(
+        _cli_command("segment", scan[0], "-o", tmp_path / "out", "--engine", "threshold"),
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.close(1),
+    )
     assert done.returncode == 0 and "error" not in done.stderr, done.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
-    listing = subprocess.run(_cli_command("models", "list"), stderr=subprocess.PIPE, text=True, timeout=120,
-                             preexec_fn=lambda: os.close(1), env={**os.environ, "LEGSEGNET_MODELS_DIR": str(tmp_path)})
+    listing = subprocess.run(
+        _cli_command("models", "list"),
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),
+        env={**os.environ, "LEGSEGNET_MODELS_DIR": str(tmp_path)},
+    )
     assert _one_error_line(listing, code=1) == "error: could not write to standard output (it is closed)"
 
 
@@ -130,9 +170,26 @@ def test_dataset_add_checks_a_huge_slice_range_before_building_it(scan, tmp_path
     # 0:20000000 on a 8-slice CT: the old code built the list of 20 million indices and a set of them (about
     # 2 GB) before it found slice 8 missing. The CLI reports its own peak memory (the kernel's high-water mark).
     peak_file = tmp_path / "peak-kb"
-    done = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_OF_THE_CLI, str(peak_file), "dataset", "add",
-                           str(scan[0]), str(scan[1]), "--dataset", str(tmp_path / "set"), "--slices", "0:20000000",
-                           "--quiet"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _PEAK_MEMORY_OF_THE_CLI,
+            str(peak_file),
+            "dataset",
+            "add",
+            str(scan[0]),
+            str(scan[1]),
+            "--dataset",
+            str(tmp_path / "set"),
+            "--slices",
+            "0:20000000",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr == "error: slice 8 does not exist: the CT has slices 0:7 along its superior/inferior axis\n"
     peak_mb = int(peak_file.read_text()) / 1024
@@ -148,8 +205,10 @@ def test_debug_is_accepted_before_and_after_the_subcommand(scan, tmp_path, where
     assert done.returncode == 2, done.stderr
     assert "Traceback" in done.stderr and "unrecognized arguments" not in done.stderr
     assert done.stderr.splitlines()[-1].startswith("error: input not found")
-    for args in (["models", "list", "--debug"], ["dataset", "add", scan[0], scan[1], "--dataset", tmp_path / "set",
-                                                 "--slices", "99", "--quiet", "--debug"]):
+    for args in (
+        ["models", "list", "--debug"],
+        ["dataset", "add", scan[0], scan[1], "--dataset", tmp_path / "set", "--slices", "99", "--quiet", "--debug"],
+    ):
         done = _run(*args, env={"LEGSEGNET_MODELS_DIR": str(tmp_path / "store")})
         assert "unrecognized arguments" not in done.stderr, done.stderr
     assert "Traceback" in done.stderr and done.stderr.splitlines()[-1].startswith("error: slice 99 does not exist")
@@ -214,7 +273,9 @@ def test_a_store_that_cannot_take_a_model_is_refused_before_any_work(tmp_path):
     # Only the store is wrong; the source and the training set do not even exist: the store is checked first.
     store_file = tmp_path / "store-file"
     store_file.write_text("not a folder")
-    line = _one_error_line(_run("models", "install", tmp_path / "model.zip", env={"LEGSEGNET_MODELS_DIR": str(store_file)}))
+    line = _one_error_line(
+        _run("models", "install", tmp_path / "model.zip", env={"LEGSEGNET_MODELS_DIR": str(store_file)})
+    )
     assert line.startswith(f"error: the model store (LEGSEGNET_MODELS_DIR) {store_file} is a file"), line
     locked = tmp_path / "locked-store"
     locked.mkdir()
@@ -230,8 +291,10 @@ def _store_entries(store: Path) -> list[str]:
 
 def test_sigterm_during_models_install_removes_its_staging(png_model, tmp_path):
     store = tmp_path / "store"
-    run = TerminalProcess(_cli_command("models", "install", png_model, "--name", "m1"),
-                          env={**os.environ, "LEGSEGNET_MODELS_DIR": str(store)})
+    run = TerminalProcess(
+        _cli_command("models", "install", png_model, "--name", "m1"),
+        env={**os.environ, "LEGSEGNET_MODELS_DIR": str(store)},
+    )
     try:
         run.wait_for_text("checking", timeout=300)  # copied into its staging folder; checkpoints being loaded
         run.send_signal(signal.SIGTERM)
@@ -274,8 +337,12 @@ def test_a_killed_install_is_swept_by_the_next_and_a_live_one_is_not(png_model, 
 def test_sighup_cancels_the_worker_while_it_writes_and_it_cleans_up(scan, tmp_path):
     # Slicer's worker: SIGHUP (its session closed) now cancels as SIGTERM does; before, it died on the spot
     out = tmp_path / "out"
-    worker = subprocess.Popen([sys.executable, "-m", "LegSegNetLib.worker", "segment", scan[0], "-o", out,
-                               "--engine", "threshold"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "LegSegNetLib.worker", "segment", scan[0], "-o", out, "--engine", "threshold"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     events = []
     try:
         for line in worker.stdout:  # its JSON events, one per line, until it starts writing the set
@@ -315,7 +382,8 @@ print(stop.signal_name)
 def test_training_stops_after_the_iteration_on_sighup_as_on_sigterm(name):
     # The trainer's own handler (stop after the current iteration, keep the checkpoint) in a real process; a
     # whole training run with SIGTERM is in test_training.py. Before, SIGHUP killed the training outright.
-    done = subprocess.run([sys.executable, "-c", _TRAINING_STOP_HANDLER, name], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _TRAINING_STOP_HANDLER, name], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, (done.returncode, done.stderr)
     assert done.stdout.strip() == name

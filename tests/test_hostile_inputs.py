@@ -9,6 +9,7 @@
   survive; the staging left by a killed run is swept by the next one; SIGTERM, SIGHUP and SIGINT while it
   writes make the run clean up itself; two runs at once into one new OUTDIR leave one whole set.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
-
 import writers as w
 from processes import TerminalProcess, visible_lines
 
@@ -34,8 +34,11 @@ def _digests(folder: Path, names=OUTPUT_FILES) -> dict[str, str | None]:
 
 
 def _tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _assert_one_error_line(result, code: int, pattern: str) -> None:
@@ -52,8 +55,13 @@ def scans(tmp_path_factory):
     paths = {}
     for key, seed in (("A", 3), ("B", 8)):
         ct, labels = w.phantom_image(seed=seed)
-        paths[key] = (w.write_image(ct, folder / f"ct_{key}.nii.gz"), w.write_image(labels, folder / f"labels_{key}.nii.gz"))
-        done = w.run_legsegnet("segment", paths[key][0], "-o", folder / f"ref_{key}", "--engine", "threshold", "--quiet")
+        paths[key] = (
+            w.write_image(ct, folder / f"ct_{key}.nii.gz"),
+            w.write_image(labels, folder / f"labels_{key}.nii.gz"),
+        )
+        done = w.run_legsegnet(
+            "segment", paths[key][0], "-o", folder / f"ref_{key}", "--engine", "threshold", "--quiet"
+        )
         assert done.returncode == 0, done.stderr
     refs = {key: _digests(folder / f"ref_{key}") for key in "AB"}
     assert all(refs["A"][n] != refs["B"][n] for n in OUTPUT_FILES)  # every file tells A from B
@@ -106,10 +114,17 @@ def _segment_a_ct_stored_under_an_output_name(out: Path, ct: Path, tmp: Path) ->
     return ["segment", out / "labels.nii.gz", "-o", out, "--engine", "threshold"]
 
 
-@pytest.mark.parametrize("make", [
-    _quantify_own_labels, _quantify_symlinked_labels, _quantify_hard_linked_labels,
-    _quantify_into_a_symlinked_outdir, _segment_a_ct_stored_under_an_output_name,
-], ids=lambda f: f.__name__.strip("_").replace("_", "-"))
+@pytest.mark.parametrize(
+    "make",
+    [
+        _quantify_own_labels,
+        _quantify_symlinked_labels,
+        _quantify_hard_linked_labels,
+        _quantify_into_a_symlinked_outdir,
+        _segment_a_ct_stored_under_an_output_name,
+    ],
+    ids=lambda f: f.__name__.strip("_").replace("_", "-"),
+)
 def test_an_output_that_is_an_input_is_refused_and_the_input_kept(scans, tmp_path, make):
     paths, _, _ = scans
     out = _outdir_with_a(scans, tmp_path)
@@ -126,8 +141,9 @@ def test_dataset_add_refuses_a_label_map_that_is_one_of_the_dataset_files(tmp_pa
     ct, labels = w.phantom_image(shape=(1, 72, 96), seed=2)
     ct_path, labels_path = w.write_image(ct, tmp_path / "ct.nii.gz"), w.write_image(labels, tmp_path / "labels.nii.gz")
     data = tmp_path / "set"
-    done = w.run_legsegnet("dataset", "add", ct_path, labels_path, "--dataset", data, "--slices", "0", "--format", "hu",
-                           "--quiet")
+    done = w.run_legsegnet(
+        "dataset", "add", ct_path, labels_path, "--dataset", data, "--slices", "0", "--format", "hu", "--quiet"
+    )
     assert done.returncode == 0, done.stderr
     (case_labels,) = (data / "labelsTr").iterdir()
     edited = sitk.ReadImage(str(case_labels))
@@ -164,8 +180,17 @@ def test_dataset_add_leaves_files_it_did_not_write(tmp_path):
     (data / "imagesTr" / next_name).write_bytes(b"taken by the user")
     foreign[f"imagesTr/{next_name}"] = b"taken by the user"
     for quiet in ("--quiet", None):
-        result = w.run_legsegnet("dataset", "add", ct_path, labels_path, "--dataset", data,
-                                 "--slices", "2" if quiet else "3", *([quiet] if quiet else []))
+        result = w.run_legsegnet(
+            "dataset",
+            "add",
+            ct_path,
+            labels_path,
+            "--dataset",
+            data,
+            "--slices",
+            "2" if quiet else "3",
+            *([quiet] if quiet else []),
+        )
         assert result.returncode == 0, result.stderr
         assert "interrupted export" not in result.stderr
         for rel, content in foreign.items():
@@ -196,11 +221,32 @@ def test_dataset_add_cleans_up_after_an_export_killed_before_its_commit(tmp_path
     ct, labels = w.phantom_image(seed=4)
     ct_path, labels_path = w.write_image(ct, tmp_path / "ct.nii.gz"), w.write_image(labels, tmp_path / "labels.nii.gz")
     data = tmp_path / "set"
-    assert w.run_legsegnet("dataset", "add", ct_path, labels_path, "--dataset", data, "--slices", "1",
-                           "--quiet").returncode == 0
+    assert (
+        w.run_legsegnet(
+            "dataset", "add", ct_path, labels_path, "--dataset", data, "--slices", "1", "--quiet"
+        ).returncode
+        == 0
+    )
     foreign = _foreign_files(data)
-    killed = subprocess.run([sys.executable, "-c", _KILL_BEFORE_COMMIT, "dataset", "add", ct_path, labels_path,
-                             "--dataset", data, "--slices", "5,6", "--quiet"], capture_output=True, text=True, timeout=120)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _KILL_BEFORE_COMMIT,
+            "dataset",
+            "add",
+            ct_path,
+            labels_path,
+            "--dataset",
+            data,
+            "--slices",
+            "5,6",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     orphans = [p.name for p in (data / "imagesTr").iterdir() if "_s0005" in p.name or "_s0006" in p.name]
     assert len(orphans) == 2  # the killed export's files, listed by no manifest entry
@@ -245,8 +291,25 @@ def test_a_run_on_b_failing_at_a_rename_leaves_all_of_a(scans, tmp_path, fail_at
     # figures of A.
     paths, refs, _ = scans
     out = _outdir_with_a(scans, tmp_path)
-    result = subprocess.run([sys.executable, "-c", _FAIL_AT_CALL, str(fail_at), swap, "segment", paths["B"][0],
-                             "-o", out, "--engine", "threshold", "--quiet"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _FAIL_AT_CALL,
+            str(fail_at),
+            swap,
+            "segment",
+            paths["B"][0],
+            "-o",
+            out,
+            "--engine",
+            "threshold",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     which = _assert_whole_set(out, refs)
     assert (result.returncode, which) in ((0, "B"), (1, "A")), result.stderr
     if result.returncode:
@@ -282,7 +345,8 @@ def test_the_sweep_leaves_a_live_runs_staging_and_anything_unmarked(scans, tmp_p
         (tmp_path / ".lsn-0000beef").mkdir()  # a live process's staging
         (tmp_path / ".lsn-0000beef" / "labels.nii.gz").write_bytes(b"being written")
         (tmp_path / ".lsn-0000beef.pid").write_text(
-            f'{{"pid": {live.pid}, "host": "{os.uname().nodename}", "target": "out", "names": ["labels.nii.gz"]}}')
+            f'{{"pid": {live.pid}, "host": "{os.uname().nodename}", "target": "out", "names": ["labels.nii.gz"]}}'
+        )
         (tmp_path / ".lsn-cafe0000").mkdir()  # looks like ours, but no marker: not provably ours
         (tmp_path / ".lsn-cafe0000" / "labels.nii.gz").write_bytes(b"someone's")
         done = w.run_legsegnet("segment", paths["B"][0], "-o", out, "--engine", "threshold", "--quiet")

@@ -9,6 +9,7 @@ a file-size limit (RLIMIT_FSIZE), so writing any large file anywhere would kill 
 The model is the tiny real nnU-Net model the suite trains itself (tests/nnunet_fixtures.py), so the
 attacks meet nnU-Net's real network builder and the untouched model must still install and segment.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -31,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nnunet_fixtures  # noqa: E402
 import writers as w  # noqa: E402
 
-from LegSegNetLib.models import plans_names  # noqa: E402
 from LegSegNetLib.core.errors import InputError  # noqa: E402
+from LegSegNetLib.models import plans_names  # noqa: E402
 from LegSegNetLib.models.folder import load_plans  # noqa: E402
 
 pytest.importorskip("torch")
@@ -59,8 +60,15 @@ def _cli(*args, store: Path, tmp: Path | None = None, limit_file_size: bool = Fa
     def no_large_files() -> None:  # writing past the limit kills the process (SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
 
-    return subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300, preexec_fn=no_large_files if limit_file_size else None)
+    return subprocess.run(
+        [sys.executable, "-m", "LegSegNetLib.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+        preexec_fn=no_large_files if limit_file_size else None,
+    )
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -72,7 +80,11 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
 
 def _files(root: Path) -> dict[str, int]:
     """Every file under root (hidden ones included) and its size."""
-    return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+    return (
+        {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+        if root.exists()
+        else {}
+    )
 
 
 def _zip_folder(folder: Path, archive: Path, extra: dict[str, int] | None = None) -> Path:
@@ -97,7 +109,7 @@ def _understate_size(archive: Path, name: str, declared: int) -> None:
         pos = data.find(signature)
         while pos != -1:
             length = struct.unpack_from("<H", data, pos + name_length_at)[0]
-            if data[pos + name_at: pos + name_at + length] == encoded:
+            if data[pos + name_at : pos + name_at + length] == encoded:
                 struct.pack_into("<I", data, pos + size_at, declared)
             pos = data.find(signature, pos + 4)
     archive.write_bytes(bytes(data))
@@ -112,9 +124,11 @@ def _hostile_copy(png_model: Path, folder: Path, attack: str, marker: Path) -> P
     architecture = plans["configurations"]["2d"]["architecture"]
     if attack == "mock-network":
         # nnU-Net calls network.apply(network.initialize): with a MagicMock, that is os.system("touch ...")
-        architecture.update(network_class_name="unittest.mock.MagicMock",
-                            arch_kwargs={"initialize": f"touch {marker}", "apply.side_effect": "os.system"},
-                            _kw_requires_import=["apply.side_effect"])
+        architecture.update(
+            network_class_name="unittest.mock.MagicMock",
+            arch_kwargs={"initialize": f"touch {marker}", "apply.side_effect": "os.system"},
+            _kw_requires_import=["apply.side_effect"],
+        )
     elif attack == "layer":
         # nnU-Net's own U-Net builds each activation as nonlin(**nonlin_kwargs): os.system(command=...)
         architecture["arch_kwargs"].update(nonlin="os.system", nonlin_kwargs={"command": f"touch {marker}"})
@@ -133,13 +147,28 @@ def test_plans_that_would_run_code_are_refused_at_install_and_at_load(tmp_path, 
     line = _one_error_line(_cli("models", "install", hostile, "--name", "hostile", "--quiet", store=store))
     assert f"'{named}'" in line and "nothing from it was imported or run" in line
     if attack == "mock-network":
-        line = _one_error_line(_cli("models", "install", _zip_folder(hostile, tmp_path / "hostile.zip"), "--quiet",
-                                    store=store))
+        line = _one_error_line(
+            _cli("models", "install", _zip_folder(hostile, tmp_path / "hostile.zip"), "--quiet", store=store)
+        )
         assert f"'{named}'" in line
     assert _files(store) == {}  # nothing installed, nothing left behind
 
-    line = _one_error_line(_cli("segment", ct, "-o", tmp_path / "out", "--engine", "nnunet", "--model", hostile,
-                                "--device", "cpu", "--quiet", store=store))
+    line = _one_error_line(
+        _cli(
+            "segment",
+            ct,
+            "-o",
+            tmp_path / "out",
+            "--engine",
+            "nnunet",
+            "--model",
+            hostile,
+            "--device",
+            "cpu",
+            "--quiet",
+            store=store,
+        )
+    )
     assert f"'{named}'" in line
     if attack == "mock-network":
         # A model that reached the store without `models install` (copied by hand, or installed by an older
@@ -187,18 +216,37 @@ def _set_arch(key, value):
     ("change", "named"),
     [
         (lambda p, c: c.__setitem__("preprocessor_name", "os"), "'os' as the preprocessor"),
-        (lambda p, c: c.__setitem__("normalization_schemes", ["load_pickle"]), "'load_pickle' as a normalization scheme"),
+        (
+            lambda p, c: c.__setitem__("normalization_schemes", ["load_pickle"]),
+            "'load_pickle' as a normalization scheme",
+        ),
         (lambda p, c: c.__setitem__("resampling_fn_data", "load_pickle"), "'load_pickle' as the resampling_fn_data"),
-        (lambda p, c: c.__setitem__("resampling_fn_probabilities", "rmtree"), "'rmtree' as the resampling_fn_probabilities"),
+        (
+            lambda p, c: c.__setitem__("resampling_fn_probabilities", "rmtree"),
+            "'rmtree' as the resampling_fn_probabilities",
+        ),
         (lambda p, c: p.__setitem__("label_manager", "subprocess"), "'subprocess' as its label_manager"),
         (lambda p, c: p.__setitem__("image_reader_writer", "pickle"), "'pickle' as its image_reader_writer"),
-        (lambda p, c: c["architecture"].__setitem__("network_class_name", "builtins.exec"), "'builtins.exec' as the network class"),
+        (
+            lambda p, c: c["architecture"].__setitem__("network_class_name", "builtins.exec"),
+            "'builtins.exec' as the network class",
+        ),
         (_set_arch("conv_op", "torch.load"), "'torch.load' as the network's conv_op"),
         (_set_arch("block", "subprocess.Popen"), "'subprocess.Popen' as the network argument block"),
-        (_set_arch("norm_op_kwargs", {"eps": 1e-5, "hook": ["os.system"]}), "'os.system' as the network argument norm_op_kwargs.hook[0]"),
-        (lambda p, c: c["architecture"]["_kw_requires_import"].append("missing"), "import the network argument 'missing'"),
-        (lambda p, c: p["configurations"].__setitem__("3d_fullres", {"inherits_from": "2d", "preprocessor_name": "os"}),
-         "'os' as the preprocessor (configuration '3d_fullres')"),
+        (
+            _set_arch("norm_op_kwargs", {"eps": 1e-5, "hook": ["os.system"]}),
+            "'os.system' as the network argument norm_op_kwargs.hook[0]",
+        ),
+        (
+            lambda p, c: c["architecture"]["_kw_requires_import"].append("missing"),
+            "import the network argument 'missing'",
+        ),
+        (
+            lambda p, c: p["configurations"].__setitem__(
+                "3d_fullres", {"inherits_from": "2d", "preprocessor_name": "os"}
+            ),
+            "'os' as the preprocessor (configuration '3d_fullres')",
+        ),
         (lambda p, c: c.update(architecture=None), "'architecture' (configuration '2d') is not an object"),
     ],
 )
@@ -244,16 +292,26 @@ def test_the_allow_lists_are_exactly_what_nnunet_ships(png_model):
         return lambda obj: inspect.isclass(obj) and issubclass(obj, base) and obj is not base
 
     def resampling_function(obj):  # the plans' resampling_fn_* are called as fn(data, new_shape, spacing, spacing)
-        return inspect.isfunction(obj) and \
-            list(inspect.signature(obj).parameters)[:4] == ["data", "new_shape", "current_spacing", "new_spacing"]
+        return inspect.isfunction(obj) and list(inspect.signature(obj).parameters)[:4] == [
+            "data",
+            "new_shape",
+            "current_spacing",
+            "new_spacing",
+        ]
 
     roles = [
-        ("nnunetv2.preprocessing", plans_names.PREPROCESSORS,
-         lambda obj: inspect.isclass(obj) and issubclass(obj, DefaultPreprocessor)),
+        (
+            "nnunetv2.preprocessing",
+            plans_names.PREPROCESSORS,
+            lambda obj: inspect.isclass(obj) and issubclass(obj, DefaultPreprocessor),
+        ),
         ("nnunetv2.preprocessing.normalization", plans_names.NORMALIZATION_SCHEMES, subclass_of(ImageNormalization)),
         ("nnunetv2.preprocessing.resampling", plans_names.RESAMPLING_FUNCTIONS, resampling_function),
-        ("nnunetv2.utilities.label_handling", plans_names.LABEL_MANAGERS,
-         lambda obj: inspect.isclass(obj) and issubclass(obj, LabelManager)),
+        (
+            "nnunetv2.utilities.label_handling",
+            plans_names.LABEL_MANAGERS,
+            lambda obj: inspect.isclass(obj) and issubclass(obj, LabelManager),
+        ),
         ("nnunetv2.imageio", plans_names.IMAGE_READER_WRITERS, subclass_of(BaseReaderWriter)),
     ]
     for package, allowed, is_kind in roles:
@@ -264,12 +322,17 @@ def test_the_allow_lists_are_exactly_what_nnunet_ships(png_model):
 
     for name in plans_names.NETWORK_CLASSES:
         # an older module path (residual_unet) nnU-Net finds by class name in the package: it is in unet.py now
-        found = pydoc.locate(name) or pydoc.locate("dynamic_network_architectures.architectures.unet." + name.split(".")[-1])
+        found = pydoc.locate(name) or pydoc.locate(
+            "dynamic_network_architectures.architectures.unet." + name.split(".")[-1]
+        )
         assert inspect.isclass(found) and issubclass(found, torch.nn.Module), name
     for name in plans_names.IMPORTABLE_ARGUMENTS:
         assert inspect.isclass(pydoc.locate(name)) and issubclass(pydoc.locate(name), torch.nn.Module), name
     # the real model's plans pass, as nnU-Net's planner wrote them
-    assert load_plans(png_model)["configurations"]["2d"]["architecture"]["network_class_name"] in plans_names.NETWORK_CLASSES
+    assert (
+        load_plans(png_model)["configurations"]["2d"]["architecture"]["network_class_name"]
+        in plans_names.NETWORK_CLASSES
+    )
 
 
 def test_a_checkpoint_naming_something_else_than_a_trainer_gets_no_trainer():
@@ -297,7 +360,9 @@ def test_zip_with_a_huge_entry_beside_the_model_installs_the_model_only(tmp_path
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])  # -25: killed writing a large file
     assert "not part of the model and were not extracted" in result.stderr
     installed = _files(store)
-    assert not any("zeros" in name for name in installed) and not any(name.startswith(".install-") for name in installed)
+    assert not any("zeros" in name for name in installed) and not any(
+        name.startswith(".install-") for name in installed
+    )
     assert sum(installed.values()) < sum(_files(png_model).values()) + 1024**2
     assert _files(tmp) == {}
     # the model it installed is whole and runs
@@ -317,8 +382,7 @@ def test_zip_whose_header_understates_an_entry(tmp_path, png_model, lying_entry)
     (model / "fold_0" / "checkpoint_final.pth").unlink()  # the lying entry takes its place
     archive = _zip_folder(model, tmp_path / "lying.zip", {lying_entry: ZEROS_BYTES})
     _understate_size(archive, lying_entry, 4096)
-    result = _cli("models", "install", archive, "--name", "tiny", "--quiet", store=store, tmp=tmp,
-                  limit_file_size=True)
+    result = _cli("models", "install", archive, "--name", "tiny", "--quiet", store=store, tmp=tmp, limit_file_size=True)
     if lying_entry.endswith(".pth"):
         assert str(archive) in _one_error_line(result)
         assert _files(store) == {}

@@ -5,6 +5,7 @@ that is not UTF-8, a DICOM series that does not say its pixel size (a note, not 
 too little memory (`ulimit -v`), and an input the user may not read (as root the test drops the capabilities
 that let root read everything).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,13 @@ def _assert_one_error_line(result: subprocess.CompletedProcess, code: int, patte
 
 
 def _cli(*args, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", "LegSegNetLib.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **popen,
+    )
 
 
 # ------------------------------------------------------------------------- a path that is not UTF-8
@@ -78,9 +84,24 @@ def test_too_little_memory_says_not_enough_memory_and_what_to_do(tmp_path):
     # OpenBLAS sizes one buffer per thread at import and loops forever when they do not fit: one thread
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     small = w.write_image(w.leg_image(), tmp_path / "small.nii.gz")
-    calibration = subprocess.run([sys.executable, "-c", _PEAK_OF_A_SMALL_RUN, "segment", small, "-o",
-                                  tmp_path / "small-out", "--engine", "threshold", "--quiet"],
-                                 capture_output=True, text=True, timeout=300, env=env)
+    calibration = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _PEAK_OF_A_SMALL_RUN,
+            "segment",
+            small,
+            "-o",
+            tmp_path / "small-out",
+            "--engine",
+            "threshold",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert calibration.returncode == 0, calibration.stderr
     peak = int(calibration.stdout.split()[-1]) * 1024  # everything a run imports and keeps, on a tiny scan
     # 315 MB of voxels (a constant compresses to 1.4 MB): far more than the run gains beyond the small one's peak,
@@ -92,8 +113,9 @@ def test_too_little_memory_says_not_enough_memory_and_what_to_do(tmp_path):
     def low_memory():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    result = _cli("segment", big, "-o", tmp_path / "out", "--engine", "threshold", "--quiet",
-                  preexec_fn=low_memory, env=env)
+    result = _cli(
+        "segment", big, "-o", tmp_path / "out", "--engine", "threshold", "--quiet", preexec_fn=low_memory, env=env
+    )
     line = _assert_one_error_line(result, 1, "not enough memory")
     assert "corrupt" not in line and "truncated" not in line
     assert "crop" in line or "--slices" in line  # says what to do
@@ -151,8 +173,11 @@ def _unreadable_label_map(folder: Path) -> tuple[Path, list]:
     return labels, ["quantify", ct, labels]
 
 
-@pytest.mark.parametrize("make", [_unreadable_file, _unreadable_dicom_folder, _unreadable_slice_in_a_dicom_folder,
-                                  _unreadable_label_map], ids=["file", "dicom-folder", "dicom-slice", "label-map"])
+@pytest.mark.parametrize(
+    "make",
+    [_unreadable_file, _unreadable_dicom_folder, _unreadable_slice_in_a_dicom_folder, _unreadable_label_map],
+    ids=["file", "dicom-folder", "dicom-slice", "label-map"],
+)
 def test_an_input_the_user_may_not_read_says_permission_denied(tmp_path, make):
     denied, argv = make(tmp_path)
     try:

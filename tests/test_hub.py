@@ -5,6 +5,7 @@ huggingface_hub at it (the internet is never used). Every test has its own Huggi
 The model is tiny but real: plans.json and dataset.json as nnU-Net writes them, checkpoints saved by torch.save
 with the keys of nnU-Net's trainer (tests/test_models.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -50,14 +51,26 @@ def repo_files(tmp: Path, checkpoint: bytes, trained_on: int = 12) -> dict[str, 
     """A hub repository as the published one is laid out: the model folder beside files it does not need."""
     model = make_model(tmp / f"model-{trained_on}", checkpoint, dataset={**dataset_json(), "numTraining": trained_on})
     files = {f"model/{p.relative_to(model).as_posix()}": p.read_bytes() for p in model.rglob("*") if p.is_file()}
-    files.update({"README.md": b"---\nlicense: cc-by-nc-4.0\n---\n# LegSegNet\n", ".gitattributes": b"*.pth filter=lfs\n",
-                  "model/fold_0/checkpoint_latest.pth": checkpoint, "model/fold_0/progress.png": b"\x89PNG not needed"})
+    files.update(
+        {
+            "README.md": b"---\nlicense: cc-by-nc-4.0\n---\n# LegSegNet\n",
+            ".gitattributes": b"*.pth filter=lfs\n",
+            "model/fold_0/checkpoint_latest.pth": checkpoint,
+            "model/fold_0/progress.png": b"\x89PNG not needed",
+        }
+    )
     return files
 
 
 def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "LegSegNetLib.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def _one_error_line(result: subprocess.CompletedProcess, status: int) -> str:
@@ -88,7 +101,11 @@ def test_a_pinned_revision_installs_that_commits_files_and_only_the_models(tmp_p
     fetched = {path.split(f"/resolve/{tagged}/", 1)[1] for path in downloads}
     assert fetched == {"model/plans.json", "model/dataset.json", CHECKPOINT}  # allow_patterns: the model's files only
     assert sorted(p.relative_to(info.path).as_posix() for p in info.path.rglob("*") if p.is_file()) == [
-        "dataset.json", "fold_0/checkpoint_best.pth", METADATA_FILE, "plans.json"]
+        "dataset.json",
+        "fold_0/checkpoint_best.pth",
+        METADATA_FILE,
+        "plans.json",
+    ]
 
     by_commit = store.install(f"hf:{REPO}@{newest}", name="newest")
     assert by_commit.metadata["hub_revision"] == newest
@@ -127,8 +144,9 @@ def test_a_dropped_connection_is_resumed_where_it_stopped(tmp_path, hub):
     assert progress.stage_name == "checking"
 
 
-def test_a_failed_install_leaves_the_store_unchanged_and_a_rerun_fetches_only_what_is_missing(tmp_path, hub,
-                                                                                               checkpoint_bytes):
+def test_a_failed_install_leaves_the_store_unchanged_and_a_rerun_fetches_only_what_is_missing(
+    tmp_path, hub, checkpoint_bytes
+):
     hub.add_commit(REPO, repo_files(tmp_path, checkpoint_bytes))
     hub.failing.add(CHECKPOINT)
     store = ModelStore(tmp_path / "store", hf_endpoint=hub.url, hf_cache_dir=tmp_path / "hf-cache")
@@ -139,7 +157,9 @@ def test_a_failed_install_leaves_the_store_unchanged_and_a_rerun_fetches_only_wh
     hub.failing.clear()
     before = len(hub.requests)
     store.install(f"hf:{REPO}")
-    again = [r.path.rsplit("/resolve/", 1)[1] for r in hub.requests[before:] if r.method == "GET" and "/resolve/" in r.path]
+    again = [
+        r.path.rsplit("/resolve/", 1)[1] for r in hub.requests[before:] if r.method == "GET" and "/resolve/" in r.path
+    ]
     assert [path.split("/", 1)[1] for path in again] == [CHECKPOINT]  # plans.json, dataset.json: from the cache
 
 
@@ -152,8 +172,12 @@ def test_offline_installs_from_the_cache_and_checks_it(tmp_path, hub, checkpoint
     hub.stop()  # from here on nothing answers at the hub's address
     asked = len(hub.requests)
     # HF_HUB_OFFLINE is read when huggingface_hub is imported: the real command line, in a process of its own.
-    env = {"LEGSEGNET_MODELS_DIR": str(store.root), "HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": hub.url,
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        "LEGSEGNET_MODELS_DIR": str(store.root),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "1",
+    }
 
     offline = _cli("models", "install", f"hf:{REPO}@v1.0", env=env)
     assert offline.returncode == 0, offline.stderr

@@ -1,4 +1,5 @@
 """The per-slice label check: soft tissue inside a bone's outline, bone-area dips, and where it is reported."""
+
 from __future__ import annotations
 
 import json
@@ -89,8 +90,22 @@ def test_quantify_reports_soft_tissue_inside_bone_of_corrected_labels(tmp_path):
     sitk.WriteImage(volume.image, str(ct_path))
     sitk.WriteImage(labels_image, str(labels_path))
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", "quantify", str(ct_path), str(labels_path),
-                           "-o", str(out), "--quiet"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "LegSegNetLib.cli",
+            "quantify",
+            str(ct_path),
+            str(labels_path),
+            "-o",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert inner.sum() * 2.4 * 2.4 / 100.0 > label_checks.ENCLOSED_LIMIT_CM2

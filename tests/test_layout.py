@@ -3,6 +3,7 @@
 Every import in LegSegNetLib, including those inside functions, is read from the source (no code runs) and
 resolved to the part of the package it names. A new subpackage must be given a layer here.
 """
+
 from __future__ import annotations
 
 import ast
@@ -49,8 +50,9 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             base = package[: len(package) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
             # `from . import scan` names a subpackage: count each name that is a part of the package
-            found += [(node.lineno, f"{target}.{alias.name}" if target == "LegSegNetLib" else target)
-                      for alias in node.names]
+            found += [
+                (node.lineno, f"{target}.{alias.name}" if target == "LegSegNetLib" else target) for alias in node.names
+            ]
     return found
 
 
@@ -89,8 +91,12 @@ def test_only_the_slicer_side_imports_slicer_vtk_or_qt():
 
 def test_the_model_store_does_not_import_the_engines():
     # engines load models; the store validates models without running them (no circle through torch code)
-    problems = [f"{p.relative_to(LIB)}:{line}" for p in (LIB / "models").rglob("*.py")
-                for line, module in _imports(p) if _part(module) == "engines"]
+    problems = [
+        f"{p.relative_to(LIB)}:{line}"
+        for p in (LIB / "models").rglob("*.py")
+        for line, module in _imports(p)
+        if _part(module) == "engines"
+    ]
     assert not problems, problems
 
 

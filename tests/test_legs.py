@@ -1,4 +1,5 @@
 """split_legs: one id per leg, the same along z, touching legs cut apart, one leg alone."""
+
 from __future__ import annotations
 
 import numpy as np

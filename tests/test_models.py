@@ -6,6 +6,7 @@ state_dict and optimizer state, numpy floats in the log). Downloads go to a real
 127.0.0.1 started in the test (plain http is accepted only to this computer); hub sources go to a local
 imitation of the Hugging Face hub (tests/hub_imitation.py) through huggingface_hub.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,13 +61,20 @@ def plans_json(null_spacing: bool = True, configurations: tuple[str, ...] = ("2d
         "architecture": {
             "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
             "arch_kwargs": {
-                "n_stages": 6, "features_per_stage": [32, 64, 128, 256, 512, 512],
-                "conv_op": "torch.nn.modules.conv.Conv2d", "kernel_sizes": [[3, 3]] * 6,
-                "strides": [[1, 1]] + [[2, 2]] * 5, "n_conv_per_stage": [2] * 6,
-                "n_conv_per_stage_decoder": [2] * 5, "conv_bias": True,
+                "n_stages": 6,
+                "features_per_stage": [32, 64, 128, 256, 512, 512],
+                "conv_op": "torch.nn.modules.conv.Conv2d",
+                "kernel_sizes": [[3, 3]] * 6,
+                "strides": [[1, 1]] + [[2, 2]] * 5,
+                "n_conv_per_stage": [2] * 6,
+                "n_conv_per_stage_decoder": [2] * 5,
+                "conv_bias": True,
                 "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
-                "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-                "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+                "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                "dropout_op": None,
+                "dropout_op_kwargs": None,
+                "nonlin": "torch.nn.LeakyReLU",
+                "nonlin_kwargs": {"inplace": True},
             },
             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
         },
@@ -87,8 +95,15 @@ def plans_json(null_spacing: bool = True, configurations: tuple[str, ...] = ("2d
         "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {
-            "0": {"max": 255.0, "mean": 120.3, "median": 121.0, "min": 0.0,
-                  "percentile_00_5": 20.0, "percentile_99_5": 230.0, "std": 40.1}
+            "0": {
+                "max": 255.0,
+                "mean": 120.3,
+                "median": 121.0,
+                "min": 0.0,
+                "percentile_00_5": 20.0,
+                "percentile_99_5": 230.0,
+                "std": 40.1,
+            }
         },
     }
 
@@ -106,8 +121,10 @@ def save_nnunet_checkpoint(path: Path, extra: dict | None = None) -> None:
     """A checkpoint with the keys and value types nnU-Net's trainer writes, from a tiny real network."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.InstanceNorm2d(4, affine=True),
-        torch.nn.LeakyReLU(inplace=True), torch.nn.Conv2d(4, 5, 1),
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.InstanceNorm2d(4, affine=True),
+        torch.nn.LeakyReLU(inplace=True),
+        torch.nn.Conv2d(4, 5, 1),
     )
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
     net(torch.randn(2, 1, 16, 16)).mean().backward()
@@ -117,15 +134,24 @@ def save_nnunet_checkpoint(path: Path, extra: dict | None = None) -> None:
         "optimizer_state": optimizer.state_dict(),
         "grad_scaler_state": None,
         "logging": {
-            "mean_fg_dice": [np.float64(0.61)], "ema_fg_dice": [np.float64(0.61)],
+            "mean_fg_dice": [np.float64(0.61)],
+            "ema_fg_dice": [np.float64(0.61)],
             "dice_per_class_or_region": [[np.float64(0.7), np.float64(0.6), np.float64(0.3), np.float64(0.8)]],
-            "train_losses": [np.float32(-0.42)], "val_losses": [np.float32(-0.40)], "lrs": [0.01],
-            "epoch_start_timestamps": [time.time()], "epoch_end_timestamps": [time.time()],
+            "train_losses": [np.float32(-0.42)],
+            "val_losses": [np.float32(-0.40)],
+            "lrs": [0.01],
+            "epoch_start_timestamps": [time.time()],
+            "epoch_end_timestamps": [time.time()],
         },
         "_best_ema": np.float64(0.61),
         "current_epoch": 1,
-        "init_args": {"plans": plans_json(), "configuration": "2d", "fold": 0,
-                      "dataset_json": dataset_json(), "device": torch.device("cpu")},
+        "init_args": {
+            "plans": plans_json(),
+            "configuration": "2d",
+            "fold": 0,
+            "dataset_json": dataset_json(),
+            "device": torch.device("cpu"),
+        },
         "trainer_name": "nnUNetTrainer",
         "inference_allowed_mirroring_axes": (0, 1),
     }
@@ -252,18 +278,28 @@ def test_inspect_published_layout(good_model):
 
 def test_inspect_results_folder_picks_2d(tmp_path, checkpoint_bytes):
     dataset_dir = tmp_path / "Dataset001_LegSegNet"
-    two_d = make_model(dataset_dir / "nnUNetTrainer__nnUNetPlans__2d", checkpoint_bytes,
-                       folds={0: ("checkpoint_best.pth", "checkpoint_final.pth"), 1: ("checkpoint_final.pth",)},
-                       dataset=dataset_json(file_ending=".nii.gz"), plans={**plans_json(), "image_reader_writer": "SimpleITKIO"})
-    make_model(dataset_dir / "nnUNetTrainer__nnUNetPlans__3d_fullres", checkpoint_bytes,
-               plans=plans_json(configurations=("2d", "3d_fullres")))
+    two_d = make_model(
+        dataset_dir / "nnUNetTrainer__nnUNetPlans__2d",
+        checkpoint_bytes,
+        folds={0: ("checkpoint_best.pth", "checkpoint_final.pth"), 1: ("checkpoint_final.pth",)},
+        dataset=dataset_json(file_ending=".nii.gz"),
+        plans={**plans_json(), "image_reader_writer": "SimpleITKIO"},
+    )
+    make_model(
+        dataset_dir / "nnUNetTrainer__nnUNetPlans__3d_fullres",
+        checkpoint_bytes,
+        plans=plans_json(configurations=("2d", "3d_fullres")),
+    )
     folder = inspect_model_folder(dataset_dir)
     assert folder.path == two_d
     assert (folder.trainer, folder.plans_identifier) == ("nnUNetTrainer", "nnUNetPlans")
     assert folder.name == "Dataset001_LegSegNet"
     assert folder.input_format == INPUT_HU and not folder.natural_image
     assert folder.fold_ids == [0, 1]
-    assert folder.checkpoints() == [(0, two_d / "fold_0/checkpoint_final.pth"), (1, two_d / "fold_1/checkpoint_final.pth")]
+    assert folder.checkpoints() == [
+        (0, two_d / "fold_0/checkpoint_final.pth"),
+        (1, two_d / "fold_1/checkpoint_final.pth"),
+    ]
     assert folder.checkpoint_path(0, "best") == two_d / "fold_0/checkpoint_best.pth"
     with pytest.raises(InputError, match=r"fold 1 has no checkpoint_best.pth.*fold 1: checkpoint_final.pth"):
         folder.checkpoints([0, 1], "best")
@@ -276,10 +312,18 @@ def test_default_checkpoint_follows_the_layout_and_installs_keep_it(tmp_path, ch
     each layout's own file is the default when every fold has both, the other one when it is all there is."""
     both = {0: ("checkpoint_best.pth", "checkpoint_final.pth")}
     published = make_model(tmp_path / "pub" / "model", checkpoint_bytes, folds=both)
-    results = make_model(tmp_path / "Dataset001_X" / "nnUNetTrainer__nnUNetPlans__2d", checkpoint_bytes, folds=both,
-                         dataset=dataset_json(file_ending=".nii.gz"))
-    final_only = make_model(tmp_path / "Dataset002_Y" / "nnUNetTrainer__nnUNetPlans__2d", checkpoint_bytes,
-                            folds={0: ("checkpoint_final.pth",)}, dataset=dataset_json(file_ending=".nii.gz"))
+    results = make_model(
+        tmp_path / "Dataset001_X" / "nnUNetTrainer__nnUNetPlans__2d",
+        checkpoint_bytes,
+        folds=both,
+        dataset=dataset_json(file_ending=".nii.gz"),
+    )
+    final_only = make_model(
+        tmp_path / "Dataset002_Y" / "nnUNetTrainer__nnUNetPlans__2d",
+        checkpoint_bytes,
+        folds={0: ("checkpoint_final.pth",)},
+        dataset=dataset_json(file_ending=".nii.gz"),
+    )
     assert inspect_model_folder(published).checkpoint_path(0).name == "checkpoint_best.pth"
     assert inspect_model_folder(results).checkpoint_path(0).name == "checkpoint_final.pth"
     assert inspect_model_folder(final_only).checkpoint_path(0).name == "checkpoint_final.pth"
@@ -295,8 +339,11 @@ def test_default_checkpoint_follows_the_layout_and_installs_keep_it(tmp_path, ch
 
 
 def test_inspect_refuses_a_3d_configuration_folder(tmp_path, checkpoint_bytes):
-    three_d = make_model(tmp_path / "Dataset001_X" / "nnUNetTrainer__nnUNetPlans__3d_fullres", checkpoint_bytes,
-                         plans=plans_json(configurations=("2d", "3d_fullres")))
+    three_d = make_model(
+        tmp_path / "Dataset001_X" / "nnUNetTrainer__nnUNetPlans__3d_fullres",
+        checkpoint_bytes,
+        plans=plans_json(configurations=("2d", "3d_fullres")),
+    )
     with pytest.raises(InputError, match="'3d_fullres' configuration; LegSegNet runs the 2D nnU-Net"):
         inspect_model_folder(three_d)
     with pytest.raises(InputError, match="no 2d one"):
@@ -353,8 +400,12 @@ def test_plans_and_dataset_must_agree(tmp_path, checkpoint_bytes):
 
 def test_input_format_from_channel_names(tmp_path, checkpoint_bytes):
     plans = {**plans_json(), "image_reader_writer": "SimpleITKIO"}
-    png = make_model(tmp_path / "a", checkpoint_bytes, plans=plans,
-                     dataset=dataset_json(file_ending=".nii.gz", channels={"0": "png"}))
+    png = make_model(
+        tmp_path / "a",
+        checkpoint_bytes,
+        plans=plans,
+        dataset=dataset_json(file_ending=".nii.gz", channels={"0": "png"}),
+    )
     assert inspect_model_folder(png).input_format == INPUT_PNG
     hu = make_model(tmp_path / "b", checkpoint_bytes, plans=plans, dataset=dataset_json(file_ending=".nii.gz"))
     assert inspect_model_folder(hu).input_format == INPUT_HU
@@ -442,8 +493,11 @@ def test_install_folder_list_default_resolve_remove(tmp_path, good_model, checkp
     assert first.sha256_of == "files" and first.folds == (0,)
     assert json.loads((first.path / METADATA_FILE).read_text())["source"] == str(good_model)
 
-    other = make_model(tmp_path / "Dataset002_Mine" / "nnUNetTrainer__nnUNetPlans__2d", checkpoint_bytes,
-                       folds={0: ("checkpoint_final.pth",), 1: ("checkpoint_final.pth",)})
+    other = make_model(
+        tmp_path / "Dataset002_Mine" / "nnUNetTrainer__nnUNetPlans__2d",
+        checkpoint_bytes,
+        folds={0: ("checkpoint_final.pth",), 1: ("checkpoint_final.pth",)},
+    )
     second = store.install(other.parent)
     assert second.name == "dataset002_mine" and second.folds == (0, 1)
     assert [i.name for i in store.list()] == ["legsegnet", "dataset002_mine"]
@@ -494,8 +548,14 @@ def test_install_zip_from_http_server(tmp_path, server, good_model):
     assert info.licence is None and info.round is None and info.input_format == INPUT_PNG
     assert info.installed_at.endswith("+00:00")
     assert sorted(p.relative_to(info.path).as_posix() for p in info.path.rglob("*") if p.is_file()) == [
-        "dataset.json", "fold_0/checkpoint_best.pth", METADATA_FILE, "plans.json"]
-    assert (info.path / "fold_0/checkpoint_best.pth").read_bytes() == (good_model / "fold_0/checkpoint_best.pth").read_bytes()
+        "dataset.json",
+        "fold_0/checkpoint_best.pth",
+        METADATA_FILE,
+        "plans.json",
+    ]
+    assert (info.path / "fold_0/checkpoint_best.pth").read_bytes() == (
+        good_model / "fold_0/checkpoint_best.pth"
+    ).read_bytes()
     assert any(url in note for note in progress.notes)
     assert [p.name for p in store.root.iterdir()] == ["legsegnet-weights"]
 
@@ -559,7 +619,11 @@ def test_bad_downloads_are_refused_and_leave_the_store_unchanged(
         zip_tree(good_model, archive)
         sha = "0" * 64 if case == "checksum" else None
         mode = {"truncated": "truncate", "truncated-no-length": "no-length"}.get(case, "ok")
-    url = serve(server, "/weights.zip", archive.read_bytes(), mode) if case != "not-found" else server.url + "/nothing.zip"
+    url = (
+        serve(server, "/weights.zip", archive.read_bytes(), mode)
+        if case != "not-found"
+        else server.url + "/nothing.zip"
+    )
     with pytest.raises(error, match=message) as caught:
         store.install(url, name="new", sha256=sha)
     assert "\n" not in str(caught.value)
@@ -602,7 +666,12 @@ def test_a_model_copied_into_the_store_by_hand_is_listed(tmp_path, checkpoint_by
     make_model(store.root / "handmade", checkpoint_bytes)
     (store.root / "notes").mkdir()  # not a model: ignored
     (info,) = store.list()
-    assert (info.name, info.source, info.input_format, info.is_default) == ("handmade", "(copied into the store)", "png", True)
+    assert (info.name, info.source, info.input_format, info.is_default) == (
+        "handmade",
+        "(copied into the store)",
+        "png",
+        True,
+    )
     assert resolve_model("handmade", store).path == store.root / "handmade"
 
 
@@ -619,12 +688,24 @@ def test_hf_source_parsing():
 def test_hf_file_choice():
     published = [".gitattributes", "README.md", "plans.json", "dataset.json", "fold_0/checkpoint_best.pth"]
     assert plan_hf_download(published) == ("files", ["plans.json", "dataset.json", "fold_0/checkpoint_best.pth"])
-    nested = ["README.md", "model/plans.json", "model/dataset.json", "model/fold_0/checkpoint_best.pth",
-              "model/fold_0/checkpoint_latest.pth", "model/fold_0/debug.json", "model/fold_0/progress.png"]
+    nested = [
+        "README.md",
+        "model/plans.json",
+        "model/dataset.json",
+        "model/fold_0/checkpoint_best.pth",
+        "model/fold_0/checkpoint_latest.pth",
+        "model/fold_0/debug.json",
+        "model/fold_0/progress.png",
+    ]
     assert plan_hf_download(nested) == (
-        "files", ["model/plans.json", "model/dataset.json", "model/fold_0/checkpoint_best.pth"])
-    results = [f"D/nnUNetTrainer__nnUNetPlans__{c}/{f}" for c in ("3d_fullres", "2d")
-               for f in ("plans.json", "dataset.json", "dataset_fingerprint.json", "fold_0/checkpoint_final.pth")]
+        "files",
+        ["model/plans.json", "model/dataset.json", "model/fold_0/checkpoint_best.pth"],
+    )
+    results = [
+        f"D/nnUNetTrainer__nnUNetPlans__{c}/{f}"
+        for c in ("3d_fullres", "2d")
+        for f in ("plans.json", "dataset.json", "dataset_fingerprint.json", "fold_0/checkpoint_final.pth")
+    ]
     kind, files = plan_hf_download(results)
     assert kind == "files" and all("__2d/" in f for f in files) and len(files) == 4
     assert plan_hf_download(["README.md", "LegSegNet.zip"]) == ("zip", ["LegSegNet.zip"])
@@ -640,7 +721,9 @@ def local_hub():
 
 
 def _publish(hub_server: LocalHub, good_model: Path, tamper: bool = False) -> str:
-    files = {f"model/{p.relative_to(good_model).as_posix()}": p.read_bytes() for p in good_model.rglob("*") if p.is_file()}
+    files = {
+        f"model/{p.relative_to(good_model).as_posix()}": p.read_bytes() for p in good_model.rglob("*") if p.is_file()
+    }
     files.update({".gitattributes": b"*.pth filter=lfs\n", "README.md": b"# LegSegNet\n"})
     if tamper:  # the hub's listing gives another SHA-256 than the file it serves
         hub_server.tampered_listing.add("model/fold_0/checkpoint_best.pth")
@@ -664,7 +747,9 @@ def test_hf_install_against_a_local_hub(tmp_path, local_hub, good_model, monkeyp
     assert not any("README" in path or "gitattributes" in path for path in downloads)
     folder = resolve_model("legsegnet", store)
     assert folder.natural_image and folder.licence == "CC BY-NC 4.0"
-    assert (folder.path / "fold_0/checkpoint_best.pth").read_bytes() == (good_model / "fold_0/checkpoint_best.pth").read_bytes()
+    assert (folder.path / "fold_0/checkpoint_best.pth").read_bytes() == (
+        good_model / "fold_0/checkpoint_best.pth"
+    ).read_bytes()
 
 
 def test_hf_download_not_matching_the_hub_checksum_is_refused(tmp_path, local_hub, good_model):
@@ -678,8 +763,14 @@ def test_hf_download_not_matching_the_hub_checksum_is_refused(tmp_path, local_hu
 # ====================================================================== the command line
 def _cli(*args: str, store: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, MODELS_DIR_ENV: str(store)}
-    return subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "LegSegNetLib.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def test_cli_models_list_install_remove(tmp_path, server, good_model):

@@ -7,6 +7,7 @@
 - one clear error for a corrupt checkpoint, a missing fold, and plans that do not fit the checkpoint;
 - devices: the CPU fallback note, a refused --device cuda without a GPU, and a CUDA run where one exists.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,9 +28,9 @@ import nnunet_fixtures  # noqa: E402
 from nnunet_fixtures import HELD_OUT_SEEDS, leg_slice  # noqa: E402
 from writers import reorient, run_legsegnet, truncate_file, write_image  # noqa: E402
 
-from LegSegNetLib.engines import published_preprocessing as pp  # noqa: E402
 from LegSegNetLib.core.errors import InputError  # noqa: E402
 from LegSegNetLib.core.progress import Progress  # noqa: E402
+from LegSegNetLib.engines import published_preprocessing as pp  # noqa: E402
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("nnunetv2")
@@ -47,7 +48,10 @@ def dice(pred: np.ndarray, truth: np.ndarray, label: int) -> float:
 
 def held_out(n: int, size: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n held-out phantom slices (HU, labels) of size x size pixels over the training field of view."""
-    pairs = [leg_slice(seed, (size, size), (FOV_MM / size, FOV_MM / size)) for seed in list(HELD_OUT_SEEDS)[start : start + n]]
+    pairs = [
+        leg_slice(seed, (size, size), (FOV_MM / size, FOV_MM / size))
+        for seed in list(HELD_OUT_SEEDS)[start : start + n]
+    ]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
@@ -78,7 +82,9 @@ def formula_opencv_cubic(img: np.ndarray, out_rows: int, out_cols: int) -> np.nd
         for d in range(n_dst):
             f = np.float32((d + 0.5) * scale - 0.5)
             s = int(np.floor(f))
-            weights = [int(np.rint(np.float32(w) * np.float32(2048))) for w in _cubic_row(np.float32(f - np.float32(s)))]
+            weights = [
+                int(np.rint(np.float32(w) * np.float32(2048))) for w in _cubic_row(np.float32(f - np.float32(s)))
+            ]
             out.append(([min(max(s - 1 + k, 0), n_src - 1) for k in range(4)], weights))
         return out
 
@@ -134,20 +140,31 @@ def png_engine(png_model):
 # ====================================================================== published preprocessing (fast)
 def test_hu_window_is_the_published_formula_with_truncation():
     rng = np.random.default_rng(0)
-    hu = np.concatenate([
-        rng.uniform(-1500, 1500, 5000),
-        np.arange(-210, 211, 1.0),  # integers around the window edges
-        np.arange(-200, 200, 0.0625),  # exact binary fractions: truncation points
-        [-200.0, 200.0, -199.99999, 199.99999, -1024.0, 3071.0],
-    ]).astype(np.float32)
+    hu = np.concatenate(
+        [
+            rng.uniform(-1500, 1500, 5000),
+            np.arange(-210, 211, 1.0),  # integers around the window edges
+            np.arange(-200, 200, 0.0625),  # exact binary fractions: truncation points
+            [-200.0, 200.0, -199.99999, 199.99999, -1024.0, 3071.0],
+        ]
+    ).astype(np.float32)
     assert np.array_equal(pp.hu_to_uint8(hu), formula_hu_to_uint8(hu))
     # truncation, not rounding: 0.99 of a grey level stays 0
     assert pp.hu_to_uint8(np.array([-200 + 400 * 0.99 / 255], np.float32))[0] == 0
     assert pp.hu_to_uint8(np.array([200.0, 5000.0, -5000.0], np.float32)).tolist() == [255, 255, 0]
 
 
-@pytest.mark.parametrize("shape, out", [((512, 512), (256, 256)), ((300, 517), (256, 256)), ((37, 41), (256, 256)),
-                                        ((256, 256), (256, 256)), ((61, 70), (29, 43)), ((90, 200), (133, 101))])
+@pytest.mark.parametrize(
+    "shape, out",
+    [
+        ((512, 512), (256, 256)),
+        ((300, 517), (256, 256)),
+        ((37, 41), (256, 256)),
+        ((256, 256), (256, 256)),
+        ((61, 70), (29, 43)),
+        ((90, 200), (133, 101)),
+    ],
+)
 def test_cubic_resize_matches_opencv_written_from_the_formula(shape, out):
     rng = np.random.default_rng(sum(shape))
     noise = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -168,11 +185,15 @@ def test_cubic_resize_is_opencv_itself_when_installed():
     for shape in ((512, 512), (300, 517), (77, 90)):
         image = rng.integers(0, 256, shape, dtype=np.uint8)
         # the engine calls OpenCV itself when it is there: the reference code's exact result on this machine
-        assert np.array_equal(pp.resize_to_model(image[None])[0], cv2.resize(image, (256, 256), interpolation=cv2.INTER_CUBIC))
+        assert np.array_equal(
+            pp.resize_to_model(image[None])[0], cv2.resize(image, (256, 256), interpolation=cv2.INTER_CUBIC)
+        )
         use_ipp = cv2.ipp.useIPP()
         cv2.ipp.setUseIPP(False)  # OpenCV's own code, which the numpy port reproduces
         try:
-            assert np.array_equal(pp.resize_cubic_uint8(image), cv2.resize(image, (256, 256), interpolation=cv2.INTER_CUBIC))
+            assert np.array_equal(
+                pp.resize_cubic_uint8(image), cv2.resize(image, (256, 256), interpolation=cv2.INTER_CUBIC)
+            )
         finally:
             cv2.ipp.setUseIPP(use_ipp)
 
@@ -244,10 +265,23 @@ def test_sliding_window_matches_nnunet_predictor(png_model, png_engine):
     """Batched tiles give nnU-Net's own predictor's logits (same tiles, Gaussian and fp16 accumulation)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(tile_step_size=1.0, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
-    predictor.manual_initialization(png_engine.networks[0], png_engine.plans_manager, png_engine.configuration, None,
-                                    png_engine.dataset_json, "nnUNetTrainer", png_engine.mirror_axes)
+    predictor = nnUNetPredictor(
+        tile_step_size=1.0,
+        use_gaussian=True,
+        use_mirroring=False,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        allow_tqdm=False,
+    )
+    predictor.manual_initialization(
+        png_engine.networks[0],
+        png_engine.plans_manager,
+        png_engine.configuration,
+        None,
+        png_engine.dataset_json,
+        "nnUNetTrainer",
+        png_engine.mirror_axes,
+    )
     hu, _ = held_out(4, 320)
     prepared = png_engine.prepare(hu, (1.0, 1.0, 1.0))
     ours = png_engine.predict_logits(prepared, png_engine.networks[0])
@@ -268,15 +302,21 @@ def test_export_matches_nnunet_and_probabilities_go_back_to_the_native_grid(png_
     ours = png_engine.export_probabilities(prepared, logits).cpu().numpy()
     for k, item in enumerate(prepared):
         _, theirs = convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits[k], png_engine.plans_manager, png_engine.configuration, png_engine.label_manager,
-            item.properties, return_probabilities=True)
+            logits[k],
+            png_engine.plans_manager,
+            png_engine.configuration,
+            png_engine.label_manager,
+            item.properties,
+            return_probabilities=True,
+        )
         np.testing.assert_allclose(ours[k], theirs[:, 0], atol=1e-6)
     assert ours.shape == (2, 5, 256, 256)
     np.testing.assert_allclose(ours.sum(1), 1.0, atol=1e-5)
     # native labels = argmax of the probabilities interpolated to 300 x 300 (not an upscaled label image)
     native = png_engine.segment_slices(hu, (1.0, 1.0, 1.0))
-    upsampled = torch.nn.functional.interpolate(torch.from_numpy(ours), size=(300, 300), mode="bilinear",
-                                                align_corners=False, antialias=False)
+    upsampled = torch.nn.functional.interpolate(
+        torch.from_numpy(ours), size=(300, 300), mode="bilinear", align_corners=False, antialias=False
+    )
     assert np.array_equal(native, upsampled.argmax(1).numpy().astype(np.uint8))
 
 
@@ -343,8 +383,9 @@ def test_cpu_worker_threads_give_pytorchs_own_numbers(png_engine):
 @pytest.mark.slow
 def test_slices_without_body_never_reach_the_network(png_engine):
     hu, truth = held_out(2, 256)
-    slab = np.concatenate([np.full((1, 256, 256), -1000, np.int16), hu.astype(np.int16),
-                           np.full((1, 256, 256), -600, np.int16)])
+    slab = np.concatenate(
+        [np.full((1, 256, 256), -1000, np.int16), hu.astype(np.int16), np.full((1, 256, 256), -600, np.int16)]
+    )
     seen = []
     hook = png_engine.networks[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
     try:
@@ -370,8 +411,10 @@ def test_batch_size_does_not_change_the_labels(png_model):
     # the GPU's schedule (next chunk prepared in a thread while this one runs), here on the CPU
     overlapped = NnUNetEngine(png_model, device="cpu", folds=[0], batch_size=2)
     overlapped.prefetch = True
-    assert np.array_equal(overlapped.segment(hu, spacing, Progress()),
-                          NnUNetEngine(png_model, device="cpu", folds=[0], batch_size=2).segment(hu, spacing, Progress()))
+    assert np.array_equal(
+        overlapped.segment(hu, spacing, Progress()),
+        NnUNetEngine(png_model, device="cpu", folds=[0], batch_size=2).segment(hu, spacing, Progress()),
+    )
 
 
 # ====================================================================== through the real command line
@@ -398,8 +441,21 @@ def test_cli_labels_land_in_the_input_geometry(tmp_path, png_model, orientation)
     ct, truth = reorient(ct, orientation), reorient(truth, orientation)
     path = write_image(ct, tmp_path / "ct.nii.gz")
     out = tmp_path / "out"
-    result = run_legsegnet("segment", path, "-o", out, "--engine", "nnunet", "--model", png_model, "--folds", "0",
-                           "--device", "cpu", "--quiet")
+    result = run_legsegnet(
+        "segment",
+        path,
+        "-o",
+        out,
+        "--engine",
+        "nnunet",
+        "--model",
+        png_model,
+        "--folds",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     labels = sitk.ReadImage(str(out / "labels.nii.gz"))
     assert labels.GetSize() == ct.GetSize()
@@ -428,8 +484,23 @@ def test_cli_uses_an_installed_model_with_engine_auto(tmp_path, png_model):
     ct, _ = _phantom_volume(n=2)
     path = write_image(ct, tmp_path / "ct.nii.gz")
     env = dict(os.environ, LEGSEGNET_MODELS_DIR=str(tmp_path / "store"))
-    result = subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", "segment", str(path), "-o", str(tmp_path / "out"),
-                             "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "LegSegNetLib.cli",
+            "segment",
+            str(path),
+            "-o",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["engine"] == "nnunet" and metrics["model"] == "tiny-png"
@@ -455,8 +526,22 @@ def test_cli_refuses_a_corrupt_checkpoint_a_missing_fold_and_mismatched_plans(tm
     path = write_image(ct, tmp_path / "ct.nii.gz")
 
     def run(model: Path, *extra: str) -> str:
-        return _one_error_line(run_legsegnet("segment", path, "-o", tmp_path / "out", "--engine", "nnunet", "--model",
-                                             model, "--device", "cpu", "--quiet", *extra))
+        return _one_error_line(
+            run_legsegnet(
+                "segment",
+                path,
+                "-o",
+                tmp_path / "out",
+                "--engine",
+                "nnunet",
+                "--model",
+                model,
+                "--device",
+                "cpu",
+                "--quiet",
+                *extra,
+            )
+        )
 
     corrupt = _copy_model(png_model, tmp_path / "corrupt")
     truncate_file(corrupt / "fold_0" / "checkpoint_best.pth", 0.5)

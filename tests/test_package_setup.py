@@ -3,6 +3,7 @@ real pip, offline: small wheels written here stand for PyPI (PIP_NO_INDEX, PIP_F
 a folder of the test (PIP_TARGET), never into this environment. Only the Qt dialogs are scripted answers (the
 GUI cannot run here); the Extension Manager and the restart are recorded calls.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,16 +23,20 @@ from LegSegNetLib.slicer_logic.logic import LegSegNetLogic  # noqa: E402
 def write_wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
     """A minimal pure-Python wheel: one module `name` (with '_'), METADATA with its requirements."""
     module, dist = name.replace("-", "_"), f"{name.replace('-', '_')}-{version}"
-    files = {f"{module}/__init__.py": f"VERSION = {version!r}\n",
-             f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-                                           + "".join(f"Requires-Dist: {r}\n" for r in requires),
-             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: legsegnet-tests\nRoot-Is-Purelib: true\n"
-                                        "Tag: py3-none-any\n"}
+    files = {
+        f"{module}/__init__.py": f"VERSION = {version!r}\n",
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in requires),
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: legsegnet-tests\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
     path = folder / f"{dist}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as archive:
         for member, text in files.items():
             archive.writestr(member, text)
-        archive.writestr(f"{dist}.dist-info/RECORD", "".join(f"{m},,\n" for m in files) + f"{dist}.dist-info/RECORD,,\n")
+        archive.writestr(
+            f"{dist}.dist-info/RECORD", "".join(f"{m},,\n" for m in files) + f"{dist}.dist-info/RECORD,,\n"
+        )
     return path
 
 
@@ -82,18 +87,28 @@ class Dialogs:
 
     def setup(self, plan: InstallPlan, extension_installs: bool = True) -> PackageSetup:
         return PackageSetup(
-            logic=LegSegNetLogic(), engine=plan.engine, then=lambda: self.calls.append("then"),
-            confirm=self.confirm, error=self.errors.append, startTask=self.run_task,
+            logic=LegSegNetLogic(),
+            engine=plan.engine,
+            then=lambda: self.calls.append("then"),
+            confirm=self.confirm,
+            error=self.errors.append,
+            startTask=self.run_task,
             installPyTorchExtension=lambda: self.calls.append("install PyTorch extension") or extension_installs,
-            restart=lambda: self.calls.append("restart"))
+            restart=lambda: self.calls.append("restart"),
+        )
 
 
 def pip_plan(*requirements: str, constraints=None) -> InstallPlan:
     """A plan whose pip part is `requirements` (the nnU-Net packages themselves would need the internet)."""
     missing = [Requirement(r.split(">")[0], r.split(">")[0].replace("-", "_"), why="test") for r in requirements]
     pins = dependencies.protected_constraints() if constraints is None else constraints
-    return InstallPlan(engine="nnunet", missing=missing, torch_via_pytorch_utils=False,
-                       pip_requirements=list(requirements), constraints=pins)
+    return InstallPlan(
+        engine="nnunet",
+        missing=missing,
+        torch_via_pytorch_utils=False,
+        pip_requirements=list(requirements),
+        constraints=pins,
+    )
 
 
 def test_the_dialog_lists_exactly_what_pip_installs_and_exactly_that_is_installed(index):
@@ -150,8 +165,13 @@ def test_declining_the_exact_list_installs_nothing(index):
 
 def test_without_the_pytorch_extension_it_is_installed_from_the_extension_manager_then_slicer_restarts():
     slicer_without_torch = {"numpy": "1.26.4", "scipy": "1.13.1", "SimpleITK": "2.4.0"}
-    plan = dependencies.plan_install("nnunet", pytorch_utils_available=False, version_of=slicer_without_torch.get,
-                                     loaded_modules={}, python_version=(3, 12, 1))
+    plan = dependencies.plan_install(
+        "nnunet",
+        pytorch_utils_available=False,
+        version_of=slicer_without_torch.get,
+        loaded_modules={},
+        python_version=(3, 12, 1),
+    )
     dialogs = Dialogs(answers=[True])
     setup = dialogs.setup(plan)
     setup.start(plan)

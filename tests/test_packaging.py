@@ -3,6 +3,7 @@
 Each check is a function returning a list of problems, run on the real repository (must be empty) and on
 a copy with a deliberate mistake (must report it), so none of them can pass vacuously.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,18 +20,51 @@ from LegSegNetLib.core.tissues import TISSUES
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTENSION = "LegSegNet"
-INDEX_KEYS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
-              "dicom_support_rule", "build_subdirectory", "enabled", "tier"}  # catalog entry schema v1.0.2
+INDEX_KEYS = {
+    "$schema",
+    "category",
+    "scm_url",
+    "scm_revision",
+    "scm_type",
+    "build_dependencies",
+    "dicom_support_rule",
+    "build_subdirectory",
+    "enabled",
+    "tier",
+}  # catalog entry schema v1.0.2
 INDEX_REQUIRED = {"$schema", "category", "scm_url"}
-S4EXT_REQUIRED = ("scm", "scmurl", "depends", "build_subdirectory", "homepage", "contributors", "category",
-                  "iconurl", "status", "description", "screenshoturls", "enabled")
-EXTENSION_VARIABLES = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                       "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS")
+S4EXT_REQUIRED = (
+    "scm",
+    "scmurl",
+    "depends",
+    "build_subdirectory",
+    "homepage",
+    "contributors",
+    "category",
+    "iconurl",
+    "status",
+    "description",
+    "screenshoturls",
+    "enabled",
+)
+EXTENSION_VARIABLES = (
+    "EXTENSION_HOMEPAGE",
+    "EXTENSION_CATEGORY",
+    "EXTENSION_CONTRIBUTORS",
+    "EXTENSION_DESCRIPTION",
+    "EXTENSION_ICONURL",
+    "EXTENSION_SCREENSHOTURLS",
+    "EXTENSION_DEPENDS",
+)
 RAW_URL = re.compile(r"^https://raw\.githubusercontent\.com/([^/]+)/([^/]+)/([^/]+)/(.+)$")
 # Widget classes the parameter node wrapper can bind to each parameter type (Slicer's guiConnectors.py).
-BINDABLE = {"int": {"QSpinBox", "QSlider"}, "bool": {"QCheckBox", "ctkCheckBox", "QPushButton"},
-            "str": {"QLineEdit", "QLabel", "QTextEdit"}, "choice": {"QComboBox", "ctkComboBox"},
-            "node": {"qMRMLNodeComboBox"}}
+BINDABLE = {
+    "int": {"QSpinBox", "QSlider"},
+    "bool": {"QCheckBox", "ctkCheckBox", "QPushButton"},
+    "str": {"QLineEdit", "QLabel", "QTextEdit"},
+    "choice": {"QComboBox", "ctkComboBox"},
+    "node": {"qMRMLNodeComboBox"},
+}
 
 
 # ---------------------------------------------------------------------- parsing helpers
@@ -106,8 +140,10 @@ def check_module_files(root: Path) -> list[str]:
     on_disk = sorted(
         p.relative_to(module_dir).as_posix()
         for p in module_dir.rglob("*.py")
-        if not any(part == "__pycache__" or part.endswith(".egg-info") or part == "Testing"
-                   for part in p.relative_to(module_dir).parts)
+        if not any(
+            part == "__pycache__" or part.endswith(".egg-info") or part == "Testing"
+            for part in p.relative_to(module_dir).parts
+        )
     )
     for path in on_disk:
         if path not in scripts:
@@ -115,8 +151,9 @@ def check_module_files(root: Path) -> list[str]:
     for path in scripts:
         if not (module_dir / path).is_file():
             problems.append(f"MODULE_PYTHON_SCRIPTS lists {path}, which does not exist")
-    resource_files = sorted(p.relative_to(module_dir).as_posix() for p in (module_dir / "Resources").rglob("*")
-                            if p.is_file())
+    resource_files = sorted(
+        p.relative_to(module_dir).as_posix() for p in (module_dir / "Resources").rglob("*") if p.is_file()
+    )
     for path in resource_files:
         if path not in resources:
             problems.append(f"resource {path} is not in MODULE_PYTHON_RESOURCES")
@@ -133,8 +170,9 @@ def check_module_files(root: Path) -> list[str]:
     if not (module_dir / "Testing" / "Python" / "CMakeLists.txt").is_file():
         problems.append("Testing/Python/CMakeLists.txt missing")
     if problems and any("not in MODULE_PYTHON_SCRIPTS" in p for p in problems):
-        listing = "\n".join(f"  ${{MODULE_NAME}}{p[len(EXTENSION):]}" if p.startswith(EXTENSION) else f"  {p}"
-                            for p in on_disk)
+        listing = "\n".join(
+            f"  ${{MODULE_NAME}}{p[len(EXTENSION) :]}" if p.startswith(EXTENSION) else f"  {p}" for p in on_disk
+        )
         problems.append("MODULE_PYTHON_SCRIPTS should read:\n" + listing)
     return problems
 
@@ -169,10 +207,16 @@ def check_widget_names(root: Path) -> list[str]:
 def check_module_classes(root: Path) -> list[str]:
     tree = ast.parse((root / EXTENSION / f"{EXTENSION}.py").read_text())
     classes = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
-    expected = {EXTENSION: "ScriptedLoadableModule", f"{EXTENSION}Widget": "ScriptedLoadableModuleWidget",
-                f"{EXTENSION}Logic": "ScriptedLoadableModuleLogic", f"{EXTENSION}Test": "ScriptedLoadableModuleTest"}
+    expected = {
+        EXTENSION: "ScriptedLoadableModule",
+        f"{EXTENSION}Widget": "ScriptedLoadableModuleWidget",
+        f"{EXTENSION}Logic": "ScriptedLoadableModuleLogic",
+        f"{EXTENSION}Test": "ScriptedLoadableModuleTest",
+    }
     problems = [f"class {name}({base}) missing" for name, base in expected.items() if base not in classes.get(name, [])]
-    test_source = ast.unparse(next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{EXTENSION}Test"))
+    test_source = ast.unparse(
+        next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{EXTENSION}Test")
+    )
     if "selftest.run_selftest" not in test_source:
         problems.append(f"{EXTENSION}Test does not run LegSegNetLib.slicer_logic.selftest")
     return problems
@@ -187,8 +231,13 @@ def check_extension_description(root: Path) -> list[str]:
     for variable in EXTENSION_VARIABLES:
         if not cmake_set(cmake, variable):
             problems.append(f"{variable} is not set in CMakeLists.txt")
-    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", f"add_subdirectory({EXTENSION})",
-                 "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+    for line in (
+        "find_package(Slicer REQUIRED)",
+        "include(${Slicer_USE_FILE})",
+        f"add_subdirectory({EXTENSION})",
+        "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+        "include(${Slicer_EXTENSION_CPACK})",
+    ):
         if line not in cmake:
             problems.append(f"CMakeLists.txt lacks {line}")
     if EXTENSION.lower().startswith("slicer"):
@@ -206,9 +255,14 @@ def check_extension_description(root: Path) -> list[str]:
     for key in S4EXT_REQUIRED:
         if not s4ext.get(key):
             problems.append(f".s4ext field '{key}' is missing or empty")
-    pairs = {"homepage": "EXTENSION_HOMEPAGE", "category": "EXTENSION_CATEGORY", "iconurl": "EXTENSION_ICONURL",
-             "description": "EXTENSION_DESCRIPTION", "contributors": "EXTENSION_CONTRIBUTORS",
-             "screenshoturls": "EXTENSION_SCREENSHOTURLS"}
+    pairs = {
+        "homepage": "EXTENSION_HOMEPAGE",
+        "category": "EXTENSION_CATEGORY",
+        "iconurl": "EXTENSION_ICONURL",
+        "description": "EXTENSION_DESCRIPTION",
+        "contributors": "EXTENSION_CONTRIBUTORS",
+        "screenshoturls": "EXTENSION_SCREENSHOTURLS",
+    }
     for key, variable in pairs.items():
         if s4ext.get(key) != cmake_set(cmake, variable):
             problems.append(f".s4ext {key} '{s4ext.get(key)}' differs from {variable} '{cmake_set(cmake, variable)}'")
@@ -236,7 +290,9 @@ def check_extension_description(root: Path) -> list[str]:
     if "slicer" not in scm_url.rstrip("/").split("/")[-1].lower():
         problems.append("the repository name should contain 'Slicer' (Extensions Index convention)")
     repo = "/".join(homepage.split("/")[-2:])
-    for url in [cmake_set(cmake, "EXTENSION_ICONURL") or ""] + (cmake_set(cmake, "EXTENSION_SCREENSHOTURLS") or "").split():
+    for url in [cmake_set(cmake, "EXTENSION_ICONURL") or ""] + (
+        cmake_set(cmake, "EXTENSION_SCREENSHOTURLS") or ""
+    ).split():
         match = RAW_URL.match(url)
         if not match or f"{match.group(1)}/{match.group(2)}" != repo:
             problems.append(f"{url} is not a raw file URL in {repo}")
@@ -288,8 +344,11 @@ def test_library_modules_import_no_qt_at_module_level():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("qt", "ctk")
-                          or n in ("slicer.util", "slicer.ScriptedLoadableModule")]
+            offenders += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[0] in ("qt", "ctk") or n in ("slicer.util", "slicer.ScriptedLoadableModule")
+            ]
     assert not offenders, offenders
 
 
@@ -302,7 +361,8 @@ def test_terminology_file_loads_in_slicer_and_matches_the_tissues():
     assert context == json.loads(path.read_text())["SegmentationCategoryTypeContextName"]
     types = [t for c in json.loads(path.read_text())["SegmentationCodes"]["Category"] for t in c["Type"]]
     assert {t["3dSlicerLabel"]: tuple(t["recommendedDisplayRGBValue"]) for t in types} == {
-        t.key: t.rgb for t in TISSUES}
+        t.key: t.rgb for t in TISSUES
+    }
     assert all(t["CodingSchemeDesignator"] == "SCT" and t["CodeValue"].isdigit() for t in types)
     assert len({t["CodeValue"] for t in types}) == len(types)  # four distinct concepts
 
@@ -314,8 +374,7 @@ def repo_copy(tmp_path) -> Path:
     copy.mkdir()
     for name in ("CMakeLists.txt", f"{EXTENSION}.s4ext", f"{EXTENSION}.json", "LICENSE"):
         shutil.copy2(ROOT / name, copy / name)
-    shutil.copytree(ROOT / EXTENSION, copy / EXTENSION,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / EXTENSION, copy / EXTENSION, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     if (ROOT / "Screenshots").is_dir():
         shutil.copytree(ROOT / "Screenshots", copy / "Screenshots")
     return copy
@@ -345,7 +404,9 @@ def test_a_listed_file_that_is_gone_is_caught(repo_copy):
 
 def test_an_unlisted_resource_is_caught(repo_copy):
     (repo_copy / EXTENSION / "Resources" / "Icons" / "extra.png").write_bytes(b"x")
-    assert any("Resources/Icons/extra.png is not in MODULE_PYTHON_RESOURCES" in p for p in check_module_files(repo_copy))
+    assert any(
+        "Resources/Icons/extra.png is not in MODULE_PYTHON_RESOURCES" in p for p in check_module_files(repo_copy)
+    )
 
 
 def test_a_widget_missing_from_the_ui_is_caught(repo_copy):
@@ -369,8 +430,12 @@ def test_a_binding_to_an_unknown_parameter_or_wrong_widget_is_caught(repo_copy):
         (f"{EXTENSION}.s4ext", "depends PyTorch", "depends NA", "differs from EXTENSION_DEPENDS"),
         ("CMakeLists.txt", 'EXTENSION_DEPENDS "PyTorch"', 'EXTENSION_DEPENDS "PyTorch SlicerRT"', "build_dependencies"),
         ("CMakeLists.txt", "project(LegSegNet)", "project(SlicerLegSegNet)", "project() name"),
-        ("CMakeLists.txt", "https://github.com/legsegnet/SlicerLegSegNet\")",
-         "https://github.com/legsegnet/Other\")", "homepage"),
+        (
+            "CMakeLists.txt",
+            'https://github.com/legsegnet/SlicerLegSegNet")',
+            'https://github.com/legsegnet/Other")',
+            "homepage",
+        ),
         (f"{EXTENSION}.json", '"category": "Segmentation"', '"category": "Quantification"', "category differs"),
         (f"{EXTENSION}.json", '"scm_url"', '"scmurl"', "lacks 'scm_url'"),
         ("CMakeLists.txt", "/main/Screenshots/1.png", "/main/Screenshots/9.png", "not in the repository"),
@@ -405,9 +470,13 @@ def _module_tree(root: Path) -> ast.Module:
 
 
 def _int_constants(tree: ast.Module) -> dict[str, int]:
-    return {t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
-            for t in node.targets if isinstance(t, ast.Name) and isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, int)}
+    return {
+        t.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, int)
+    }
 
 
 def _class(tree: ast.Module, name: str) -> ast.ClassDef:
@@ -427,7 +496,11 @@ def spin_box_limits(root: Path) -> dict[str, tuple]:
         if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
             bounds = {}
             for call in ast.walk(item.annotation):
-                if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in ("Minimum", "Maximum"):
+                if (
+                    isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Name)
+                    and call.func.id in ("Minimum", "Maximum")
+                ):
                     value = call.args[0]
                     bounds[call.func.id] = value.value if isinstance(value, ast.Constant) else constants.get(value.id)
             annotations[item.target.id] = (bounds.get("Minimum"), bounds.get("Maximum"))
@@ -438,8 +511,10 @@ def spin_box_limits(root: Path) -> dict[str, tuple]:
         properties = {prop.get("name"): prop for prop in widget.findall("property")}
         if "SlicerParameterName" not in properties:
             continue
-        ui = tuple(int(properties[k].findtext("number")) if k in properties else default
-                   for k, default in zip(("minimum", "maximum"), QT_SPIN_BOX_DEFAULTS))
+        ui = tuple(
+            int(properties[k].findtext("number")) if k in properties else default
+            for k, default in zip(("minimum", "maximum"), QT_SPIN_BOX_DEFAULTS)
+        )
         name = properties["SlicerParameterName"].findtext("string")
         limits[name] = (ui, annotations.get(name))
     return limits
@@ -448,8 +523,11 @@ def spin_box_limits(root: Path) -> dict[str, tuple]:
 def check_spin_box_limits(root: Path) -> list[str]:
     """The parameter node's GUI connection sets a spin box's range from the annotation, 2^31-1 when there is
     no Maximum: each bound spin box's annotation must carry the .ui's minimum and maximum."""
-    return [f"parameter '{name}': .ui range {ui} but annotation Minimum/Maximum {annotated}"
-            for name, (ui, annotated) in spin_box_limits(root).items() if ui != annotated]
+    return [
+        f"parameter '{name}': .ui range {ui} but annotation Minimum/Maximum {annotated}"
+        for name, (ui, annotated) in spin_box_limits(root).items()
+        if ui != annotated
+    ]
 
 
 def failure_returns_after_try_with_error_display(tree: ast.AST) -> list[int]:
@@ -461,9 +539,12 @@ def failure_returns_after_try_with_error_display(tree: ast.AST) -> list[int]:
             if not isinstance(body, list):
                 continue
             for before, after in zip(body, body[1:]):
-                if (isinstance(before, ast.With) and any("tryWithErrorDisplay" in ast.unparse(i.context_expr)
-                                                         for i in before.items)
-                        and isinstance(after, ast.Return) and after.value is not None):
+                if (
+                    isinstance(before, ast.With)
+                    and any("tryWithErrorDisplay" in ast.unparse(i.context_expr) for i in before.items)
+                    and isinstance(after, ast.Return)
+                    and after.value is not None
+                ):
                     lines.append(after.lineno)
     return lines
 
@@ -478,11 +559,15 @@ def check_widget_rules(root: Path) -> list[str]:
     if not re.search(r"slicer\.app\.connect\('startupCompleted\(\)', registerTerminology\)", module_init):
         problems.append("the terminology is not registered at Slicer's startup (module __init__)")
     reload = _method(tree, f"{EXTENSION}Widget", "onReload")
-    if reload is None or not re.search(r"forget_library_modules\('LegSegNetLib'\).*ScriptedLoadableModuleWidget\.onReload",
-                                       ast.unparse(reload), re.S):
+    if reload is None or not re.search(
+        r"forget_library_modules\('LegSegNetLib'\).*ScriptedLoadableModuleWidget\.onReload", ast.unparse(reload), re.S
+    ):
         problems.append("onReload does not drop the library package before Slicer's reload")
-    defaults = {item.target.id: item.value for item in _class(tree, f"{EXTENSION}ParameterNode").body
-                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
+    defaults = {
+        item.target.id: item.value
+        for item in _class(tree, f"{EXTENSION}ParameterNode").body
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+    }
     if not (isinstance(defaults.get("showRange"), ast.Constant) and defaults["showRange"].value is False):
         problems.append("showRange defaults to True: opening the module adds a range ROI to the scene")
     modified = ast.unparse(_method(tree, f"{EXTENSION}Widget", "_onParameterNodeModified"))
@@ -490,15 +575,19 @@ def check_widget_rules(root: Path) -> list[str]:
         problems.append("the slice range is not kept through widget_rules.SliceRangeSync")
     if "self._syncModelCombo()" not in modified:
         problems.append("the model combo box is not synced from the parameter node")
-    if "plan_install(" in source or "PackageSetup(" not in ast.unparse(_method(tree, f"{EXTENSION}Widget", "_withDependencies")):
+    if "plan_install(" in source or "PackageSetup(" not in ast.unparse(
+        _method(tree, f"{EXTENSION}Widget", "_withDependencies")
+    ):
         problems.append("dependencies are not set up through packages.PackageSetup")
     if "_exportFolderFor(" not in ast.unparse(_method(tree, f"{EXTENSION}Widget", "onExport")):
         problems.append("Export does not choose its folder through widget_rules.export_folder")
     install = ast.unparse(_method(tree, f"{EXTENSION}Widget", "onInstallModelFromFile"))
     if "plans.json" not in install or "model_install_source(" not in install:
         problems.append("Install from file cannot choose a model folder (by its plans.json)")
-    problems += [f"{EXTENSION}.py:{line}: return after tryWithErrorDisplay is never reached on failure"
-                 for line in failure_returns_after_try_with_error_display(tree)]
+    problems += [
+        f"{EXTENSION}.py:{line}: return after tryWithErrorDisplay is never reached on failure"
+        for line in failure_returns_after_try_with_error_display(tree)
+    ]
     return problems
 
 
@@ -514,20 +603,29 @@ def test_the_widget_follows_its_rules():
 
 
 def test_a_spin_box_limit_missing_from_the_annotation_is_caught(repo_copy):
-    _edit(repo_copy / EXTENSION / f"{EXTENSION}.py", "Annotated[int, Minimum(0), Maximum(999999)]", "Annotated[int, Minimum(0)]")
+    _edit(
+        repo_copy / EXTENSION / f"{EXTENSION}.py",
+        "Annotated[int, Minimum(0), Maximum(999999)]",
+        "Annotated[int, Minimum(0)]",
+    )
     assert any("'reviewSeed'" in p for p in check_spin_box_limits(repo_copy))
 
 
 def test_a_widget_rule_broken_is_caught(repo_copy):
     _edit(repo_copy / EXTENSION / f"{EXTENSION}.py", "showRange: bool = False", "showRange: bool = True")
-    _edit(repo_copy / EXTENSION / f"{EXTENSION}.py", "        self._syncModelCombo()\n        self._updateReviewDisplay()",
-          "        self._updateReviewDisplay()")
+    _edit(
+        repo_copy / EXTENSION / f"{EXTENSION}.py",
+        "        self._syncModelCombo()\n        self._updateReviewDisplay()",
+        "        self._updateReviewDisplay()",
+    )
     problems = check_widget_rules(repo_copy)
     assert any("showRange" in p for p in problems) and any("model combo" in p for p in problems)
 
 
 def test_a_return_meant_for_a_failure_after_try_with_error_display_is_caught():
     # the shape of the old dependency check: `return False` after the block is never reached on failure
-    old = ast.parse("def f():\n    with slicer.util.tryWithErrorDisplay('x'):\n        install()\n        return True\n"
-                    "    return False\n")
+    old = ast.parse(
+        "def f():\n    with slicer.util.tryWithErrorDisplay('x'):\n        install()\n        return True\n"
+        "    return False\n"
+    )
     assert failure_returns_after_try_with_error_display(old) == [5]

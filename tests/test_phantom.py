@@ -1,4 +1,5 @@
 """The synthetic leg phantom: exact labels, realistic HU, geometry, and the options the other tests rely on."""
+
 from __future__ import annotations
 
 import time
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from LegSegNetLib.core import tissues
 from LegSegNetLib import phantom as phantom_module
+from LegSegNetLib.core import tissues
 from LegSegNetLib.phantom import make_leg_phantom
 
 
@@ -64,8 +65,11 @@ def test_partial_volume_at_boundaries():
     # is on the label's side of the 50 % point (-27 HU) for nearly every voxel
     fat_or_muscle = np.isin(p.labels, (tissues.IAT, tissues.SM))
     pure_neighbourhood = ndi.binary_erosion(fat_or_muscle, structure=np.ones((1, 3, 3), bool))
-    iat_border = pure_neighbourhood & (p.labels == tissues.IAT) & ~ndi.binary_erosion(
-        p.labels == tissues.IAT, structure=np.ones((1, 3, 3), bool))
+    iat_border = (
+        pure_neighbourhood
+        & (p.labels == tissues.IAT)
+        & ~ndi.binary_erosion(p.labels == tissues.IAT, structure=np.ones((1, 3, 3), bool))
+    )
     assert iat_border.sum() > 100
     assert np.mean(p.hu[iat_border] < -27) > 0.85
 
@@ -172,8 +176,9 @@ def test_bad_arguments_are_refused():
 @pytest.fixture(scope="module")
 def hard_calf():
     # 12 slices of 3 mm from below the knee: the first few hold the osteoporotic bone with its gaps
-    return make_leg_phantom(shape=(12, 192, 256), spacing=(3.0, 300 / 256, 300 / 256), seed=2, touching=True,
-                            difficulty="hard")
+    return make_leg_phantom(
+        shape=(12, 192, 256), spacing=(3.0, 300 / 256, 300 / 256), seed=2, touching=True, difficulty="hard"
+    )
 
 
 def test_easy_is_the_default_and_hard_keeps_the_same_legs(hard_calf):
@@ -234,7 +239,7 @@ def test_hard_through_plane_partial_volume(monkeypatch):
     n_sub = phantom_module.THROUGH_PLANE_SUBSLICES
     assert n_sub == 3 and len(rendered) == 3 * n_sub
     for k in range(3):
-        parts = rendered[k * n_sub:(k + 1) * n_sub]
+        parts = rendered[k * n_sub : (k + 1) * n_sub]
         mean = np.mean([hu for hu, _, _ in parts], axis=0)
         assert np.array_equal(hard.hu[k], np.clip(np.rint(mean), -1024, 3071).astype(np.int16))
         assert np.array_equal(hard.labels[k], phantom_module.CODE_LABEL[parts[n_sub // 2][1]])

@@ -5,6 +5,7 @@ reported by the worker itself, is gone) and that the graceful path still finishe
 the launcher (checkpoint kept, resumable) is in test_training.py. Also: every logic call that starts a
 process returns at once while the work goes on.
 """
+
 from __future__ import annotations
 
 import json
@@ -89,8 +90,10 @@ def test_a_launcher_that_dies_during_a_graceful_stop_does_not_cut_it_short(tmp_p
 
 def test_a_stop_that_is_not_honoured_ends_in_a_kill_after_the_grace(tmp_path):
     script = tmp_path / "deaf.py"
-    script.write_text("import json, os, time\nprint(json.dumps({'event': 'started', 'pid': os.getpid()}), flush=True)\n"
-                      "time.sleep(300)\n")
+    script.write_text(
+        "import json, os, time\nprint(json.dumps({'event': 'started', 'pid': os.getpid()}), flush=True)\n"
+        "time.sleep(300)\n"
+    )
     handle = RunHandle(WorkerProcess([*PYTHON_SLICER, str(script)], workdir=make_workdir()), stopGraceSeconds=1.0)
     try:
         _wait_for(lambda: handle.workerPid is not None, handle, "started event")
@@ -132,8 +135,9 @@ def test_segmentation_cancel_through_the_launcher_leaves_no_process(scene_with_c
     handle = LegSegNetLogic(python=PYTHON_SLICER).processAsync(node, engine="threshold", device="cpu")
     try:
         workdir = handle.worker.workdir
-        _wait_for(lambda: handle.workerPid is not None and handle.progress["stage"] == "segmenting", handle,
-                  "segmenting")
+        _wait_for(
+            lambda: handle.workerPid is not None and handle.progress["stage"] == "segmenting", handle, "segmenting"
+        )
         pids = _pids(handle)
         assert handle.workerPid != handle.worker.pid and len(pids) >= 2
         handle.cancel()
@@ -217,8 +221,11 @@ def test_device_probe_model_install_and_package_install_return_at_once(tmp_path,
 
     handles = []
     try:
-        for start in (logic.deviceProbeAsync, lambda: logic.modelsCommandAsync(["install", str(not_a_model)]),
-                      lambda: logic.installPackagesAsync(PipVersionOnly())):
+        for start in (
+            logic.deviceProbeAsync,
+            lambda: logic.modelsCommandAsync(["install", str(not_a_model)]),
+            lambda: logic.installPackagesAsync(PipVersionOnly()),
+        ):
             handle, seconds = _returns_at_once(start)
             handles.append(handle)
             print(f"{handle.what}: the call returned in {seconds * 1000:.0f} ms")

@@ -7,6 +7,7 @@ with) and say so when chosen on 3.9. `make test` runs this file with a lean part
 and 3.12 too (Makefile: test-slicer-pythons), where the checks that depend on the interpreter take the other
 branch.
 """
+
 from __future__ import annotations
 
 import ast
@@ -48,9 +49,22 @@ def _vermin(target: tuple[int, int], files: list[Path]) -> subprocess.CompletedP
     """vermin's verdict on `files` for Python `target` and newer (annotations are not evaluated: every module
     that writes `X | None` in annotations has `from __future__ import annotations`, checked below)."""
     pytest.importorskip("vermin", reason="vermin (the test extra) is needed for the static version check")
-    return subprocess.run([sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())", "--no-config-file", f"-t={_version(target)}-",
-                           "--violations", "--no-tips", "--no-make-paths-absolute", *map(str, files)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, vermin; sys.exit(vermin.main())",
+            "--no-config-file",
+            f"-t={_version(target)}-",
+            "--violations",
+            "--no-tips",
+            "--no-make-paths-absolute",
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 # ---------------------------------------------------------------------- static: vermin
@@ -79,8 +93,10 @@ def test_the_static_check_catches_what_python_3_9_lacks(tmp_path):
 def _evaluated_union_annotations(tree: ast.Module) -> list[int]:
     """Lines where `X | Y` stands in an annotation that Python evaluates (no `from __future__ import
     annotations`), or in isinstance/issubclass: both need Python 3.10 at run time, which vermin does not see."""
-    future = any(isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations"
-                 for a in n.names) for n in tree.body)
+    future = any(
+        isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
+        for n in tree.body
+    )
     lines = []
     for node in ast.walk(tree):
         annotations = []
@@ -90,26 +106,37 @@ def _evaluated_union_annotations(tree: ast.Module) -> list[int]:
             annotations = [a.annotation for a in arguments] + [node.returns]
         elif isinstance(node, ast.AnnAssign) and not future:
             annotations = [node.annotation]
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in (
-                "isinstance", "issubclass") and len(node.args) == 2:
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("isinstance", "issubclass")
+            and len(node.args) == 2
+        ):
             annotations = [node.args[1]]
         for annotation in annotations:
-            if annotation is not None and any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr)
-                                              for n in ast.walk(annotation)):
+            if annotation is not None and any(
+                isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(annotation)
+            ):
                 lines.append(annotation.lineno)
     return lines
 
 
 def test_no_union_type_is_evaluated_at_run_time():
-    found = {p.relative_to(ROOT).as_posix(): lines for p in _python_files() if not _needs_nnunet_python(p)
-             if (lines := _evaluated_union_annotations(ast.parse(p.read_text(encoding="utf-8"))))}
+    found = {
+        p.relative_to(ROOT).as_posix(): lines
+        for p in _python_files()
+        if not _needs_nnunet_python(p)
+        if (lines := _evaluated_union_annotations(ast.parse(p.read_text(encoding="utf-8"))))
+    }
     assert found == {}
 
 
 def test_the_union_check_catches_an_evaluated_annotation():
     assert _evaluated_union_annotations(ast.parse("def f(x: int | None): pass")) == [1]
     assert _evaluated_union_annotations(ast.parse("ok = isinstance(1, int | str)")) == [1]
-    assert _evaluated_union_annotations(ast.parse("from __future__ import annotations\ndef f(x: int | None): pass")) == []
+    assert (
+        _evaluated_union_annotations(ast.parse("from __future__ import annotations\ndef f(x: int | None): pass")) == []
+    )
 
 
 # ---------------------------------------------------------------------- on this interpreter
@@ -164,10 +191,13 @@ def test_the_command_line_refuses_nnunet_on_an_old_python_with_one_error_line(tm
 
     volume, _ = make_leg_phantom(shape=(3, 96, 128), seed=1).to_volume()
     sitk.WriteImage(volume.image, str(tmp_path / "ct.nrrd"))
-    for command in (["segment", str(tmp_path / "ct.nrrd"), "-o", str(tmp_path / "out"), "--engine", "nnunet"],
-                    ["train", str(tmp_path / "dataset")]):
-        done = subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *command], capture_output=True, text=True,
-                              timeout=300)
+    for command in (
+        ["segment", str(tmp_path / "ct.nrrd"), "-o", str(tmp_path / "out"), "--engine", "nnunet"],
+        ["train", str(tmp_path / "dataset")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "LegSegNetLib.cli", *command], capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 2, done.stderr
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "Python 3.10" in errors[0] and "Slicer 5.10" in errors[0], done.stderr
@@ -181,12 +211,13 @@ def test_the_declared_versions_agree():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'^requires-python = ">=3\.9"(\s*#.*)?$', pyproject, re.M)
     nnunet_extra = re.search(r"^nnunet = \[(.*)\]$", pyproject, re.M).group(1)
-    assert nnunet_extra.count("python_version >= '3.10'") == nnunet_extra.count('"')  // 2  # each package marked
+    assert nnunet_extra.count("python_version >= '3.10'") == nnunet_extra.count('"') // 2  # each package marked
     cmake = (ROOT / "CMakeLists.txt").read_text()
     minimum = re.search(r'set\(LegSegNet_MINIMUM_SLICER_VERSION "(\d+\.\d+)"\)', cmake)
     assert minimum and SLICER_PYTHON[minimum.group(1)] == _version(SLICER_MINIMUM)
-    assert re.search(r"if\(Slicer_VERSION VERSION_LESS \$\{LegSegNet_MINIMUM_SLICER_VERSION\}\)\s*message\(FATAL_ERROR",
-                     cmake)
+    assert re.search(
+        r"if\(Slicer_VERSION VERSION_LESS \$\{LegSegNet_MINIMUM_SLICER_VERSION\}\)\s*message\(FATAL_ERROR", cmake
+    )
     nnunet_slicer = next(v for v, py in SLICER_PYTHON.items() if tuple(map(int, py.split("."))) >= NNUNET_MIN_PYTHON)
     description = re.search(r'set\(EXTENSION_DESCRIPTION "([^"]*)"\)', cmake).group(1)
     assert f"3D Slicer {minimum.group(1)} or newer" in description and f"Slicer {nnunet_slicer}" in description

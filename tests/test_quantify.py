@@ -1,4 +1,5 @@
 """Equations 1-8, SD, per-leg sides and the profile, against numbers worked out by hand on tiny volumes."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from LegSegNetLib.measurement import quantify as quantify_module
-from LegSegNetLib.scan.ct_volume import CTVolume
 from LegSegNetLib.core.errors import InputError
+from LegSegNetLib.measurement import quantify as quantify_module
 from LegSegNetLib.measurement.quantify import quantify
+from LegSegNetLib.scan.ct_volume import CTVolume
 
 SAT, SM, IAT, BONE = 1, 2, 3, 4
 FLIP_X = (-1, 0, 0, 0, 1, 0, 0, 0, 1)  # index i runs toward the patient's RIGHT (LPS -x)
@@ -305,7 +306,7 @@ def test_csv_row_has_the_contract_columns():
 # ---------------------------------------------------------------------------------------------- real CT
 @pytest.mark.slow
 def test_real_calf_ct_is_fast_and_plausible(visible_human_dir):
-    
+
     import SimpleITK as sitk
 
     from LegSegNetLib.scan.ct_volume import find_axial_axis

@@ -1,4 +1,5 @@
 """Slicer's "Compare with reference" on real MRML (slicer-core): the table holds the numbers of `legsegnet evaluate`."""
+
 from __future__ import annotations
 
 import math
@@ -9,16 +10,16 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
+from LegSegNetLib.core.errors import InputError  # noqa: E402
+from LegSegNetLib.core.progress import Progress  # noqa: E402
+from LegSegNetLib.core.tissues import TISSUE_BY_KEY, TISSUE_KEYS  # noqa: E402
+from LegSegNetLib.engines import make_engine  # noqa: E402
+from LegSegNetLib.evaluation.metrics import compare_labels  # noqa: E402
+from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 from LegSegNetLib.slicer_logic import scene as slicer_io  # noqa: E402
 from LegSegNetLib.slicer_logic import tables as slicer_tables  # noqa: E402
-from LegSegNetLib.engines import make_engine  # noqa: E402
-from LegSegNetLib.core.errors import InputError  # noqa: E402
-from LegSegNetLib.evaluation.metrics import compare_labels  # noqa: E402
 from LegSegNetLib.slicer_logic.logic import LegSegNetLogic  # noqa: E402
-from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
-from LegSegNetLib.core.progress import Progress  # noqa: E402
 from LegSegNetLib.slicer_logic.reference_comparison import COMPARISON_COLUMNS  # noqa: E402
-from LegSegNetLib.core.tissues import TISSUE_BY_KEY, TISSUE_KEYS  # noqa: E402
 
 COLUMN_FIELDS = {name: field for name, field, _, _ in COMPARISON_COLUMNS}
 
@@ -84,8 +85,9 @@ def test_the_table_holds_the_evaluation_metrics_and_is_refilled(phantom_case):
     again = logic.compareWithReference(result, reference, node)
     assert again is table and len(_node_ids(scene) - before) == 1
     rows = {r["Tissue"]: r for r in slicer_tables.table_rows(table)}
-    assert all(rows[k]["Dice"] == 1.0 and rows[k]["ASSD (mm)"] == 0.0 and rows[k]["HD95 (mm)"] == 0.0
-               for k in TISSUE_KEYS)
+    assert all(
+        rows[k]["Dice"] == 1.0 and rows[k]["ASSD (mm)"] == 0.0 and rows[k]["HD95 (mm)"] == 0.0 for k in TISSUE_KEYS
+    )
 
 
 def test_the_range_the_run_analysed_is_compared(phantom_case):
@@ -110,7 +112,8 @@ def test_a_hand_made_reference_is_read_by_segment_names_and_a_missing_tissue_is_
         mask = (truth_kji == TISSUE_BY_KEY[name].value).astype(np.uint8)
         reference.GetSegmentation().AddEmptySegment(segment_id, name)
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            slicer_io.oriented_labels(node, mask, first=0), reference, segment_id)
+            slicer_io.oriented_labels(node, mask, first=0), reference, segment_id
+        )
     table = LegSegNetLogic().compareWithReference(result, reference, node)
     partial = np.where(np.isin(truth, [TISSUE_BY_KEY["SM"].value, TISSUE_BY_KEY["Bone"].value]), truth, 0)
     _assert_table_equals(table, compare_labels(pred, partial, volume.slab_spacing, hu=volume.slab()))

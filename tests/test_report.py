@@ -1,4 +1,5 @@
 """The output files: contents that agree with each other and with the CT, radiological display, atomic writes."""
+
 from __future__ import annotations
 
 import csv
@@ -11,16 +12,20 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import writers as w
 from PIL import Image
 
-import writers as w
-
-from LegSegNetLib.scan.ct_volume import CTVolume, check_same_grid, find_axial_axis
 from LegSegNetLib.core.errors import InputError, LegSegNetError
 from LegSegNetLib.core.progress import Progress
 from LegSegNetLib.measurement.quantify import quantify
-from LegSegNetLib.measurement.report import (OUTPUT_FILES, display_orientation, orient_for_display, write_label_image,
-                                             write_outputs)
+from LegSegNetLib.measurement.report import (
+    OUTPUT_FILES,
+    display_orientation,
+    orient_for_display,
+    write_label_image,
+    write_outputs,
+)
+from LegSegNetLib.scan.ct_volume import CTVolume, check_same_grid, find_axial_axis
 
 SAT, SM, IAT, BONE = 1, 2, 3, 4
 RUN_INFO = {"input": "/data/calf.nii.gz", "engine": "threshold", "model": None}

@@ -7,6 +7,7 @@
   kept on the segmentation node, a slice view jumps to the slice, and the state survives saving the scene
   as .mrb and loading it again with Slicer's own storage nodes.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -17,8 +18,8 @@ import pytest
 import SimpleITK as sitk
 
 from LegSegNetLib.annotation import review
-from LegSegNetLib.core.errors import InputError
 from LegSegNetLib.annotation.review import ReviewState, sample_slices
+from LegSegNetLib.core.errors import InputError
 
 
 # ---------------------------------------------------------------------- sampling
@@ -106,9 +107,9 @@ def test_attributes_round_trip_and_damaged_ones_are_reported():
 # ---------------------------------------------------------------------- in a MRML scene
 slicer = pytest.importorskip("slicer")
 
+from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 from LegSegNetLib.slicer_logic import scene as slicer_io  # noqa: E402
 from LegSegNetLib.slicer_logic.annotation_logic import AnnotationLogic  # noqa: E402
-from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 
 
 def _scene_with_segmentation(range_text: str | None = "2:12"):
@@ -183,8 +184,9 @@ def test_review_state_survives_saving_and_loading_the_scene_as_mrb(tmp_path):
     volume2 = loaded.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
     assert logic.reviewState(segmentation2) == state
     # the segments came back too, so the reviewed slices can be exported from the reloaded scene
-    assert np.array_equal(slicer_io.labels_from_segmentation(segmentation2, volume2, visible_only=False),
-                          sitk.GetArrayFromImage(labels))
+    assert np.array_equal(
+        slicer_io.labels_from_segmentation(segmentation2, volume2, visible_only=False), sitk.GetArrayFromImage(labels)
+    )
     assert logic.nextUnreviewedSlice(segmentation2) == state.unreviewed()[0]
 
 
@@ -219,8 +221,9 @@ def test_reviewed_slices_go_to_the_training_set_with_their_current_labels(tmp_pa
     labels_kji = slicer_io.labels_from_segmentation(segmentation, volume_node, visible_only=False)
     edited = slicer_io.labels_slab(volume, labels_kji)
     edited[first][edited[first] == 1] = 2
-    slicer_io.fill_segmentation(segmentation, volume_node, np.ascontiguousarray(
-        sitk.GetArrayFromImage(volume.labels_to_image(edited))), 0)
+    slicer_io.fill_segmentation(
+        segmentation, volume_node, np.ascontiguousarray(sitk.GetArrayFromImage(volume.labels_to_image(edited))), 0
+    )
     again = logic.addReviewedSlices(segmentation, volume_node, tmp_path / "set", trainingRound=1)
     assert again.replaced == [first] and again.unchanged == [second] and again.total_cases == 2
 

@@ -9,6 +9,7 @@ folders, fractional slice numbers. Numbers are checked against numpy counts x vo
 
 Every test that starts a worker ends it in a `finally`, whatever its assertions do.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,9 @@ vtk = pytest.importorskip("vtk")
 import mrml_helpers as h  # noqa: E402
 import writers as w  # noqa: E402
 
+from LegSegNetLib.annotation.manifest import load_dataset  # noqa: E402
 from LegSegNetLib.core.errors import InputError, LegSegNetError  # noqa: E402
 from LegSegNetLib.core.tissues import TISSUE_BY_KEY, TISSUES  # noqa: E402
-from LegSegNetLib.annotation.manifest import load_dataset  # noqa: E402
 from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
 from LegSegNetLib.slicer_logic import scene as slicer_io  # noqa: E402
 from LegSegNetLib.slicer_logic import selftest  # noqa: E402
@@ -67,7 +68,7 @@ def _calf(scene, name="calf", seed=5, shape=(16, 96, 128)):
 def _segmented(scene, node, labels, first=FIRST, last=LAST, name=None):
     """A segmentation holding `labels` on slices first..last, as a run of process() leaves it."""
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{node.GetName()} segmentation")
-    slicer_io.fill_segmentation(segmentation, node, np.ascontiguousarray(labels[first:last + 1]), first)
+    slicer_io.fill_segmentation(segmentation, node, np.ascontiguousarray(labels[first : last + 1]), first)
     segmentation.SetAttribute("LegSegNet.Slices", f"{first}:{last}")
     return segmentation
 
@@ -81,7 +82,7 @@ def _segmented_calf():
 
 def _on_slices(labels, first=FIRST, last=LAST):
     kept = np.zeros_like(labels)
-    kept[first:last + 1] = labels[first:last + 1]
+    kept[first : last + 1] = labels[first : last + 1]
     return kept
 
 
@@ -169,20 +170,20 @@ def test_quantify_measures_through_parent_transforms_or_refuses():
     node.SetAndObserveTransformNodeID(moved.GetID())
     segmentation.SetAndObserveTransformNodeID(moved.GetID())
     table = logic.quantify(segmentation, node)
-    h.assert_table_matches(table, expected[FIRST:LAST + 1], hu[FIRST:LAST + 1], VOXEL_CM3)
+    h.assert_table_matches(table, expected[FIRST : LAST + 1], hu[FIRST : LAST + 1], VOXEL_CM3)
     node.HardenTransform()
     assert node.GetParentTransformNode() is None and segmentation.GetParentTransformNode() is moved
     logic.quantify(segmentation, node)
-    h.assert_table_matches(table, expected[FIRST:LAST + 1], hu[FIRST:LAST + 1], VOXEL_CM3)
+    h.assert_table_matches(table, expected[FIRST : LAST + 1], hu[FIRST : LAST + 1], VOXEL_CM3)
 
     # (b) the segmentation moved by its own transform, two slices up: it now lies over other CT voxels
     scene, node, hu, labels, segmentation = _segmented_calf()
     segmentation.SetAndObserveTransformNodeID(_linear_transform(scene, translation=(0.0, 0.0, 4.0)).GetID())
     shifted = np.zeros_like(labels)
-    shifted[FIRST + 2:LAST + 3] = labels[FIRST:LAST + 1]
+    shifted[FIRST + 2 : LAST + 3] = labels[FIRST : LAST + 1]
     table = logic.quantify(segmentation, node)
     # the stored range 3:12, widened to the slices that now hold labels (5..14)
-    h.assert_table_matches(table, shifted[FIRST:LAST + 3], hu[FIRST:LAST + 3], VOXEL_CM3)
+    h.assert_table_matches(table, shifted[FIRST : LAST + 3], hu[FIRST : LAST + 3], VOXEL_CM3)
 
     # (b') turned by 180 degrees about S around a point that puts voxel centres onto voxel centres: i, j mirrored
     dims = node.GetImageData().GetDimensions()
@@ -196,7 +197,7 @@ def test_quantify_measures_through_parent_transforms_or_refuses():
     segmentation.SetAndObserveTransformNodeID(turned.GetID())
     mirrored = np.ascontiguousarray(_on_slices(labels)[:, ::-1, ::-1])
     logic.quantify(segmentation, node)
-    h.assert_table_matches(table, mirrored[FIRST:LAST + 1], hu[FIRST:LAST + 1], VOXEL_CM3)
+    h.assert_table_matches(table, mirrored[FIRST : LAST + 1], hu[FIRST : LAST + 1], VOXEL_CM3)
 
     # (c) moves that would need resampling (half a slice, a warp) are refused, and nothing is added
     for transform in (_linear_transform(scene, translation=(0.0, 0.0, 1.0)), _warp_transform(scene)):
@@ -210,7 +211,7 @@ def test_quantify_measures_through_parent_transforms_or_refuses():
     node.SetAndObserveTransformNodeID(warp.GetID())
     segmentation.SetAndObserveTransformNodeID(warp.GetID())
     logic.quantify(segmentation, node)
-    h.assert_table_matches(table, _on_slices(labels)[FIRST:LAST + 1], hu[FIRST:LAST + 1], VOXEL_CM3)
+    h.assert_table_matches(table, _on_slices(labels)[FIRST : LAST + 1], hu[FIRST : LAST + 1], VOXEL_CM3)
 
 
 # ---------------------------------------------------------------------- 2: slice helpers in world coordinates
@@ -242,7 +243,9 @@ def test_from_view_next_unreviewed_and_mark_reviewed_work_under_a_parent_transfo
     with pytest.raises(InputError, match="shows no slice"):
         logic.sliceIndexInView(node, view)
     assert logic.sliceIndexAtRAS(node, _slice_centre(view)) == 15  # "From view" takes the nearest
-    transform.SetMatrixTransformToParent(_linear_transform(scene, rotation_deg_about_r=20.0).GetMatrixTransformToParent())
+    transform.SetMatrixTransformToParent(
+        _linear_transform(scene, rotation_deg_about_r=20.0).GetMatrixTransformToParent()
+    )
     annotation.jumpToSlice(node, 7, view)
     with pytest.raises(InputError, match="tilted"):
         logic.sliceIndexInView(node, view)
@@ -276,14 +279,16 @@ def test_apply_again_keeps_the_corrections_of_reviewed_slices(tmp_path, children
     # the tables measure what the segmentation holds now
     hu = volume.slab().astype(np.float64)
     spacing = volume.slab_spacing
-    h.assert_table_matches(again.tissueTable, after[FIRST:LAST + 1], hu[FIRST:LAST + 1],
-                           spacing[0] * spacing[1] * spacing[2] / 1000.0)
+    h.assert_table_matches(
+        again.tissueTable, after[FIRST : LAST + 1], hu[FIRST : LAST + 1], spacing[0] * spacing[1] * spacing[2] / 1000.0
+    )
     # and the training set receives the corrected slice
     added = annotation.addReviewedSlices(segmentation, node, tmp_path / "set", inputFormat="hu")
     entry = load_dataset(tmp_path / "set").entries[0]
     assert added.added == [reviewed]
-    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "set" / entry["label"]))),
-                          corrected[reviewed])
+    assert np.array_equal(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "set" / entry["label"]))), corrected[reviewed]
+    )
     # a segmentation under review belongs to its volume: segmenting another volume into it is refused
     other, _ = selftest.add_phantom_volume(scene, "other calf", (16, 112, 144), seed=9)
     runs = h.temp_runs()
@@ -307,7 +312,7 @@ def test_quantify_refuses_a_volume_that_is_not_the_segmentations_input(tmp_path)
     with pytest.raises(InputError, match="calf A"):
         logic.exportResults(segmentation, node_b, tmp_path / "export")
     assert not (tmp_path / "export").exists()
-    h.assert_table_matches(table, _on_slices(labels)[FIRST:LAST + 1], hu[FIRST:LAST + 1], VOXEL_CM3)
+    h.assert_table_matches(table, _on_slices(labels)[FIRST : LAST + 1], hu[FIRST : LAST + 1], VOXEL_CM3)
 
 
 # ---------------------------------------------------------------------- 5: Export after edits without Update
@@ -330,13 +335,18 @@ def test_export_after_edits_without_update_writes_one_fresh_measurement(tmp_path
     block[block == SM] = IAT
     now[now == BONE] = 0  # hidden: left out of every file alike
     assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in written] + ["my notes.txt"])
-    assert sorted(p.name for p in written) == ["derived.csv", "labels.nii.gz", "metrics.json", "profile.csv",
-                                               "tissues.csv"]
+    assert sorted(p.name for p in written) == [
+        "derived.csv",
+        "labels.nii.gz",
+        "metrics.json",
+        "profile.csv",
+        "tissues.csv",
+    ]
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nii.gz"))), now)
     metrics = json.loads((out / "metrics.json").read_text())
     tissues_csv = {row["Tissue"]: row for row in _csv_rows(out / "tissues.csv")}
     for tissue in TISSUES:
-        count = int((now[FIRST:LAST + 1] == tissue.value).sum())
+        count = int((now[FIRST : LAST + 1] == tissue.value).sum())
         assert metrics["tissues"][tissue.key]["voxels"] == count
         assert int(float(tissues_csv[tissue.key]["Voxels"])) == count
         assert math.isclose(float(tissues_csv[tissue.key]["Volume (cm3)"]), count * VOXEL_CM3, rel_tol=1e-9)
@@ -367,20 +377,21 @@ def test_the_segment_names_the_user_sees_decide_not_segment_ids():
     table = logic.quantify(segmentation, node)
     expected = _on_slices(labels)
     expected[expected == SM] = 0
-    h.assert_table_matches(table, expected[FIRST:LAST + 1], hu[FIRST:LAST + 1], VOXEL_CM3)
+    h.assert_table_matches(table, expected[FIRST : LAST + 1], hu[FIRST : LAST + 1], VOXEL_CM3)
     # a new segment given the tissue's name is that tissue
     new_muscle = np.zeros_like(labels)
     new_muscle[4:6, 40:50, 30:60] = 1
     segments.AddEmptySegment("Segment_7", "SM")
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        slicer_io.oriented_labels(node, new_muscle, first=0), segmentation, "Segment_7")
+        slicer_io.oriented_labels(node, new_muscle, first=0), segmentation, "Segment_7"
+    )
     logic.quantify(segmentation, node)
     expected[new_muscle == 1] = SM  # the later tissue wins where segments overlap: SM over SAT, not over IAT/Bone
     now = _on_slices(labels)
     now[now == SM] = 0
     for value in (IAT, BONE):
         expected[(new_muscle == 1) & (now == value)] = value
-    h.assert_table_matches(table, expected[FIRST:LAST + 1], hu[FIRST:LAST + 1], VOXEL_CM3)
+    h.assert_table_matches(table, expected[FIRST : LAST + 1], hu[FIRST : LAST + 1], VOXEL_CM3)
     # two visible segments with one tissue name: which one is meant cannot be guessed
     segments.GetSegment("SM").SetName("SM")
     with pytest.raises(InputError, match="two segments named 'SM'"):
@@ -475,8 +486,17 @@ def test_a_bad_argument_is_refused_before_any_node_is_touched_and_a_failure_rest
     labels_before, rows_before = _labels(segmentation, node), slicer_tables.table_rows(table)
     nodes_before, runs = h.node_ids(scene), h.temp_runs()
     for bad in (dict(table=node), dict(segmentation=table)):  # a volume as the table, a table as the segmentation
-        _refused(lambda bad=bad: logic.processAsync(node, FIRST, LAST, engine="threshold", device="cpu",
-                                                    **{"segmentation": segmentation, "table": table, **bad}), "choose")
+        _refused(
+            lambda bad=bad: logic.processAsync(
+                node,
+                FIRST,
+                LAST,
+                engine="threshold",
+                device="cpu",
+                **{"segmentation": segmentation, "table": table, **bad},
+            ),
+            "choose",
+        )
     with pytest.raises(InputError, match="not a table"):
         logic.quantify(segmentation, node, table=node)
     assert np.array_equal(_labels(segmentation, node), labels_before)
@@ -529,8 +549,13 @@ def test_a_run_never_polled_ends_when_the_script_exits():
         handle = LegSegNetLogic().processAsync(node, engine="threshold", device="cpu")
         print(handle.worker.pid, handle.worker.workdir, flush=True)
     """)  # and the script ends without ever polling
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env=worker_process.worker_environment())
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=worker_process.worker_environment(),
+    )
     pid, workdir = None, None
     try:
         assert done.returncode == 0, done.stderr[-2000:]
@@ -565,8 +590,11 @@ def test_negative_spacing_is_refused_with_advice(children_before):
     scene, node, _, labels, segmentation = _segmented_calf()
     node.SetSpacing(-SPACING[0], SPACING[1], SPACING[2])
     logic, runs = LegSegNetLogic(), h.temp_runs()
-    for call in (lambda: logic.processAsync(node, engine="threshold", device="cpu"),
-                 lambda: logic.quantify(segmentation, node), lambda: logic.sliceCount(node)):
+    for call in (
+        lambda: logic.processAsync(node, engine="threshold", device="cpu"),
+        lambda: logic.quantify(segmentation, node),
+        lambda: logic.sliceCount(node),
+    ):
         _refused(call, r"spacing .*negative.*Volume Information")
     assert h.temp_runs() == runs and h.new_descendants(children_before) == []
 
@@ -583,13 +611,13 @@ def _read_only(folder: Path):
         finally:
             folder.chmod(0o755)
         return
-    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True,
-                             timeout=30)
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True, timeout=30)
     if mounted.returncode != 0:
         pytest.skip(f"running as root and a read-only bind mount is not allowed here: {mounted.stderr.strip()}")
     try:
-        remounted = subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, text=True,
-                                   timeout=30)
+        remounted = subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, text=True, timeout=30
+        )
         assert remounted.returncode == 0, remounted.stderr
         yield
     finally:
@@ -603,8 +631,12 @@ def test_bad_export_folders_are_refused_with_a_clear_message(tmp_path):
     a_file.write_text("x")
     locked = tmp_path / "locked"
     (locked / "existing").mkdir(parents=True)
-    cases = [("", "no export folder"), ("   ", "no export folder"), (a_file, "is a file"),
-             (a_file / "below", "is a file")]
+    cases = [
+        ("", "no export folder"),
+        ("   ", "no export folder"),
+        (a_file, "is a file"),
+        (a_file / "below", "is a file"),
+    ]
     for folder, message in cases:
         with pytest.raises(InputError, match=message):
             logic.exportResults(segmentation, node, folder)
@@ -612,7 +644,9 @@ def test_bad_export_folders_are_refused_with_a_clear_message(tmp_path):
         for folder in (locked / "existing", locked / "new"):
             with pytest.raises(InputError) as caught:
                 logic.exportResults(segmentation, node, folder)
-            assert ("not writable" in str(caught.value) or "read-only" in str(caught.value)) and ".lsn-" not in str(caught.value)
+            assert ("not writable" in str(caught.value) or "read-only" in str(caught.value)) and ".lsn-" not in str(
+                caught.value
+            )
             assert "-o" not in str(caught.value).split()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a file", "locked"]
     assert [p.name for p in locked.iterdir()] == ["existing"] and not list((locked / "existing").iterdir())
@@ -623,16 +657,22 @@ def test_fractional_or_missing_slice_numbers_and_bad_seeds_are_refused(children_
     scene, node, _, labels, segmentation = _segmented_calf()
     logic, annotation, runs = LegSegNetLogic(), AnnotationLogic(python=["unused"]), h.temp_runs()
     for first, last in ((math.nan, 5), (3.7, 6.2), (2, math.inf), ("3", 5), (True, 5)):
-        _refused(lambda first=first, last=last: logic.processAsync(node, first, last, engine="threshold", device="cpu"),
-                 "whole slice number")
+        _refused(
+            lambda first=first, last=last: logic.processAsync(node, first, last, engine="threshold", device="cpu"),
+            "whole slice number",
+        )
         with pytest.raises(InputError, match="whole slice number"):
             logic.updateRangeROI(node, first, last)
     assert h.temp_runs() == runs and h.new_descendants(children_before) == []
     # a whole number given as a float (e.g. from a spin box) is that slice
     roi = logic.updateRangeROI(node, 3.0, 6.0)
     assert roi is not None
-    for kwargs, message in ((dict(seed=-1), "seed"), (dict(seed=2.5), "seed"), (dict(slicesPerScan=2.5), "slices"),
-                            (dict(firstSlice=3.7), "whole slice number")):
+    for kwargs, message in (
+        (dict(seed=-1), "seed"),
+        (dict(seed=2.5), "seed"),
+        (dict(slicesPerScan=2.5), "slices"),
+        (dict(firstSlice=3.7), "whole slice number"),
+    ):
         with pytest.raises(InputError, match=message):
             annotation.startReview(segmentation, node, **kwargs)
     assert annotation.reviewState(segmentation) is None
@@ -660,13 +700,14 @@ def test_overlapping_segments_count_a_voxel_once_for_the_later_tissue_and_say_so
     for key in ("Bone", "SM", "SAT", "IAT"):  # segment order must not matter
         segmentation.GetSegmentation().AddEmptySegment(f"Segment_{key}", key)
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            slicer_io.oriented_labels(node, masks[key], first=0), segmentation, f"Segment_{key}")
+            slicer_io.oriented_labels(node, masks[key], first=0), segmentation, f"Segment_{key}"
+        )
     expected = np.zeros_like(labels)
     for tissue in TISSUES:  # SAT < SM < IAT < Bone: the later one wins
         expected[masks[tissue.key] == 1] = tissue.value
     table = LegSegNetLogic().quantify(segmentation, node)
     first, last = 4, 9  # the slices that hold labels
-    h.assert_table_matches(table, expected[first:last + 1], hu[first:last + 1], VOXEL_CM3)
+    h.assert_table_matches(table, expected[first : last + 1], hu[first : last + 1], VOXEL_CM3)
     rule = "counted once"
     assert rule in table.GetColumnDescription("Volume (cm3)") and "SAT < SM < IAT < Bone" in table.GetDescription()
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")

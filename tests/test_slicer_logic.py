@@ -4,6 +4,7 @@ Covers slicer_io conversions (RAS/LPS, slabs, segmentations), process() and quan
 agreement with the command line's metrics.json, edits, failures and cancel leaving nothing behind,
 export, and (slow) the Visible Human calf CT.
 """
+
 from __future__ import annotations
 
 import json
@@ -124,8 +125,10 @@ def test_bad_volume_nodes_are_refused_with_a_reason():
     labelmap = slicer_io.node_volume_from_image(scene, h.image(np.zeros((3, 4, 5), np.uint8)), "lm", labelmap=True)
     with pytest.raises(InputError, match="label map"):
         slicer_io.slice_count(labelmap)
-    oblique = h.image(np.zeros((3, 4, 5), np.int16),
-                     direction=(1, 0, 0, 0, math.cos(0.6), -math.sin(0.6), 0, math.sin(0.6), math.cos(0.6)))
+    oblique = h.image(
+        np.zeros((3, 4, 5), np.int16),
+        direction=(1, 0, 0, 0, math.cos(0.6), -math.sin(0.6), 0, math.sin(0.6), math.cos(0.6)),
+    )
     with pytest.raises(InputError, match="oblique"):
         slicer_io.slice_count(slicer_io.node_volume_from_image(scene, oblique, "oblique"))
 
@@ -199,16 +202,33 @@ def run(tmp_path_factory):
     logic = LegSegNetLogic()
     events = []
     started = time.monotonic()
-    handle = logic.processAsync(node, *RANGE, engine="threshold", device="cpu", outputFolder=outdir,
-                                onProgress=lambda h: events.append(dict(h.progress)),
-                                onFinished=lambda h: events.append("finished"))
+    handle = logic.processAsync(
+        node,
+        *RANGE,
+        engine="threshold",
+        device="cpu",
+        outputFolder=outdir,
+        onProgress=lambda h: events.append(dict(h.progress)),
+        onFinished=lambda h: events.append("finished"),
+    )
     try:
         result = handle.wait(timeout=120)
     finally:
         handle.cancel()
     seconds = time.monotonic() - started
-    return {"scene": scene, "node": node, "phantom": phantom, "logic": logic, "handle": handle, "result": result,
-            "outdir": outdir, "events": events, "sh": sh, "study": study, "seconds": seconds}
+    return {
+        "scene": scene,
+        "node": node,
+        "phantom": phantom,
+        "logic": logic,
+        "handle": handle,
+        "result": result,
+        "outdir": outdir,
+        "events": events,
+        "sh": sh,
+        "study": study,
+        "seconds": seconds,
+    }
 
 
 def test_process_returns_segmentation_and_tissue_table(run):
@@ -240,10 +260,10 @@ def test_labels_overlay_the_volume_exactly(run):
     volume = slicer_io.ct_volume_from_node(node)
     slab = volume.slab_from_image(exported)
     first, last = RANGE
-    assert not slab[:first].any() and not slab[last + 1:].any()
+    assert not slab[:first].any() and not slab[last + 1 :].any()
     # and the labels sit on the anatomy: bone where the phantom has bone
-    truth = run["phantom"].labels[first:last + 1] == TISSUE_BY_KEY["Bone"].value
-    assert selftest.dice(slab[first:last + 1] == TISSUE_BY_KEY["Bone"].value, truth) > 0.9
+    truth = run["phantom"].labels[first : last + 1] == TISSUE_BY_KEY["Bone"].value
+    assert selftest.dice(slab[first : last + 1] == TISSUE_BY_KEY["Bone"].value, truth) > 0.9
 
 
 def test_tables_chart_and_subject_hierarchy(run):
@@ -274,9 +294,25 @@ def test_table_values_equal_the_command_line_metrics(run, tmp_path):
     sitk.WriteImage(slicer_io.image_from_node(node), str(path))
     outdir = tmp_path / "cli"
     completed = subprocess.run(
-        [sys.executable, "-m", "LegSegNetLib.cli", "segment", str(path), "-o", str(outdir), "--engine", "threshold",
-         "--slices", f"{RANGE[0]}:{RANGE[1]}", "--quiet"],
-        capture_output=True, text=True, env=worker_process.worker_environment(), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "LegSegNetLib.cli",
+            "segment",
+            str(path),
+            "-o",
+            str(outdir),
+            "--engine",
+            "threshold",
+            "--slices",
+            f"{RANGE[0]}:{RANGE[1]}",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=worker_process.worker_environment(),
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr
     metrics = json.loads((outdir / "metrics.json").read_text())
     assert metrics["slices"] == list(RANGE)
@@ -306,15 +342,21 @@ def test_table_values_equal_the_command_line_metrics(run, tmp_path):
 def test_export_writes_labels_on_the_volume_grid_and_the_tables(run, tmp_path):
     node, result, logic = run["node"], run["result"], run["logic"]
     written = logic.exportResults(result.segmentation, node, tmp_path / "export")
-    assert sorted(p.name for p in written) == ["derived.csv", "labels.nii.gz", "metrics.json", "profile.csv",
-                                               "tissues.csv"]
+    assert sorted(p.name for p in written) == [
+        "derived.csv",
+        "labels.nii.gz",
+        "metrics.json",
+        "profile.csv",
+        "tissues.csv",
+    ]
     labels = sitk.ReadImage(str(tmp_path / "export" / "labels.nii.gz"))
     reference = slicer_io.image_from_node(node)
     assert labels.GetSize() == reference.GetSize()
     assert np.allclose(labels.GetOrigin(), reference.GetOrigin(), atol=1e-3)
     assert np.allclose(labels.GetDirection(), reference.GetDirection(), atol=1e-5)
-    assert np.array_equal(sitk.GetArrayViewFromImage(labels),
-                          slicer_io.labels_from_segmentation(result.segmentation, node))
+    assert np.array_equal(
+        sitk.GetArrayViewFromImage(labels), slicer_io.labels_from_segmentation(result.segmentation, node)
+    )
     metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
     table = {r["Tissue"]: r for r in slicer_tables.table_rows(result.tissueTable)}
     assert all(metrics["tissues"][k]["voxels"] == table[k]["Voxels"] for k in TISSUE_KEYS)
@@ -326,8 +368,9 @@ def test_export_writes_labels_on_the_volume_grid_and_the_tables(run, tmp_path):
 def test_processing_again_into_the_same_nodes_adds_nothing(run):
     scene, node, logic, result = run["scene"], run["node"], run["logic"], run["result"]
     before = h.node_ids(scene)
-    segmentation, table = logic.process(node, *RANGE, engine="threshold", device="cpu",
-                                        segmentation=result.segmentation, table=result.tissueTable)
+    segmentation, table = logic.process(
+        node, *RANGE, engine="threshold", device="cpu", segmentation=result.segmentation, table=result.tissueTable
+    )
     assert segmentation is result.segmentation and table is result.tissueTable
     assert h.node_ids(scene) == before
 
@@ -355,15 +398,17 @@ def test_editing_voxels_changes_exactly_the_expected_numbers():
     rows = {r["Tissue"]: r for r in slicer_tables.table_rows(table)}
     first, last = RANGE
     for tissue in TISSUES:
-        mask = expected[first:last + 1] == tissue.value
+        mask = expected[first : last + 1] == tissue.value
         assert rows[tissue.key]["Voxels"] == mask.sum()
         assert math.isclose(rows[tissue.key]["Volume (cm3)"], mask.sum() * voxel_cm3, rel_tol=1e-12)
-        assert math.isclose(rows[tissue.key]["Mean (HU)"], hu[first:last + 1][mask].mean(), rel_tol=1e-9)
-        assert math.isclose(rows[tissue.key]["SD (HU)"], hu[first:last + 1][mask].std(ddof=1), rel_tol=1e-7)
-    fat = np.isin(expected[first:last + 1], [TISSUE_BY_KEY["SAT"].value, TISSUE_BY_KEY["IAT"].value])
-    derived = {r["Metric"]: r["Value"] for r in slicer_tables.table_rows(segmentation.GetNodeReference(
-        "LegSegNet.derivedTable"))}
-    assert math.isclose(derived["mu_Fat_hu"], hu[first:last + 1][fat].mean(), rel_tol=1e-9)
+        assert math.isclose(rows[tissue.key]["Mean (HU)"], hu[first : last + 1][mask].mean(), rel_tol=1e-9)
+        assert math.isclose(rows[tissue.key]["SD (HU)"], hu[first : last + 1][mask].std(ddof=1), rel_tol=1e-7)
+    fat = np.isin(expected[first : last + 1], [TISSUE_BY_KEY["SAT"].value, TISSUE_BY_KEY["IAT"].value])
+    derived = {
+        r["Metric"]: r["Value"]
+        for r in slicer_tables.table_rows(segmentation.GetNodeReference("LegSegNet.derivedTable"))
+    }
+    assert math.isclose(derived["mu_Fat_hu"], hu[first : last + 1][fat].mean(), rel_tol=1e-9)
     profile = slicer_tables.table_rows(segmentation.GetNodeReference("LegSegNet.profileTable"))
     area = float(np.prod(volume.slab_spacing[1:])) / 100.0
     for row in profile:
@@ -387,7 +432,8 @@ def test_quantify_a_hand_made_segmentation_uses_names_and_labelled_slices():
     for segment_id, name, mask in (("Segment_1", "SM", muscle), ("Segment_2", "IAT", fat)):
         segmentation.GetSegmentation().AddEmptySegment(segment_id, name)
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            slicer_io.oriented_labels(node, mask, first=0), segmentation, segment_id)
+            slicer_io.oriented_labels(node, mask, first=0), segmentation, segment_id
+        )
     logic = LegSegNetLogic()
     before = h.node_ids(scene)
     table = logic.quantify(segmentation, node)
@@ -435,8 +481,9 @@ def test_cancel_kills_the_worker_and_leaves_the_scene_as_it_was():
     node, _ = _phantom_node(scene, shape=(40, 160, 192), seed=2)
     before = h.node_ids(scene)
     finished = []
-    handle: RunHandle = LegSegNetLogic().processAsync(node, engine="threshold", device="cpu",
-                                                          onFinished=lambda h: finished.append(h.state))
+    handle: RunHandle = LegSegNetLogic().processAsync(
+        node, engine="threshold", device="cpu", onFinished=lambda h: finished.append(h.state)
+    )
     workdir = handle.worker.workdir
     try:
         deadline = time.monotonic() + 60
@@ -535,5 +582,7 @@ def test_visible_human_calf_in_a_scene(visible_human_dir):
     for key in TISSUE_KEYS:
         assert again[key]["Voxels"] == rows[key]["Voxels"]
         assert math.isclose(again[key]["Mean (HU)"], rows[key]["Mean (HU)"], rel_tol=1e-9)
-    print(f"Visible Human calf: process {seconds:.1f} s, quantify {quantify_seconds:.1f} s; "
-          + ", ".join(f"{k} {rows[k]['Volume (cm3)']:.0f} cm3 {rows[k]['Mean (HU)']:.0f} HU" for k in TISSUE_KEYS))
+    print(
+        f"Visible Human calf: process {seconds:.1f} s, quantify {quantify_seconds:.1f} s; "
+        + ", ".join(f"{k} {rows[k]['Volume (cm3)']:.0f} cm3 {rows[k]['Mean (HU)']:.0f} HU" for k in TISSUE_KEYS)
+    )

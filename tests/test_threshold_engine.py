@@ -1,4 +1,5 @@
 """The threshold engine against the phantom's exact labels, its building blocks, and the real calf CT."""
+
 from __future__ import annotations
 
 import time
@@ -8,12 +9,12 @@ import pytest
 
 from LegSegNetLib.anatomy import pads
 from LegSegNetLib.anatomy import primitives as anatomy
+from LegSegNetLib.anatomy.legs import split_legs
 from LegSegNetLib.core import tissues
+from LegSegNetLib.core.progress import Progress
 from LegSegNetLib.engines import make_engine
 from LegSegNetLib.engines.threshold import ThresholdEngine
-from LegSegNetLib.anatomy.legs import split_legs
 from LegSegNetLib.phantom import DEFAULT_FOV_MM, make_leg_phantom
-from LegSegNetLib.core.progress import Progress
 
 REQUIRED_DICE = {"SAT": 0.93, "SM": 0.93, "IAT": 0.70, "Bone": 0.97}
 
@@ -54,12 +55,16 @@ def test_dice_on_touching_legs_with_contrast_couch_and_noise(options):
 REQUIRED_HARD_DICE = {"SAT": 0.84, "SM": 0.95, "IAT": 0.78, "Bone": 0.975}
 
 
-@pytest.mark.parametrize("region,seed", [("calf", 0), ("calf", 2), ("thigh", 1), ("thigh", 3)],
-                         ids=["calf-0", "calf-2", "thigh-1", "thigh-3"])
+@pytest.mark.parametrize(
+    "region,seed",
+    [("calf", 0), ("calf", 2), ("thigh", 1), ("thigh", 3)],
+    ids=["calf-0", "calf-2", "thigh-1", "thigh-3"],
+)
 def test_dice_on_the_hard_phantom(region, seed):
     pixel = DEFAULT_FOV_MM[region] / 256
-    phantom = make_leg_phantom(shape=(40, 192, 256), spacing=(3.0, pixel, pixel), seed=seed, region=region,
-                               touching=True, difficulty="hard")
+    phantom = make_leg_phantom(
+        shape=(40, 192, 256), spacing=(3.0, pixel, pixel), seed=seed, region=region, touching=True, difficulty="hard"
+    )
     scores = dice_per_tissue(ThresholdEngine().segment(phantom.hu, phantom.spacing), phantom.labels)
     for key, required in REQUIRED_HARD_DICE.items():
         assert scores[key] >= required, f"{key} Dice {scores[key]:.3f} < {required} ({scores})"
@@ -126,8 +131,9 @@ def test_strided_view_input():
     phantom = make_leg_phantom(shape=(4, 96, 128), spacing=(5.0, 2.4, 2.4), seed=8)
     view = np.ascontiguousarray(phantom.hu.transpose(0, 2, 1)).transpose(0, 2, 1)
     assert not view.flags.c_contiguous
-    assert np.array_equal(ThresholdEngine().segment(view, phantom.spacing),
-                          ThresholdEngine().segment(phantom.hu, phantom.spacing))
+    assert np.array_equal(
+        ThresholdEngine().segment(view, phantom.spacing), ThresholdEngine().segment(phantom.hu, phantom.spacing)
+    )
 
 
 # ------------------------------------------------------------------------------------------- building blocks
@@ -217,7 +223,7 @@ def test_completion_does_not_turn_joints_gaps_between_bones_or_vessels_into_bone
     bone = labels == tissues.BONE
     assert not bone[7:9][:, _disk(shape, (60, 70), 15)].any()  # the joint space stays soft tissue
     between = np.zeros(shape, dtype=bool)
-    between[55:66, 70 + 18 + 1:70 + 18 + 6] = True
+    between[55:66, 70 + 18 + 1 : 70 + 18 + 6] = True
     assert not bone[:, between].any() and not bone[:, vessel].any()
     assert dice(bone[12], truth[12] | fibula) > 0.96
 

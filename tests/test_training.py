@@ -12,6 +12,7 @@
 - (slow) the Slicer logic: training in the worker process behind a PythonSlicer-like launcher that forwards no
   signals, with progress, Stop training keeping a checkpoint, no process left, resume, the new model listed.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,18 +32,23 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from LegSegNetLib.annotation import dataset  # noqa: E402
-from LegSegNetLib.annotation import review  # noqa: E402
+from LegSegNetLib.annotation import (  # noqa: E402
+    dataset,  # noqa: E402
+    nnunet_trainer,
+    review,  # noqa: E402
+    stopping,
+    time_estimate,
+    training_runs,
+)
 from LegSegNetLib.annotation import manifest as manifest_module  # noqa: E402
-from LegSegNetLib.annotation import nnunet_trainer, stopping, time_estimate, training_runs  # noqa: E402
+from LegSegNetLib.annotation.splits import make_patient_splits, number_of_splits  # noqa: E402
+from LegSegNetLib.annotation.training import TrainOptions, train  # noqa: E402
 from LegSegNetLib.core.errors import CancelledError, InputError  # noqa: E402
+from LegSegNetLib.core.progress import Progress  # noqa: E402
+from LegSegNetLib.core.text import format_duration  # noqa: E402
 from LegSegNetLib.models.checkpoints import load_checkpoint  # noqa: E402
 from LegSegNetLib.models.store import ModelStore  # noqa: E402
 from LegSegNetLib.phantom import make_leg_phantom  # noqa: E402
-from LegSegNetLib.core.progress import Progress  # noqa: E402
-from LegSegNetLib.core.text import format_duration  # noqa: E402
-from LegSegNetLib.annotation.splits import make_patient_splits, number_of_splits  # noqa: E402
-from LegSegNetLib.annotation.training import TrainOptions, train  # noqa: E402
 from LegSegNetLib.pipeline import segment_slab  # noqa: E402 - the engine sees what `legsegnet segment` shows it
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +67,15 @@ def _cases(counts: dict[str, int]) -> dict[str, str]:
     return {f"{patient}_s{i:03d}": patient for patient, n in counts.items() for i in range(n)}
 
 
-@pytest.mark.parametrize("counts, n_splits", [
-    ({"A": 3, "B": 3, "C": 3, "D": 3, "E": 3}, 5),
-    ({"A": 12, "B": 1, "C": 4, "D": 4, "E": 7, "F": 2, "G": 9}, 5),
-    ({"A": 2, "B": 5}, 2),
-    ({f"P{i}": 1 + i % 4 for i in range(40)}, 5),
-])
+@pytest.mark.parametrize(
+    "counts, n_splits",
+    [
+        ({"A": 3, "B": 3, "C": 3, "D": 3, "E": 3}, 5),
+        ({"A": 12, "B": 1, "C": 4, "D": 4, "E": 7, "F": 2, "G": 9}, 5),
+        ({"A": 2, "B": 5}, 2),
+        ({f"P{i}": 1 + i % 4 for i in range(40)}, 5),
+    ],
+)
 def test_patient_level_splits_never_put_a_patient_on_both_sides(counts, n_splits):
     cases = _cases(counts)
     splits = make_patient_splits(cases, n_splits)
@@ -92,23 +101,46 @@ def test_a_split_needs_as_many_patients_as_folds():
 
 
 def test_training_time_estimate_scales_with_the_network():
-    tiny = {"patch_size": [112, 256], "batch_size": 8, "architecture": {"arch_kwargs": {
-        "features_per_stage": [8, 16, 32, 64], "strides": [[1, 1]] + [[2, 2]] * 3, "kernel_sizes": [[3, 3]] * 4,
-        "n_conv_per_stage": [2] * 4, "n_conv_per_stage_decoder": [2] * 3}}}
-    published_like = {"patch_size": [160, 256], "batch_size": 12, "architecture": {"arch_kwargs": {
-        "features_per_stage": [32, 64, 128, 256, 512, 512], "strides": [[1, 1]] + [[2, 2]] * 5,
-        "kernel_sizes": [[3, 3]] * 6, "n_conv_per_stage": [2] * 6, "n_conv_per_stage_decoder": [2] * 5}}}
+    tiny = {
+        "patch_size": [112, 256],
+        "batch_size": 8,
+        "architecture": {
+            "arch_kwargs": {
+                "features_per_stage": [8, 16, 32, 64],
+                "strides": [[1, 1]] + [[2, 2]] * 3,
+                "kernel_sizes": [[3, 3]] * 4,
+                "n_conv_per_stage": [2] * 4,
+                "n_conv_per_stage_decoder": [2] * 3,
+            }
+        },
+    }
+    published_like = {
+        "patch_size": [160, 256],
+        "batch_size": 12,
+        "architecture": {
+            "arch_kwargs": {
+                "features_per_stage": [32, 64, 128, 256, 512, 512],
+                "strides": [[1, 1]] + [[2, 2]] * 5,
+                "kernel_sizes": [[3, 3]] * 6,
+                "n_conv_per_stage": [2] * 6,
+                "n_conv_per_stage_decoder": [2] * 5,
+            }
+        },
+    }
     # data.md measured 17.8 GFLOP per 160 x 256 crop for the default 2D U-Net; this count is within 15 %
     assert time_estimate.network_gflop_per_patch(published_like) == pytest.approx(17.8, rel=0.15)
     cpu = time_estimate.estimate_seconds_per_iteration(published_like, "cpu", cpu_cores=2)
     assert cpu > 20 * time_estimate.estimate_seconds_per_iteration(tiny, "cpu", cpu_cores=2)
     assert cpu > 20 * time_estimate.estimate_seconds_per_iteration(published_like, "cuda")
-    assert format_duration(5400) == "1.5 h" and format_duration(40) == "40 s" and format_duration(3 * 86400) == "3.0 days"
+    assert (
+        format_duration(5400) == "1.5 h" and format_duration(40) == "40 s" and format_duration(3 * 86400) == "3.0 days"
+    )
 
 
 # ---------------------------------------------------------------------- fixtures with nnU-Net
 torch = pytest.importorskip("torch")
 pytest.importorskip("nnunetv2")
+
 
 @pytest.fixture(scope="module")
 def round0_model() -> Path:
@@ -142,14 +174,21 @@ def _small_dataset(folder: Path, seeds=(41, 42), input_format: str = "png", slic
     for i, seed in enumerate(seeds):
         phantom = make_leg_phantom(shape=(10, 192, 256), seed=seed)
         volume, labels = phantom.to_volume()
-        dataset.add_slices(data, volume, labels, list(slices), patient=f"P{i}", training_round=1,
-                           input_format=input_format)
+        dataset.add_slices(
+            data, volume, labels, list(slices), patient=f"P{i}", training_round=1, input_format=input_format
+        )
     return data
 
 
 def _cli(*args: str, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "LegSegNetLib.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "LegSegNetLib.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 def _all_gone(pids, within_s: float = 10.0) -> bool:
@@ -229,16 +268,46 @@ def test_one_annotation_round_fine_tunes_a_better_model_and_survives_an_interrup
         corrected_dice.append(_mean_dice(predicted[sampled], phantom.labels[sampled])[0])
         labels_path = tmp_path / f"corrected{seed}.nii.gz"
         sitk.WriteImage(volume.labels_to_image(corrected), str(labels_path))
-        added = _cli("dataset", "add", str(ct), str(labels_path), "--dataset", str(data), "--slices",
-                     ",".join(map(str, sampled)), "--patient", f"P{patient}", "--round", "1", env=env)
+        added = _cli(
+            "dataset",
+            "add",
+            str(ct),
+            str(labels_path),
+            "--dataset",
+            str(data),
+            "--slices",
+            ",".join(map(str, sampled)),
+            "--patient",
+            f"P{patient}",
+            "--round",
+            "1",
+            env=env,
+        )
         assert added.returncode == 0, added.stderr
     assert max(corrected_dice) < 0.95  # there was something to correct
     manifest = manifest_module.load_dataset(data)
     assert len(manifest.entries) == len(TRAIN_SEEDS) * SLICES_PER_SCAN and len(manifest.patients()) == 4
 
     # training, interrupted by SIGTERM in the middle of an epoch
-    command = [sys.executable, "-m", "LegSegNetLib.cli", "train", str(data), "--from", "round0", "--epochs", "5",
-               "--iterations", "12", "--batch-size", "4", "--device", "cpu", "--name", "round1"]
+    command = [
+        sys.executable,
+        "-m",
+        "LegSegNetLib.cli",
+        "train",
+        str(data),
+        "--from",
+        "round0",
+        "--epochs",
+        "5",
+        "--iterations",
+        "12",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--name",
+        "round1",
+    ]
     run_dir = data / training_runs.RUNS_DIR / "round1"
     # its progress bar is read all the time: a full stderr pipe would stall the training (and the test)
     process = DrainedProcess(command, cwd=ROOT, env=env)
@@ -290,15 +359,27 @@ def test_one_annotation_round_fine_tunes_a_better_model_and_survives_an_interrup
             labels = segment_slab(engine, volume, 0, volume.n_slices - 1, Progress())
             scores[name].append(_mean_dice(labels, phantom.labels)[1])
     mean0, mean1 = (float(np.mean(scores[n])) for n in ("round0", "round1"))
-    print(f"\nheld-out mean Dice: round 0 {mean0:.4f}, round 1 {mean1:.4f} (+{mean1 - mean0:.4f}); per tissue "
-          f"round 0 {np.round(np.mean(scores['round0'], 0), 3)}, round 1 {np.round(np.mean(scores['round1'], 0), 3)}")
+    print(
+        f"\nheld-out mean Dice: round 0 {mean0:.4f}, round 1 {mean1:.4f} (+{mean1 - mean0:.4f}); per tissue "
+        f"round 0 {np.round(np.mean(scores['round0'], 0), 3)}, round 1 {np.round(np.mean(scores['round1'], 0), 3)}"
+    )
     assert mean1 > mean0 + 0.02
 
 
 # ---------------------------------------------------------------------- from scratch (Python API, HU slices)
-TINY_NETWORK = {"batch_size": 2, "architecture": {"arch_kwargs": {
-    "n_stages": 4, "features_per_stage": [8, 16, 32, 64], "kernel_sizes": [[3, 3]] * 4,
-    "strides": [[1, 1]] + [[2, 2]] * 3, "n_conv_per_stage": [2] * 4, "n_conv_per_stage_decoder": [2] * 3}}}
+TINY_NETWORK = {
+    "batch_size": 2,
+    "architecture": {
+        "arch_kwargs": {
+            "n_stages": 4,
+            "features_per_stage": [8, 16, 32, 64],
+            "kernel_sizes": [[3, 3]] * 4,
+            "strides": [[1, 1]] + [[2, 2]] * 3,
+            "n_conv_per_stage": [2] * 4,
+            "n_conv_per_stage_decoder": [2] * 3,
+        }
+    },
+}
 
 
 @pytest.mark.slow
@@ -312,8 +393,14 @@ def test_training_from_scratch_on_hu_slices_with_an_in_process_stop_and_resume(t
             if self.stage_name.startswith("training") and self.done >= 2:
                 stop.set("test")
 
-    options = TrainOptions(epochs=2, iterations_per_epoch=4, val_iterations_per_epoch=1, device="cpu",
-                           name="scratch", configuration_overrides=TINY_NETWORK)
+    options = TrainOptions(
+        epochs=2,
+        iterations_per_epoch=4,
+        val_iterations_per_epoch=1,
+        device="cpu",
+        name="scratch",
+        configuration_overrides=TINY_NETWORK,
+    )
     with pytest.raises(CancelledError, match="stopped \\(test\\) at fold 0, epoch 0, iteration 2"):
         train(data, options, store=store, progress=StopAfterTwo(), stop=stop)
     run_dir = data / training_runs.RUNS_DIR / "scratch"
@@ -365,15 +452,26 @@ def test_slicer_logic_trains_behind_a_pythonslicer_launcher_with_progress_stop_a
     seconds = logic.expectedTrainingSeconds("round0", epochs=3, iterations=10)
     assert seconds is not None and seconds > 0
     events = []
-    handle = logic.trainAsync(data, fromModel="round0", epochs=3, iterations=10, batchSize=2, device="cpu",
-                              name="slicer-round1", onProgress=lambda h: events.append(dict(h.progress)))
+    handle = logic.trainAsync(
+        data,
+        fromModel="round0",
+        epochs=3,
+        iterations=10,
+        batchSize=2,
+        device="cpu",
+        name="slicer-round1",
+        onProgress=lambda h: events.append(dict(h.progress)),
+    )
     run_dir = data / training_runs.RUNS_DIR / "slicer-round1"
     try:
         deadline = time.monotonic() + 400
         pids: list[int] = []
         while handle.poll():
-            if handle.state == "running" and handle.progress["stage"].startswith("training fold 0") \
-                    and handle.progress["done"] >= 3:
+            if (
+                handle.state == "running"
+                and handle.progress["stage"].startswith("training fold 0")
+                and handle.progress["done"] >= 3
+            ):
                 pids = [handle.worker.pid, handle.workerPid] + descendants(handle.worker.pid)
                 assert handle.workerPid not in (None, handle.worker.pid)  # the launcher sits in between
                 handle.stop()

@@ -3,6 +3,7 @@
 No labels exist for these scans, so the checks are physiological: HU of muscle and fat, bone in both
 legs on every slice, left/right symmetry, and outputs that agree with each other and with the CT.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,10 +15,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from LegSegNetLib.anatomy.legs import split_legs
 from LegSegNetLib.core import tissues
 from LegSegNetLib.scan import volume_io
 from LegSegNetLib.scan.ct_volume import check_same_grid
-from LegSegNetLib.anatomy.legs import split_legs
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,9 @@ def calf_run(visible_human_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("calf") / "out"
     done = subprocess.run(
         [sys.executable, "-m", "LegSegNetLib.cli", "segment", str(visible_human_dir), "-o", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     return visible_human_dir, out, json.loads((out / "metrics.json").read_text())
@@ -107,8 +110,9 @@ def test_no_slice_has_muscle_or_fat_inside_a_bone(calf_run):
             window = tuple(slice(max(0, s.start - radius - 2), s.stop + radius + 2) for s in obj)
             piece = np.pad(pieces[window] == i, radius + 2)
             outline = ndi.binary_erosion(ndi.binary_fill_holes(ndi.binary_dilation(piece, disk)), disk)
-            inside[window] |= outline[radius + 2:-radius - 2, radius + 2:-radius - 2][
-                :inside[window].shape[0], :inside[window].shape[1]]
+            inside[window] |= outline[radius + 2 : -radius - 2, radius + 2 : -radius - 2][
+                : inside[window].shape[0], : inside[window].shape[1]
+            ]
         soft = np.isin(labels[k], (tissues.SM, tissues.IAT))
         area = float((inside & soft).sum() * pixel_cm2)
         worst = max(worst, (area, k))
@@ -119,7 +123,7 @@ def test_bone_area_profile_has_no_single_slice_drops(calf_run):
     _, out, _ = calf_run
     area = np.array([float(r["A_Bone_cm2"]) for r in csv.DictReader((out / "profile.csv").open())])
     for k in range(2, len(area) - 2):  # slices are 1 mm apart: the anatomy is continuous over +-2 slices
-        below, above = area[k - 2:k].max(), area[k + 1:k + 3].max()
+        below, above = area[k - 2 : k].max(), area[k + 1 : k + 3].max()
         if min(below, above) >= 0.8 * max(below, above):
             assert area[k] >= 0.9 * min(below, above) - 1.0, f"bone area drops to {area[k]:.1f} cm2 on slice {k}"
 

@@ -1,4 +1,5 @@
 """volume_io: every input format reads to the same HU and geometry; bad inputs are refused clearly."""
+
 from __future__ import annotations
 
 import math
@@ -9,11 +10,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 import writers as w
+
+from LegSegNetLib.core.errors import InputError
 from LegSegNetLib.scan import memory, volume_io
 from LegSegNetLib.scan.ct_volume import AXIAL_TOLERANCE_DEG, CTVolume
-from LegSegNetLib.core.errors import InputError
 
 
 # ---------------------------------------------------------------------- helpers
@@ -25,7 +26,9 @@ def legs() -> sitk.Image:
 def same_physical_content(reference: sitk.Image, other: sitk.Image) -> bool:
     """Do both images hold the same values at the same physical points (reference's voxel centres)?"""
     sentinel = -32000
-    moved = sitk.Resample(sitk.Cast(other, sitk.sitkInt16), reference, sitk.Transform(), sitk.sitkNearestNeighbor, sentinel)
+    moved = sitk.Resample(
+        sitk.Cast(other, sitk.sitkInt16), reference, sitk.Transform(), sitk.sitkNearestNeighbor, sentinel
+    )
     return bool(np.array_equal(sitk.GetArrayFromImage(moved), sitk.GetArrayFromImage(reference).astype(np.int16)))
 
 
@@ -235,7 +238,9 @@ def test_png_rgb_with_equal_channels_is_accepted_colour_refused(tmp_path):
 
 
 def test_png_that_is_not_8_bit_is_refused(tmp_path):
-    expect_input_error("not an 8-bit greyscale PNG", w.write_png(np.zeros((20, 20), np.uint16) + 1000, tmp_path / "16.png"))
+    expect_input_error(
+        "not an 8-bit greyscale PNG", w.write_png(np.zeros((20, 20), np.uint16) + 1000, tmp_path / "16.png")
+    )
 
 
 # ---------------------------------------------------------------------- voxel values
@@ -289,8 +294,14 @@ def test_few_metal_voxels_are_kept(tmp_path, legs):
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda hu: hu.astype(np.float32) * np.where(np.arange(hu.size).reshape(hu.shape) == 77, np.nan, 1), "not numbers"),
-        (lambda hu: hu.astype(np.float32) * np.where(np.arange(hu.size).reshape(hu.shape) == 77, np.inf, 1), "not numbers"),
+        (
+            lambda hu: hu.astype(np.float32) * np.where(np.arange(hu.size).reshape(hu.shape) == 77, np.nan, 1),
+            "not numbers",
+        ),
+        (
+            lambda hu: hu.astype(np.float32) * np.where(np.arange(hu.size).reshape(hu.shape) == 77, np.inf, 1),
+            "not numbers",
+        ),
         (lambda hu: (hu.astype(np.int32) + 1024).clip(0, 4095).astype(np.uint16), "no air"),
         (lambda hu: hu.astype(np.int32) * 10, "above 4000 HU|below -1100 HU"),
         (lambda hu: hu - 500 + np.random.default_rng(0).normal(0, 10, hu.shape), "below -1100 HU besides"),

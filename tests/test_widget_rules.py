@@ -5,6 +5,7 @@ connection (Qt cannot run here): a spin box whose maximum drops below its value 
 valueChanged, which the connection writes into the node, whose Modified event calls the widget's update again,
 as in Slicer. The same stand-ins run the widget's previous update code, which shows the defect.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -91,8 +92,13 @@ class Widget:
 def new_update(widget: Widget) -> None:
     """What LegSegNetWidget._onParameterNodeModified does with the range now."""
     if widget.volume is not None:
-        widget.sync.update(widget.volume.id, widget.volume.n, (widget.first, widget.last), widget.boxes,
-                           lambda first, last: widget.set(first=first, last=last))
+        widget.sync.update(
+            widget.volume.id,
+            widget.volume.n,
+            (widget.first, widget.last),
+            widget.boxes,
+            lambda first, last: widget.set(first=first, last=last),
+        )
 
 
 def old_update(widget: Widget) -> None:

@@ -2,6 +2,7 @@
 
 Everything here is a real subprocess running the real pipeline on a phantom written to disk.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import processes
 import SimpleITK as sitk
 
-import processes
 from LegSegNetLib.phantom import make_leg_phantom
 
 WORKER = [sys.executable, "-m", "LegSegNetLib.worker"]
@@ -63,8 +64,12 @@ def _alive(pid: int) -> bool:
 def test_progress_lines_are_json_and_end_with_a_result(tmp_path):
     src = _phantom_file(tmp_path)
     out = tmp_path / "out"
-    done = subprocess.run([*WORKER, "segment", str(src), "-o", str(out), "--engine", "threshold"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*WORKER, "segment", str(src), "-o", str(out), "--engine", "threshold"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     events = _events(done.stdout)  # every stdout line must parse
     kinds = {e["event"] for e in events}
@@ -77,8 +82,12 @@ def test_progress_lines_are_json_and_end_with_a_result(tmp_path):
 
 
 def test_bad_input_gives_error_event_and_exit_2(tmp_path):
-    done = subprocess.run([*WORKER, "segment", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*WORKER, "segment", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     error = _events(done.stdout)[-1]
     assert error["event"] == "error" and error["exit_code"] == 2 and error["message"]
@@ -134,8 +143,14 @@ def test_worker_exits_when_its_parent_dies(tmp_path):
             assert time.monotonic() < deadline, "the worker never started segmenting"
             time.sleep(0.1)
             lines = progress_file.read_text().splitlines() if progress_file.exists() else []
-            segmenting = next((e for e in map(json.loads, lines[:-1])  # the last line may be half-written
-                               if e["event"] == "progress" and e["stage"] == "segmenting" and e["done"] > 0), None)
+            segmenting = next(
+                (
+                    e
+                    for e in map(json.loads, lines[:-1])  # the last line may be half-written
+                    if e["event"] == "progress" and e["stage"] == "segmenting" and e["done"] > 0
+                ),
+                None,
+            )
         worker_pid = int(pid_file.read_text())
         launcher.kill()
         launcher.wait()
@@ -152,8 +167,12 @@ def test_worker_exits_when_its_parent_dies(tmp_path):
 
 def test_threshold_engine_says_it_ignores_a_gpu_device(tmp_path):
     src = _phantom_file(tmp_path, n_slices=3)
-    done = subprocess.run([*WORKER, "segment", str(src), "-o", str(tmp_path / "o"), "--engine", "threshold",
-                           "--device", "cuda"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*WORKER, "segment", str(src), "-o", str(tmp_path / "o"), "--engine", "threshold", "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     notes = [e["text"] for e in _events(done.stdout) if e["event"] == "note"]
     assert any("runs on the CPU" in n and "cuda" in n for n in notes)

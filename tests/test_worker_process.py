@@ -1,4 +1,5 @@
 """The worker launcher: real child processes, JSON lines, cancel of a whole process tree, cleanup."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from LegSegNetLib.worker import launcher as worker_process
 from LegSegNetLib.slicer_logic.run_handle import default_python
+from LegSegNetLib.worker import launcher as worker_process
 from LegSegNetLib.worker.launcher import WorkerProcess, is_alive, make_workdir, parse_line, segment_command
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group tests are written for POSIX")
@@ -58,20 +59,46 @@ def test_parse_line_reads_events_and_keeps_text():
 
 
 def test_segment_command_passes_every_option():
-    command = segment_command(["py"], "in.nrrd", "out", engine="nnunet", device="cuda", model="m", slices="3:9",
-                              folds=[0, 2], tta=False, batch_size=4, checkpoint="final")
+    command = segment_command(
+        ["py"],
+        "in.nrrd",
+        "out",
+        engine="nnunet",
+        device="cuda",
+        model="m",
+        slices="3:9",
+        folds=[0, 2],
+        tta=False,
+        batch_size=4,
+        checkpoint="final",
+    )
     assert command[:5] == ["py", "-m", "LegSegNetLib.worker", "segment", "in.nrrd"]
-    for pair in (["-o", "out"], ["--engine", "nnunet"], ["--device", "cuda"], ["--model", "m"], ["--slices", "3:9"],
-                 ["--folds", "0,2"], ["--batch-size", "4"], ["--checkpoint", "final"]):
+    for pair in (
+        ["-o", "out"],
+        ["--engine", "nnunet"],
+        ["--device", "cuda"],
+        ["--model", "m"],
+        ["--slices", "3:9"],
+        ["--folds", "0,2"],
+        ["--batch-size", "4"],
+        ["--checkpoint", "final"],
+    ):
         i = command.index(pair[0])
-        assert command[i:i + 2] == pair
+        assert command[i : i + 2] == pair
     assert "--no-tta" in command and "--tta" not in command
     # the worker parses them as `legsegnet segment` does: the engine options reach the pipeline
     from LegSegNetLib.cli import build_parser, engine_options
 
     args = build_parser().parse_args(command[3:])
-    assert engine_options(args) == {"engine": "nnunet", "model": "m", "device": "cuda", "folds": [0, 2], "tta": False,
-                                    "batch_size": 4, "checkpoint": "final"}
+    assert engine_options(args) == {
+        "engine": "nnunet",
+        "model": "m",
+        "device": "cuda",
+        "folds": [0, 2],
+        "tta": False,
+        "batch_size": 4,
+        "checkpoint": "final",
+    }
     assert "--checkpoint" not in segment_command(["py"], "in.nrrd", "out")  # default: the model folder's own
 
 

@@ -6,19 +6,20 @@ test see exactly what a scanner export or another tool would give them. Orientat
 superior/inferior axis; "SLP"-style codes permute the voxel axes). Reorienting only permutes/flips the
 voxel array and adjusts the geometry, so every copy holds the same HU at the same physical points.
 """
+
 from __future__ import annotations
 
 import contextlib
 import random
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from PIL import Image
-import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -199,8 +200,16 @@ def write_dicom_series(
     return paths
 
 
-def write_dicom_slice(hu_2d: np.ndarray, path: str | Path, *, modality: str = "CT", spacing=(0.8, 0.8),
-                      position=(0.0, 0.0, 0.0), row_cosine=(1, 0, 0), column_cosine=(0, 1, 0)) -> Path:
+def write_dicom_slice(
+    hu_2d: np.ndarray,
+    path: str | Path,
+    *,
+    modality: str = "CT",
+    spacing=(0.8, 0.8),
+    position=(0.0, 0.0, 0.0),
+    row_cosine=(1, 0, 0),
+    column_cosine=(0, 1, 0),
+) -> Path:
     """One 2D DICOM file from an HU array (rows, cols)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,8 +242,24 @@ def save_dicom_file(ds: FileDataset, path: Path) -> None:
         ds.save_as(path, write_like_original=False)
 
 
-def _dicom_dataset(*, modality, pixels, row_cosine, column_cosine, position, pixel_spacing, thickness, slope,
-                   intercept, study_uid, series_uid, frame_uid, series_number, instance, description) -> FileDataset:
+def _dicom_dataset(
+    *,
+    modality,
+    pixels,
+    row_cosine,
+    column_cosine,
+    position,
+    pixel_spacing,
+    thickness,
+    slope,
+    intercept,
+    study_uid,
+    series_uid,
+    frame_uid,
+    series_number,
+    instance,
+    description,
+) -> FileDataset:
     sop_class = CTImageStorage if modality == "CT" else MRImageStorage
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -284,7 +309,9 @@ def truncate_file(path: str | Path, keep_fraction: float = 0.6) -> Path:
 
 
 # ---------------------------------------------------------------------- the command line
-def run_legsegnet(*args: str | Path, cwd: str | Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_legsegnet(
+    *args: str | Path, cwd: str | Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run `legsegnet ARGS` as a real subprocess of this interpreter; returns the finished process."""
     return subprocess.run(
         [sys.executable, "-m", "LegSegNetLib.cli", *[str(a) for a in args]],
@@ -314,7 +341,8 @@ def phantom_training_set(folder: Path, slices: str = "1", seed: int = 4) -> tupl
     them by the real `legsegnet dataset add`: (CT, labels, set)."""
     ct, labels = phantom_image(seed=seed)
     ct_path, labels_path = write_image(ct, folder / "ct.nii.gz"), write_image(labels, folder / "labels.nii.gz")
-    done = run_legsegnet("dataset", "add", ct_path, labels_path, "--dataset", folder / "set", "--slices", slices,
-                         "--quiet")
+    done = run_legsegnet(
+        "dataset", "add", ct_path, labels_path, "--dataset", folder / "set", "--slices", slices, "--quiet"
+    )
     assert done.returncode == 0, done.stderr
     return ct_path, labels_path, folder / "set"

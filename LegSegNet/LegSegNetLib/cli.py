@@ -12,6 +12,7 @@ Exit status 0 on success, 2 for a bad input or argument, 1 for anything else; fa
 `error:` line on stderr (the traceback only with --debug). The worker process (worker.py) parses the
 same arguments, so Slicer and the terminal accept exactly the same options.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,13 +22,13 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import __version__
-from .core.errors import InputError, LegSegNetError
+from .core.errors import InputError, LegSegNetError, error_exit_code
+from .core.errors import one_line as _one_line
 from .core.progress import Progress, for_stream
-from .core.errors import error_exit_code, one_line as _one_line
 from .core.signals import stop_signals_raise
 from .core.text import format_duration
 
@@ -37,8 +38,9 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         # every (sub)command takes --debug, so it may stand anywhere; SUPPRESS keeps a subcommand's absent
         # --debug from overwriting one given before the subcommand
-        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                          help="show the Python traceback on failure")
+        self.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show the Python traceback on failure"
+        )
 
     # argparse prints usage and exits by itself; the contract wants one `error:` line and exit 2.
     def error(self, message: str):  # type: ignore[override]
@@ -54,8 +56,11 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     seg.add_argument("input", help="NIfTI, NRRD, MetaImage, a DICOM series folder, or one 2D slice (DICOM / 8-bit PNG)")
     seg.add_argument("-o", "--outdir", required=True, help="output folder (created; files replaced atomically)")
     _add_engine_options(seg)
-    seg.add_argument("--dicom", action="store_true",
-                     help="DICOM series input only: also write seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report)")
+    seg.add_argument(
+        "--dicom",
+        action="store_true",
+        help="DICOM series input only: also write seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report)",
+    )
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
 
     batch = commands.add_parser("batch", help="segment and measure many scans on Dask (resumable, cohort.csv)")
@@ -70,8 +75,11 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     quant.add_argument("labels", help="label map on the CT's grid, values 0-4, or a DICOM SEG of the CT series")
     quant.add_argument("-o", "--outdir", required=True)
     quant.add_argument("--slices", default=None, metavar="FIRST:LAST", help="default: the slices holding labels")
-    quant.add_argument("--dicom", action="store_true",
-                       help="DICOM series CT only: also write seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report)")
+    quant.add_argument(
+        "--dicom",
+        action="store_true",
+        help="DICOM series CT only: also write seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report)",
+    )
     quant.add_argument("--quiet", action="store_true")
 
     _add_models_parser(commands)
@@ -84,19 +92,34 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
 def _add_evaluate_parser(commands) -> None:
     from .evaluation.statistics import DEFAULT_BOOTSTRAP
 
-    ev = commands.add_parser("evaluate", help="compare predicted label maps with reference label maps (Dice, ASSD, "
-                                              "HD95, volumes, agreement statistics)")
-    ev.add_argument("inputs", nargs="*", metavar="PRED REF",
-                    help="predicted and reference label map (two files), or two folders matched by scan id")
+    ev = commands.add_parser(
+        "evaluate",
+        help="compare predicted label maps with reference label maps (Dice, ASSD, HD95, volumes, agreement statistics)",
+    )
+    ev.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="PRED REF",
+        help="predicted and reference label map (two files), or two folders matched by scan id",
+    )
     ev.add_argument("-o", "--outdir", required=True, help="output folder (created; files replaced atomically)")
     ev.add_argument("--pairs", default=None, metavar="FILE.csv", help="CSV with columns id,pred,ref and optional ct")
     ev.add_argument("--ct", default=None, help="the CT (one pair) or a folder of CTs named by scan id: adds mean HU")
-    ev.add_argument("--slices", default="all", metavar="all|reference|FIRST:LAST",
-                    help="slices to compare: all (default), those from the reference's first to last labelled "
-                         "slice, or an inclusive range")
+    ev.add_argument(
+        "--slices",
+        default="all",
+        metavar="all|reference|FIRST:LAST",
+        help="slices to compare: all (default), those from the reference's first to last labelled "
+        "slice, or an inclusive range",
+    )
     ev.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the bootstrap CIs (default 0)")
-    ev.add_argument("--bootstrap", type=_positive_int, default=DEFAULT_BOOTSTRAP, metavar="N",
-                    help=f"bootstrap replicates for the CIs (default {DEFAULT_BOOTSTRAP})")
+    ev.add_argument(
+        "--bootstrap",
+        type=_positive_int,
+        default=DEFAULT_BOOTSTRAP,
+        metavar="N",
+        help=f"bootstrap replicates for the CIs (default {DEFAULT_BOOTSTRAP})",
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -112,9 +135,13 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="mirroring test-time augmentation")
     tta.add_argument("--no-tta", dest="tta", action="store_false")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="slices per forward pass (nnU-Net)")
-    parser.add_argument("--checkpoint", default=None, choices=["best", "final"],
-                        help="nnU-Net checkpoint of each fold (default: final for an nnU-Net results folder, as "
-                             "nnUNetv2_predict; best for the published layout)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        choices=["best", "final"],
+        help="nnU-Net checkpoint of each fold (default: final for an nnU-Net results folder, as "
+        "nnUNetv2_predict; best for the published layout)",
+    )
 
 
 def _add_dataset_parser(commands) -> None:
@@ -124,40 +151,93 @@ def _add_dataset_parser(commands) -> None:
     add.add_argument("ct", help="the CT (NIfTI, NRRD, MetaImage, DICOM series folder)")
     add.add_argument("labels", help="its corrected label map on the CT's grid, values 0-4")
     add.add_argument("--dataset", required=True, metavar="DIR", help="the training set folder (created if missing)")
-    add.add_argument("--slices", required=True, metavar="LIST",
-                     help="the reviewed slices, e.g. 12,40,77 (ranges as FIRST:LAST), counted along the S/I voxel axis")
-    add.add_argument("--patient", default=None, metavar="ID",
-                     help="pseudonymous patient ID: slices of one patient stay on one side of the train/validation split "
-                          "(default: the scan counts as its own patient)")
-    add.add_argument("--round", dest="training_round", type=_non_negative_int, default=0, metavar="N",
-                     help="annotation round these corrections belong to (default 0)")
-    add.add_argument("--format", dest="input_format", choices=["png", "hu"], default=None,
-                     help="input format of the model to refine: png (the published weights) or hu; "
-                          "default: the dataset's, png for a new one")
+    add.add_argument(
+        "--slices",
+        required=True,
+        metavar="LIST",
+        help="the reviewed slices, e.g. 12,40,77 (ranges as FIRST:LAST), counted along the S/I voxel axis",
+    )
+    add.add_argument(
+        "--patient",
+        default=None,
+        metavar="ID",
+        help="pseudonymous patient ID: slices of one patient stay on one side of the train/validation split "
+        "(default: the scan counts as its own patient)",
+    )
+    add.add_argument(
+        "--round",
+        dest="training_round",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="annotation round these corrections belong to (default 0)",
+    )
+    add.add_argument(
+        "--format",
+        dest="input_format",
+        choices=["png", "hu"],
+        default=None,
+        help="input format of the model to refine: png (the published weights) or hu; "
+        "default: the dataset's, png for a new one",
+    )
     add.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_train_parser(commands) -> None:
     train = commands.add_parser("train", help="train the next round's nnU-Net model on a training set and install it")
     train.add_argument("dataset", help="the training set folder (made with 'legsegnet dataset add')")
-    train.add_argument("--from", dest="from_model", default=None, metavar="MODEL",
-                       help="installed model name or model folder to fine-tune (default: train from scratch)")
-    train.add_argument("--epochs", type=_positive_int, default=None,
-                       help="epochs (default: 1000 from scratch, 200 when fine-tuning)")
-    train.add_argument("--iterations", type=_positive_int, default=None, metavar="N",
-                       help="iterations per epoch (default 250; validation runs a fifth as many, at most 50)")
+    train.add_argument(
+        "--from",
+        dest="from_model",
+        default=None,
+        metavar="MODEL",
+        help="installed model name or model folder to fine-tune (default: train from scratch)",
+    )
+    train.add_argument(
+        "--epochs", type=_positive_int, default=None, help="epochs (default: 1000 from scratch, 200 when fine-tuning)"
+    )
+    train.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="iterations per epoch (default 250; validation runs a fifth as many, at most 50)",
+    )
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     train.add_argument("--name", default=None, help="name of the new model (default: DATASET-roundN)")
-    train.add_argument("--folds", default=None, type=_parse_train_folds,
-                       help="patient-level folds to train, e.g. 0 or 0,1,2,3,4, or 'all' (no validation); default 0")
-    train.add_argument("--round", dest="training_round", type=_non_negative_int, default=None, metavar="N",
-                       help="round number of the new model (default: the --from model's round + 1)")
-    train.add_argument("--learning-rate", type=float, default=None, metavar="LR",
-                       help="initial learning rate (default: 0.01 from scratch, 0.001 when fine-tuning)")
-    train.add_argument("--batch-size", type=_positive_int, default=None, help="slices per iteration (default: the plans')")
-    train.add_argument("--resume", action="store_true", help="continue the interrupted run --name from its last checkpoint")
-    train.add_argument("--default", dest="make_default", action="store_true", help="make the new model the one --engine auto uses")
-    train.add_argument("--workdir", default=None, metavar="DIR", help="run folder (default: DATASET/training-runs/NAME)")
+    train.add_argument(
+        "--folds",
+        default=None,
+        type=_parse_train_folds,
+        help="patient-level folds to train, e.g. 0 or 0,1,2,3,4, or 'all' (no validation); default 0",
+    )
+    train.add_argument(
+        "--round",
+        dest="training_round",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="round number of the new model (default: the --from model's round + 1)",
+    )
+    train.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        metavar="LR",
+        help="initial learning rate (default: 0.01 from scratch, 0.001 when fine-tuning)",
+    )
+    train.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="slices per iteration (default: the plans')"
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run --name from its last checkpoint"
+    )
+    train.add_argument(
+        "--default", dest="make_default", action="store_true", help="make the new model the one --engine auto uses"
+    )
+    train.add_argument(
+        "--workdir", default=None, metavar="DIR", help="run folder (default: DATASET/training-runs/NAME)"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -170,12 +250,17 @@ def _add_models_parser(commands) -> None:
     )
     listing = actions.add_parser("list", help="the installed models (the store: $LEGSEGNET_MODELS_DIR or per-user)")
     listing.add_argument("--json", action="store_true", help="machine-readable list")
-    install = actions.add_parser("install", help="install a model from a folder, a .zip, an https:// URL or hf:OWNER/REPO")
+    install = actions.add_parser(
+        "install", help="install a model from a folder, a .zip, an https:// URL or hf:OWNER/REPO"
+    )
     install.add_argument(
-        "source", help="model folder, .zip file, https:// URL of a zip, or hf:OWNER/REPO (published: hf:GogoChen/LegSegNet)"
+        "source",
+        help="model folder, .zip file, https:// URL of a zip, or hf:OWNER/REPO (published: hf:GogoChen/LegSegNet)",
     )
     install.add_argument("--name", default=None, help="name in the store (default: from the source)")
-    install.add_argument("--sha256", default=None, metavar="HEX", help="expected SHA-256 of the archive; refused on mismatch")
+    install.add_argument(
+        "--sha256", default=None, metavar="HEX", help="expected SHA-256 of the archive; refused on mismatch"
+    )
     install.add_argument("--default", dest="make_default", action="store_true", help="use it for --engine auto")
     install.add_argument("--quiet", dest="models_quiet", action="store_true", help="no progress bar")
     remove = actions.add_parser("remove", help="remove an installed model")
@@ -188,7 +273,9 @@ def _parse_folds(text: str) -> list[int]:
     try:
         folds = [int(part) for part in text.split(",") if part.strip() != ""]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--folds wants comma-separated fold numbers like 0,1,2, not '{text}'")
+        raise argparse.ArgumentTypeError(
+            f"--folds wants comma-separated fold numbers like 0,1,2, not '{text}'"
+        ) from None
     if not folds or any(f < 0 for f in folds):
         raise argparse.ArgumentTypeError(f"--folds wants non-negative fold numbers like 0,1,2, not '{text}'")
     return folds
@@ -249,14 +336,23 @@ def check_before_work(args: argparse.Namespace) -> None:
 
         # the trained model is installed at the end: a store that cannot take it must not cost a training
         ModelStore().check_writable()
-        check_writable_folder(args.workdir or Path(args.dataset).expanduser() / RUNS_DIR,
-                              "--workdir" if args.workdir else "the training set's run folder")
+        check_writable_folder(
+            args.workdir or Path(args.dataset).expanduser() / RUNS_DIR,
+            "--workdir" if args.workdir else "the training set's run folder",
+        )
 
 
 def engine_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of pipeline.segment (and engines.make_engine) that _add_engine_options parsed."""
-    return {"engine": args.engine, "model": args.model, "device": args.device, "folds": args.folds, "tta": args.tta,
-            "batch_size": args.batch_size, "checkpoint": args.checkpoint}
+    return {
+        "engine": args.engine,
+        "model": args.model,
+        "device": args.device,
+        "folds": args.folds,
+        "tta": args.tta,
+        "batch_size": args.batch_size,
+        "checkpoint": args.checkpoint,
+    }
 
 
 def run_command(args: argparse.Namespace, progress: Progress) -> dict:
@@ -285,15 +381,16 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
             **engine_options(args),
         )
     if args.command == "quantify":
-        return pipeline.quantify_files(args.ct, args.labels, args.outdir, slices=args.slices, dicom=args.dicom,
-                                       progress=progress)
+        return pipeline.quantify_files(
+            args.ct, args.labels, args.outdir, slices=args.slices, dicom=args.dicom, progress=progress
+        )
     raise InputError(f"unknown command '{args.command}'")
 
 
 def _run_models(args: argparse.Namespace, progress: Progress) -> dict:
     """`legsegnet models ...`: text on stdout for people; only progress events under the worker."""
-    from .models.store import ModelStore
     from .core.progress import JsonLinesProgress
+    from .models.store import ModelStore
 
     store = ModelStore()
     for_people = not isinstance(progress, JsonLinesProgress)
@@ -314,13 +411,16 @@ def _run_models(args: argparse.Namespace, progress: Progress) -> dict:
     if action == "install":
         reporter = progress if not for_people or args.models_quiet else for_stream(sys.stderr)
         try:
-            info = store.install(args.source, name=args.name, sha256=args.sha256, progress=reporter,
-                                 make_default=args.make_default)
+            info = store.install(
+                args.source, name=args.name, sha256=args.sha256, progress=reporter, make_default=args.make_default
+            )
         except BaseException:
             reporter.abandon()
             raise
         reporter.finish()
-        say(f"installed '{info.name}' from {info.source} ({info.input_format} input, folds {', '.join(map(str, info.folds))})")
+        say(
+            f"installed '{info.name}' from {info.source} ({info.input_format} input, folds {', '.join(map(str, info.folds))})"
+        )
         if info.licence:
             url = info.metadata.get("licence_url")
             say(f"licence: {info.licence}" + (f" ({url})" if url else ""))
@@ -351,14 +451,27 @@ def _run_dataset(args: argparse.Namespace, progress: Progress) -> dict:
 
     if args.dataset_command != "add":
         raise InputError(f"unknown dataset command '{args.dataset_command}'")
-    result = dataset.add_files(args.dataset, args.ct, args.labels, args.slices, patient=args.patient,
-                               training_round=args.training_round, input_format=args.input_format, progress=progress)
+    result = dataset.add_files(
+        args.dataset,
+        args.ct,
+        args.labels,
+        args.slices,
+        patient=args.patient,
+        training_round=args.training_round,
+        input_format=args.input_format,
+        progress=progress,
+    )
     if _for_people(progress) and not args.quiet:
         progress.finish()
-        parts = [f"{len(result.added)} added", f"{len(result.replaced)} replaced (labels changed)",
-                 f"{len(result.unchanged)} unchanged (already in the set)"]
-        print(f"slices: {', '.join(parts)}; the training set now holds {result.total_cases} slices "
-              f"({result.input_format} format) in {result.dataset}")
+        parts = [
+            f"{len(result.added)} added",
+            f"{len(result.replaced)} replaced (labels changed)",
+            f"{len(result.unchanged)} unchanged (already in the set)",
+        ]
+        print(
+            f"slices: {', '.join(parts)}; the training set now holds {result.total_cases} slices "
+            f"({result.input_format} format) in {result.dataset}"
+        )
     return result.to_dict()
 
 
@@ -367,9 +480,16 @@ def _run_train(args: argparse.Namespace, progress: Progress) -> dict:
     from .annotation import training
 
     options = training.TrainOptions(
-        from_model=args.from_model, epochs=args.epochs, device=args.device, name=args.name, folds=args.folds,
-        training_round=args.training_round, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        make_default=args.make_default, workdir=args.workdir,
+        from_model=args.from_model,
+        epochs=args.epochs,
+        device=args.device,
+        name=args.name,
+        folds=args.folds,
+        training_round=args.training_round,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        make_default=args.make_default,
+        workdir=args.workdir,
     )
     if args.iterations:
         options.iterations_per_epoch = args.iterations
@@ -377,8 +497,10 @@ def _run_train(args: argparse.Namespace, progress: Progress) -> dict:
     result = training.train(args.dataset, options, resume=args.resume, progress=progress)
     if _for_people(progress) and not args.quiet:
         progress.finish()
-        print(f"model '{result.model_name}' (round {result.training_round}) trained in "
-              f"{format_duration(result.seconds)} and installed; use it with --model {result.model_name}")
+        print(
+            f"model '{result.model_name}' (round {result.training_round}) trained in "
+            f"{format_duration(result.seconds)} and installed; use it with --model {result.model_name}"
+        )
     return result.to_dict()
 
 
@@ -386,17 +508,27 @@ def _run_evaluate(args: argparse.Namespace, progress: Progress) -> dict:
     """`legsegnet evaluate`: writes OUTDIR; a per-tissue line of the cohort's main numbers for people."""
     from .evaluation.run import evaluate
 
-    summary = evaluate(args.inputs, args.outdir, pairs_csv=args.pairs, ct=args.ct, slices=args.slices,
-                       seed=args.seed, n_bootstrap=args.bootstrap, progress=progress)
+    summary = evaluate(
+        args.inputs,
+        args.outdir,
+        pairs_csv=args.pairs,
+        ct=args.ct,
+        slices=args.slices,
+        seed=args.seed,
+        n_bootstrap=args.bootstrap,
+        progress=progress,
+    )
     if _for_people(progress) and not args.quiet:
         progress.finish()
         print(f"{summary['n_scans']} scan{'s' if summary['n_scans'] != 1 else ''} evaluated")
         for key, tissue in summary["tissues"].items():
             m = tissue["metrics"]
             r = tissue["volume_cm3"]["pearson"]["r"]
-            print(f"  {key:<4} Dice {_number(m['dice']['mean'], 3)}  ASSD {_number(m['assd_mm']['mean'], 2)} mm  "
-                  f"HD95 {_number(m['hd95_mm']['mean'], 2)} mm  volume difference "
-                  f"{_number(m['volume_diff_cm3']['mean'], 1)} cm3" + (f"  volume r {r:.3f}" if r is not None else ""))
+            print(
+                f"  {key:<4} Dice {_number(m['dice']['mean'], 3)}  ASSD {_number(m['assd_mm']['mean'], 2)} mm  "
+                f"HD95 {_number(m['hd95_mm']['mean'], 2)} mm  volume difference "
+                f"{_number(m['volume_diff_cm3']['mean'], 1)} cm3" + (f"  volume r {r:.3f}" if r is not None else "")
+            )
         print(f"results in {args.outdir}")
     return summary
 
@@ -408,11 +540,18 @@ def _number(value, digits: int) -> str:
 def _print_model_table(infos, say) -> None:
     rows = [("NAME", "DEFAULT", "INPUT", "ROUND", "FOLDS", "INSTALLED", "LICENCE", "SOURCE")]
     for info in infos:
-        rows.append((
-            info.name, "*" if info.is_default else "", info.input_format,
-            "-" if info.round is None else str(info.round), ",".join(map(str, info.folds)),
-            info.installed_at[:19].replace("T", " "), info.licence or "-", info.source,
-        ))
+        rows.append(
+            (
+                info.name,
+                "*" if info.is_default else "",
+                info.input_format,
+                "-" if info.round is None else str(info.round),
+                ",".join(map(str, info.folds)),
+                info.installed_at[:19].replace("T", " "),
+                info.licence or "-",
+                info.source,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])

@@ -41,6 +41,7 @@ Geometry of `to_volume()`: slab rows run toward the patient's posterior (the cou
 columns toward the patient's LEFT, slices toward the feet. So the leg with the larger column index is the patient's
 left leg; `Phantom.sides` says which leg id is which side.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -276,8 +277,9 @@ def make_leg_phantom(
     for k in range(n):
         parts = []
         for s in range(zsub):  # through-plane partial volume; the label is the middle sub-slice's (the centre's)
-            hu_s, codes_s, owner_s = _render_slice(k * zsub + s, kept, background, (rows, cols), hu_table, sr, sc,
-                                                   air_pocket_list)
+            hu_s, codes_s, owner_s = _render_slice(
+                k * zsub + s, kept, background, (rows, cols), hu_table, sr, sc, air_pocket_list
+            )
             parts.append(hu_s)
             if s == zsub // 2:
                 labels[k] = CODE_LABEL[codes_s]
@@ -290,19 +292,34 @@ def make_leg_phantom(
     leg_ids[labels == 0] = 0
     sides = {kept[i].side: new_id for new_id, i in enumerate(order, start=1)}
     params = {
-        "region": region, "seed": seed, "touching": touching, "one_leg": one_leg,
-        "contrast_vessels": contrast_vessels, "couch": couch, "noise_hu": noise_hu, "blur_mm": blur_mm,
+        "region": region,
+        "seed": seed,
+        "touching": touching,
+        "one_leg": one_leg,
+        "contrast_vessels": contrast_vessels,
+        "couch": couch,
+        "noise_hu": noise_hu,
+        "blur_mm": blur_mm,
         "difficulty": difficulty,
-        "label_rule": "tissue at the voxel's analytic centre", "supersample": SUPERSAMPLE,
+        "label_rule": "tissue at the voxel's analytic centre",
+        "supersample": SUPERSAMPLE,
         "slice_order": "superior to inferior",
     }
-    return Phantom(hu=hu, labels=labels, leg_ids=leg_ids, spacing=(sz, sr, sc), region=region, sides=sides,
-                   params=params)
+    return Phantom(
+        hu=hu, labels=labels, leg_ids=leg_ids, spacing=(sz, sr, sc), region=region, sides=sides, params=params
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- anatomy
-def _make_legs(region: str, t: np.ndarray, rng: np.random.Generator, touching: bool, height_mm: float,
-               width_mm: float, pressed: bool = False) -> tuple[list[_Leg], float]:
+def _make_legs(
+    region: str,
+    t: np.ndarray,
+    rng: np.random.Generator,
+    touching: bool,
+    height_mm: float,
+    width_mm: float,
+    pressed: bool = False,
+) -> tuple[list[_Leg], float]:
     if region == "calf":  # from below the knee (t=0) toward the ankle (t=1)
         r_start, r_end, sat_mean = rng.uniform(48, 56), rng.uniform(38, 44), rng.uniform(6.0, 11.0)
     else:  # from mid-thigh (t=0) toward the knee (t=1)
@@ -312,20 +329,32 @@ def _make_legs(region: str, t: np.ndarray, rng: np.random.Generator, touching: b
         scale = rng.uniform(0.96, 1.04)  # left/right asymmetry
         r = _profile(t, r_start * scale, r_end * scale, rng, 0.02)
         aspect = rng.uniform(0.88, 0.97) if region == "thigh" else rng.uniform(0.9, 1.0)
-        legs.append(_Leg(
-            side=side, lateral_sign=lateral_sign, cx=np.zeros_like(t), cy=np.zeros_like(t),
-            rot=rng.uniform(-0.18, 0.18), ru=r, rv=r * aspect,
-            shape_harm=[(2, rng.uniform(-0.04, 0.04), rng.uniform(0, np.pi)),
-                        (3, rng.uniform(0.0, 0.03), rng.uniform(0, 2 * np.pi)),
-                        (4, rng.uniform(0.0, 0.015), rng.uniform(0, 2 * np.pi))],
-            skin_mm=rng.uniform(1.4, 2.0),
-            sat_mm=sat_mean * scale * _profile(t, 1.0, rng.uniform(0.8, 1.1), rng, 0.05),
-            sat_harm=[(1, rng.uniform(0.15, 0.35), np.pi / 2 + rng.uniform(-0.6, 0.6)),
-                      (2, rng.uniform(0.05, 0.2), rng.uniform(0, np.pi))],
-            sat_thin_angle=-2.0 if region == "calf" else -1.4,
-            muscle_hu=rng.uniform(38, 52), muscle_harm=(rng.uniform(2, 6), rng.uniform(0, 2 * np.pi)),
-            sat_hu=rng.uniform(-112, -98),
-        ))
+        legs.append(
+            _Leg(
+                side=side,
+                lateral_sign=lateral_sign,
+                cx=np.zeros_like(t),
+                cy=np.zeros_like(t),
+                rot=rng.uniform(-0.18, 0.18),
+                ru=r,
+                rv=r * aspect,
+                shape_harm=[
+                    (2, rng.uniform(-0.04, 0.04), rng.uniform(0, np.pi)),
+                    (3, rng.uniform(0.0, 0.03), rng.uniform(0, 2 * np.pi)),
+                    (4, rng.uniform(0.0, 0.015), rng.uniform(0, 2 * np.pi)),
+                ],
+                skin_mm=rng.uniform(1.4, 2.0),
+                sat_mm=sat_mean * scale * _profile(t, 1.0, rng.uniform(0.8, 1.1), rng, 0.05),
+                sat_harm=[
+                    (1, rng.uniform(0.15, 0.35), np.pi / 2 + rng.uniform(-0.6, 0.6)),
+                    (2, rng.uniform(0.05, 0.2), rng.uniform(0, np.pi)),
+                ],
+                sat_thin_angle=-2.0 if region == "calf" else -1.4,
+                muscle_hu=rng.uniform(38, 52),
+                muscle_harm=(rng.uniform(2, 6), rng.uniform(0, 2 * np.pi)),
+                sat_hu=rng.uniform(-112, -98),
+            )
+        )
     # side by side along the columns, resting on the pad
     mid = width_mm / 2 + rng.uniform(-0.03, 0.03) * width_mm
     medial = np.array([[leg.skin_radius(k, np.pi) for k in range(len(t))] for leg in legs])
@@ -355,8 +384,17 @@ def _make_legs(region: str, t: np.ndarray, rng: np.random.Generator, touching: b
     return legs, pad_top
 
 
-def _add_anatomy(leg: _Leg, region: str, t: np.ndarray, rng: np.random.Generator, contrast: bool,
-                 calcifications: bool, marbling: float, sz: float, hard: np.random.Generator | None = None) -> None:
+def _add_anatomy(
+    leg: _Leg,
+    region: str,
+    t: np.ndarray,
+    rng: np.random.Generator,
+    contrast: bool,
+    calcifications: bool,
+    marbling: float,
+    sz: float,
+    hard: np.random.Generator | None = None,
+) -> None:
     """Fill `leg.per_slice` with the shapes inside the leg (local frame, mm) and `leg.blobs` with marbling.
 
     With `hard` (the hard phantom's generator) bones near the joint get `_BoneDefects`, and the leg gets fatty
@@ -396,10 +434,32 @@ def _add_anatomy(leg: _Leg, region: str, t: np.ndarray, rng: np.random.Generator
                 shapes.append(("bone", tib, tib_r, 4.5 * (1 - trab) + 1.6 * trab, 3, 0.13, tib_ang + np.pi, trab))
                 shapes.append(("bone", fib, fib_r, 2.2, 3, 0.1, 0.35, trab))
             else:  # osteoporotic near the knee: thinner cortex, gaps, textured marrow; an artery on the tibia
-                shapes.append(("bone", tib, tib_r, 4.5 * (1 - trab) + 0.9 * trab, 3, 0.13, tib_ang + np.pi, trab,
-                               defects.at("tibia", k, trab)))
-                shapes.append(("bone", fib, fib_r, 2.2 * (1 - trab) + 0.9 * trab, 3, 0.1, 0.35, trab,
-                               defects.at("fibula", k, trab)))
+                shapes.append(
+                    (
+                        "bone",
+                        tib,
+                        tib_r,
+                        4.5 * (1 - trab) + 0.9 * trab,
+                        3,
+                        0.13,
+                        tib_ang + np.pi,
+                        trab,
+                        defects.at("tibia", k, trab),
+                    )
+                )
+                shapes.append(
+                    (
+                        "bone",
+                        fib,
+                        fib_r,
+                        2.2 * (1 - trab) + 0.9 * trab,
+                        3,
+                        0.1,
+                        0.35,
+                        trab,
+                        defects.at("fibula", k, trab),
+                    )
+                )
                 if t[k] < defects.artery_extent:
                     shapes.append(defects.artery_on(tib, tib_r, 3, 0.13, tib_ang + np.pi))
             back = polar(k, 1.75 + jitter[4], 0.42)
@@ -414,9 +474,11 @@ def _add_anatomy(leg: _Leg, region: str, t: np.ndarray, rng: np.random.Generator
             shapes.append(("wedge", -0.75 + jitter[5], 5.0, 3.0))
             shapes.append(("wedge", 1.05 + jitter[6], 6.0, 3.5))
             shapes.append(("wedge", 1.6 if heads else 2.3, 5.0, 3.0))
-            bundles = [polar(k, 1.95 + jitter[7], 0.45),  # posterior tibial
-                       ((tib[0] + fib[0]) / 2 - 3.0, (tib[1] + fib[1]) / 2 - 5.0),  # anterior tibial
-                       polar(k, 0.9 + jitter[8], 0.42)]  # peroneal
+            bundles = [
+                polar(k, 1.95 + jitter[7], 0.45),  # posterior tibial
+                ((tib[0] + fib[0]) / 2 - 3.0, (tib[1] + fib[1]) / 2 - 5.0),  # anterior tibial
+                polar(k, 0.9 + jitter[8], 0.42),
+            ]  # peroneal
             shapes.append(("pocket", bundles[0], 5.5, 3.5, 0.5))
             shapes.append(("pocket", bundles[1], 3.5, 2.5, -0.7))
             shapes.append(("pocket", bundles[2], 3.5, 2.5, 0.3))
@@ -436,8 +498,9 @@ def _add_anatomy(leg: _Leg, region: str, t: np.ndarray, rng: np.random.Generator
             if defects is None:
                 shapes.append(("bone", fem, fem_r, 6.0 * (1 - trab) + 1.8 * trab, 1, 0.0, 0.0, trab))
             else:
-                shapes.append(("bone", fem, fem_r, 6.0 * (1 - trab) + 1.0 * trab, 1, 0.0, 0.0, trab,
-                               defects.at("femur", k, trab)))
+                shapes.append(
+                    ("bone", fem, fem_r, 6.0 * (1 - trab) + 1.0 * trab, 1, 0.0, 0.0, trab, defects.at("femur", k, trab))
+                )
                 if t[k] > 1.0 - defects.artery_extent:
                     shapes.append(defects.artery_on(fem, fem_r, 1, 0.0, 0.0))
             la = (fem[0], fem[1] + fem_r - 1.0)  # linea aspera
@@ -472,8 +535,17 @@ def _add_anatomy(leg: _Leg, region: str, t: np.ndarray, rng: np.random.Generator
         leg.per_slice.append(shapes)
     if hard is not None:
         angle = hard.uniform(1.3, 2.3)  # one posterior muscle group with fatty infiltration
-        leg.infiltration.append((angle, hard.uniform(0.55, 0.7), hard.uniform(14.0, 22.0), hard.uniform(8.0, 12.0),
-                                 hard.uniform(0, np.pi), _streak_waves(hard), 0.5))
+        leg.infiltration.append(
+            (
+                angle,
+                hard.uniform(0.55, 0.7),
+                hard.uniform(14.0, 22.0),
+                hard.uniform(8.0, 12.0),
+                hard.uniform(0, np.pi),
+                _streak_waves(hard),
+                0.5,
+            )
+        )
         a0 = hard.uniform(-2.5, -2.2)  # clothing over the front and the outer side, not between the legs or below
         leg.clothing = (a0, a0 + hard.uniform(2.8, 3.2), hard.uniform(1.2, 2.5))
     # intramuscular fat: small ellipses running 10-45 mm along the fibres
@@ -481,9 +553,17 @@ def _add_anatomy(leg: _Leg, region: str, t: np.ndarray, rng: np.random.Generator
     for _ in range(n_blobs):
         length = rng.uniform(10.0, 45.0) / sz
         k0 = rng.uniform(-length / 2, n - 1 + length / 2)
-        leg.blobs.append((k0 - length / 2, k0 + length / 2, rng.uniform(-np.pi, np.pi),
-                          np.sqrt(rng.uniform(0.05, 0.85)), rng.uniform(0.8, 3.0), rng.uniform(0.6, 1.6),
-                          rng.uniform(0, np.pi)))
+        leg.blobs.append(
+            (
+                k0 - length / 2,
+                k0 + length / 2,
+                rng.uniform(-np.pi, np.pi),
+                np.sqrt(rng.uniform(0.05, 0.85)),
+                rng.uniform(0.8, 3.0),
+                rng.uniform(0.6, 1.6),
+                rng.uniform(0, np.pi),
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- hard phantom
@@ -517,8 +597,9 @@ class _HardBones:
             for _ in range(count if near_joint.size else 0):
                 k_centre = rng.uniform(near_joint[0], near_joint[-1])
                 half_length = rng.uniform(2.0, 7.5) / sz  # 4-15 mm along the bone
-                gaps.append((k_centre - half_length, k_centre + half_length, rng.uniform(-np.pi, np.pi),
-                             rng.uniform(1.5, 5.0)))
+                gaps.append(
+                    (k_centre - half_length, k_centre + half_length, rng.uniform(-np.pi, np.pi), rng.uniform(1.5, 5.0))
+                )
             self.gaps[bone] = gaps
             self.waves[bone] = _trabecular_waves(rng)
         self.artery_extent = rng.uniform(0.4, 0.6)  # fraction of the segment, from the joint's end
@@ -529,9 +610,15 @@ class _HardBones:
         if trab <= 0:  # fatty marrow in a thick cortex: as in the easy phantom
             return None
         gaps = [(angle, half) for k0, k1, angle, half in self.gaps[bone] if k0 <= k <= k1]
-        return _BoneDefect(gaps=gaps, cortex_hu=1350.0 - 550.0 * trab, cortex_texture=200.0 * trab,
-                           marrow_hu=-40.0 + 170.0 * trab, marrow_texture=25.0 + 90.0 * trab, waves=self.waves[bone],
-                           z_mm=k * self.sz)
+        return _BoneDefect(
+            gaps=gaps,
+            cortex_hu=1350.0 - 550.0 * trab,
+            cortex_texture=200.0 * trab,
+            marrow_hu=-40.0 + 170.0 * trab,
+            marrow_texture=25.0 + 90.0 * trab,
+            waves=self.waves[bone],
+            z_mm=k * self.sz,
+        )
 
     def artery_on(self, centre, r: float, lobes: int, lobe_amp: float, lobe_phase: float) -> tuple:
         """An artery touching the bone (centre, radius r, outline lobes) on its posterior side."""
@@ -545,16 +632,24 @@ def _trabecular_waves(rng: np.random.Generator, n: int = 8) -> tuple:
     """Plane waves (1.2-2.6 mm in-plane, 3-8 mm along z) whose sum looks like trabecular bone."""
     wavelength, direction = rng.uniform(1.2, 2.6, n), rng.uniform(0, np.pi, n)
     kz = 2 * np.pi / rng.uniform(3.0, 8.0, n) * rng.choice([-1.0, 1.0], n)
-    return (2 * np.pi / wavelength * np.cos(direction), 2 * np.pi / wavelength * np.sin(direction), kz,
-            rng.uniform(0, 2 * np.pi, n))
+    return (
+        2 * np.pi / wavelength * np.cos(direction),
+        2 * np.pi / wavelength * np.sin(direction),
+        kz,
+        rng.uniform(0, 2 * np.pi, n),
+    )
 
 
 def _streak_waves(rng: np.random.Generator, n: int = 6) -> tuple:
     """Plane waves across one direction (2.5-5 mm), nearly constant along z: fat streaks between muscle fibres."""
     wavelength, direction = rng.uniform(2.5, 5.0, n), rng.uniform(0, np.pi) + rng.uniform(-0.35, 0.35, n)
     kz = 2 * np.pi / rng.uniform(20.0, 60.0, n)
-    return (2 * np.pi / wavelength * np.cos(direction), 2 * np.pi / wavelength * np.sin(direction), kz,
-            rng.uniform(0, 2 * np.pi, n))
+    return (
+        2 * np.pi / wavelength * np.cos(direction),
+        2 * np.pi / wavelength * np.sin(direction),
+        kz,
+        rng.uniform(0, 2 * np.pi, n),
+    )
 
 
 def _wave_field(u: np.ndarray, v: np.ndarray, z_mm: float, waves: tuple) -> np.ndarray:
@@ -629,8 +724,7 @@ def _couch_codes(rows: int, cols: int, sr: float, sc: float, pad_top: float, rng
 class _Grid:
     """A window of one slice's supersampled grid in one leg's local frame."""
 
-    def __init__(self, leg: _Leg, k: int, rows: slice, cols: slice, y: np.ndarray, x: np.ndarray, sr: float,
-                 sc: float):
+    def __init__(self, leg: _Leg, k: int, rows: slice, cols: slice, y: np.ndarray, x: np.ndarray, sr: float, sc: float):
         self.leg, self.k, self.rows, self.cols = leg, k, rows, cols
         self.u, self.v = leg.to_local(k, x[None, :], y[:, None])
         self.y0, self.x0 = float(y[0]), float(x[0])
@@ -651,8 +745,16 @@ class _Grid:
         return slice(i0, i1), slice(j0, j1)
 
 
-def _render_slice(k: int, legs: list[_Leg], background: np.ndarray | None, shape: tuple[int, int],
-                  hu_table: np.ndarray, sr: float, sc: float, air_pockets: list[tuple]):
+def _render_slice(
+    k: int,
+    legs: list[_Leg],
+    background: np.ndarray | None,
+    shape: tuple[int, int],
+    hu_table: np.ndarray,
+    sr: float,
+    sc: float,
+    air_pockets: list[tuple],
+):
     """HU (before noise), codes at the voxel centres and leg owner (0 none, i+1 = legs[i]) of slice k."""
     f = SUPERSAMPLE
     rows_s, cols_s = shape[0] * f, shape[1] * f
@@ -755,8 +857,9 @@ def _leg_codes(g: _Grid, hu_table: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
         if k_first <= k <= k_last:
             s = np.sqrt(max(0.0, 1.0 - (2 * (k - (k_first + k_last) / 2) / max(k_last - k_first, 1e-6)) ** 2))
             rho_b = leg.fascia_radius(k, ang) * frac
-            _paint_ellipse(g, codes, (rho_b * np.cos(ang), rho_b * np.sin(ang)), a * s, b * s, orient, MARBLING,
-                           (MUSCLE,))
+            _paint_ellipse(
+                g, codes, (rho_b * np.cos(ang), rho_b * np.sin(ang)), a * s, b * s, orient, MARBLING, (MUSCLE,)
+            )
     fatty_muscle = _paint_infiltration(g, codes) if leg.infiltration else None
     if leg.clothing is not None:  # outside the skin; `_render_slice` keeps it only where nothing else is
         a0, a1, thickness = leg.clothing
@@ -770,17 +873,25 @@ def _leg_codes(g: _Grid, hu_table: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
         elif kind == "vessels":
             _, (cu, cv), r_art, r_vein, calc = shape
             _paint_ellipse(g, codes, (cu - r_vein - r_art * 0.6, cv), r_vein, r_vein * 0.8, 0.0, VEIN, inner)
-            _paint_ellipse(g, codes, (cu + r_vein + r_art * 0.6, cv + 0.5), r_vein * 0.9, r_vein * 0.75, 0.3,
-                           VEIN, inner)
+            _paint_ellipse(
+                g, codes, (cu + r_vein + r_art * 0.6, cv + 0.5), r_vein * 0.9, r_vein * 0.75, 0.3, VEIN, inner
+            )
             _paint_ellipse(g, codes, (cu, cv), r_art, r_art, 0.0, ARTERY, inner)
             if calc is not None:
-                _paint_ellipse(g, codes, (cu + r_art * np.cos(calc), cv + r_art * np.sin(calc)), 1.4, 0.8, calc,
-                               CALCIFICATION, inner + (ARTERY,))
+                _paint_ellipse(
+                    g,
+                    codes,
+                    (cu + r_art * np.cos(calc), cv + r_art * np.sin(calc)),
+                    1.4,
+                    0.8,
+                    calc,
+                    CALCIFICATION,
+                    inner + (ARTERY,),
+                )
         elif kind == "supvein":
             _, ang, frac, r = shape
             rho_s = leg.skin_radius(k, ang) - leg.sat_thickness(k, ang) * frac
-            _paint_ellipse(g, codes, (rho_s * np.cos(ang), rho_s * np.sin(ang)), r, r * 0.8, ang, SUP_VEIN,
-                           (SAT_FAT,))
+            _paint_ellipse(g, codes, (rho_s * np.cos(ang), rho_s * np.sin(ang)), r, r * 0.8, ang, SUP_VEIN, (SAT_FAT,))
 
     for shape in leg.per_slice[k]:
         if shape[0] == "bone":

@@ -3,6 +3,7 @@
 The CLI, the worker process and the Slicer logic all call these two functions; collaborators (the
 engine factory, the progress reporter) are passed in so tests can use real ones on small data.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,14 +13,13 @@ from typing import Callable
 import numpy as np
 
 from .anatomy import axial_range, label_checks
-from .measurement import quantify
-from .measurement import dicom_results, report
-from .scan import orientation, volume_io
 from .core.output_set import check_outputs
-from .scan.ct_volume import CTVolume
-from .engines import Engine, make_engine
 from .core.progress import Progress
 from .core.text import json_safe
+from .engines import Engine, make_engine
+from .measurement import dicom_results, quantify, report
+from .scan import orientation, volume_io
+from .scan.ct_volume import CTVolume
 
 
 def segment(
@@ -56,7 +56,13 @@ def segment(
     if auto_range:
         progress.note(f"legs found on slices {first}:{last}")
     chosen = engine_factory(
-        engine, model=model, device=device, folds=folds, tta=tta, batch_size=batch_size, checkpoint=checkpoint,
+        engine,
+        model=model,
+        device=device,
+        folds=folds,
+        tta=tta,
+        batch_size=batch_size,
+        checkpoint=checkpoint,
         progress=progress,
     )
     progress.note(f"engine: {chosen.name}")
@@ -66,7 +72,15 @@ def segment(
     measurements = quantify.quantify(volume, labels, first, last)
     run_info = {"input": str(input_path), **chosen.info(), **checked, "notes": list(progress.notes)}
     metrics = report.write_outputs(
-        outdir, volume, labels, first, last, measurements, run_info, progress, inputs=[input_path],
+        outdir,
+        volume,
+        labels,
+        first,
+        last,
+        measurements,
+        run_info,
+        progress,
+        inputs=[input_path],
         extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
     )
     progress.finish()
@@ -116,10 +130,24 @@ def quantify_files(
     checked = _check_labels(labels, volume, first, progress)
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
-    run_info = {"input": str(ct_path), "labels": str(labels_path), "engine": "external", "model": None, **checked,
-                "notes": list(progress.notes)}
+    run_info = {
+        "input": str(ct_path),
+        "labels": str(labels_path),
+        "engine": "external",
+        "model": None,
+        **checked,
+        "notes": list(progress.notes),
+    }
     metrics = report.write_outputs(
-        outdir, volume, labels, first, last, measurements, run_info, progress, inputs=[ct_path, labels_path],
+        outdir,
+        volume,
+        labels,
+        first,
+        last,
+        measurements,
+        run_info,
+        progress,
+        inputs=[ct_path, labels_path],
         extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
     )
     progress.finish()
@@ -142,8 +170,9 @@ def _dicom_files(volume, labels, first: int, measurements, run_info: dict, progr
     )
 
 
-def _check_labels(labels, volume, first: int, progress: Progress,
-                  engine_check: label_checks.LabelCheck | None = None) -> dict:
+def _check_labels(
+    labels, volume, first: int, progress: Progress, engine_check: label_checks.LabelCheck | None = None
+) -> dict:
     """The label check (the engine's own, or run here), as notes and as metrics.json's `label_checks`."""
     if engine_check is not None and len(engine_check.bone_cm2) == labels.shape[0]:
         check = dataclasses.replace(engine_check, first=first)

@@ -3,6 +3,7 @@
 Slice indices count along the input's superior/inferior voxel axis in storage order (see ct_volume.py), the
 same numbers the CLI's `--slices` and Slicer's slice offsets use; ranges are inclusive.
 """
+
 from __future__ import annotations
 
 import re
@@ -10,9 +11,9 @@ import re
 import numpy as np
 import SimpleITK as sitk
 
-from . import primitives as anatomy
-from ..scan.ct_volume import CTVolume
 from ..core.errors import InputError
+from ..scan.ct_volume import CTVolume
+from . import primitives as anatomy
 from .legs import split_legs
 
 _RANGE = re.compile(r"^\s*([+-]?\d+)\s*:\s*([+-]?\d+)\s*$")
@@ -136,8 +137,8 @@ def leg_slices(volume: CTVolume) -> np.ndarray:
     c_sum = np.bincount(index, weights=np.broadcast_to((cc + col0) * step_c, hu.shape).ravel(), minlength=size)
     area, bone_area, fat_area = (a.reshape(n, 3) for a in (area, bone_area, fat_area))
     with np.errstate(invalid="ignore", divide="ignore"):
-        r_mean = (r_sum.reshape(n, 3) / (area / pixel_cm2))
-        c_mean = (c_sum.reshape(n, 3) / (area / pixel_cm2))
+        r_mean = r_sum.reshape(n, 3) / (area / pixel_cm2)
+        c_mean = c_sum.reshape(n, 3) / (area / pixel_cm2)
         bone_frac = bone_area / area
         fat_frac = fat_area / area
 
@@ -151,8 +152,10 @@ def leg_slices(volume: CTVolume) -> np.ndarray:
     np.maximum.at(largest, comp_slice[1:], comp_area[1:])
     # split_legs counts every body voxel; a merged trunk would show as one huge "leg"
     leg_like = (
-        (area >= LEG_AREA_CM2[0]) & (area <= LEG_AREA_CM2[1])
-        & (bone_frac >= LEG_BONE_FRACTION[0]) & (bone_frac <= LEG_BONE_FRACTION[1])
+        (area >= LEG_AREA_CM2[0])
+        & (area <= LEG_AREA_CM2[1])
+        & (bone_frac >= LEG_BONE_FRACTION[0])
+        & (bone_frac <= LEG_BONE_FRACTION[1])
     )
     leg_like[:, 0] = False
     n_like = leg_like.sum(axis=1)

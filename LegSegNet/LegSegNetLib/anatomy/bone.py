@@ -15,6 +15,7 @@ Near the slab's ends, a side without `SUPPORT_MM` of slices counts as supporting
 use their direct neighbours. The support works per voxel, so chunks of slices processed separately give exactly
 the labels the whole slab gives, as long as each chunk sees `support_slices()` slices of context on each side.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,9 @@ def bone_hull(bone: np.ndarray, body: np.ndarray, spacing: tuple[float, float, f
     return hull
 
 
-def complete_bone(bone: np.ndarray, hull: np.ndarray, first: int, last: int, support: int,
-                  slab_start: bool, slab_end: bool) -> np.ndarray:
+def complete_bone(
+    bone: np.ndarray, hull: np.ndarray, first: int, last: int, support: int, slab_start: bool, slab_end: bool
+) -> np.ndarray:
     """Bone of slices first..last-1 of a context stack: per-slice bone plus supported marrow inside the hull.
 
     bone, hull: (n, rows, cols) per-slice bone and `bone_hull` of the context, the chunk plus `support` slices on
@@ -67,8 +69,8 @@ def complete_bone(bone: np.ndarray, hull: np.ndarray, first: int, last: int, sup
         if (below_open and above_open) or not candidate.any():
             continue
         if not below_open:
-            candidate &= bone[max(0, k - support):k].any(axis=0)
+            candidate &= bone[max(0, k - support) : k].any(axis=0)
         if not above_open:
-            candidate &= bone[k + 1:k + 1 + support].any(axis=0)
+            candidate &= bone[k + 1 : k + 1 + support].any(axis=0)
         out[i] |= candidate
     return out

@@ -13,6 +13,7 @@
 `LabelCheck.notes()` says what was found in words (the pipeline records them in metrics.json "notes");
 `LabelCheck.flags` are short codes for a cohort's QC column; `to_dict()` has the slices and areas.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import primitives as anatomy
 from ..core.tissues import BONE, IAT, SM
+from . import primitives as anatomy
 
 OUTLINE_GAP_MM = 5.0  # a bone's outline bridges openings of its cortex up to ~10 mm
 MIN_BONE_MM2 = 10.0  # smaller bone pieces (partial-volume specks) have no outline worth checking
@@ -44,12 +45,16 @@ class LabelCheck:
     first: int = 0  # slice index (in the scan) of the labels' first slice
 
     @classmethod
-    def from_labels(cls, labels: np.ndarray, spacing: tuple[float, float, float], enclosed: np.ndarray,
-                    first: int = 0) -> LabelCheck:
+    def from_labels(
+        cls, labels: np.ndarray, spacing: tuple[float, float, float], enclosed: np.ndarray, first: int = 0
+    ) -> LabelCheck:
         pixel_cm2 = float(spacing[1]) * float(spacing[2]) / 100.0
-        return cls(enclosed_cm2=enclosed.sum(axis=(1, 2)) * pixel_cm2,
-                   bone_cm2=(np.asarray(labels) == BONE).sum(axis=(1, 2)) * pixel_cm2,
-                   slice_mm=float(spacing[0]), first=first)
+        return cls(
+            enclosed_cm2=enclosed.sum(axis=(1, 2)) * pixel_cm2,
+            bone_cm2=(np.asarray(labels) == BONE).sum(axis=(1, 2)) * pixel_cm2,
+            slice_mm=float(spacing[0]),
+            first=first,
+        )
 
     @property
     def enclosed_slices(self) -> list[int]:
@@ -64,7 +69,8 @@ class LabelCheck:
     @property
     def flags(self) -> list[str]:
         return ([FLAG_SOFT_TISSUE_IN_BONE] if self.enclosed_slices else []) + (
-            [FLAG_BONE_AREA_DIP] if self.dip_slices else [])
+            [FLAG_BONE_AREA_DIP] if self.dip_slices else []
+        )
 
     def notes(self) -> list[str]:
         out = []
@@ -77,8 +83,9 @@ class LabelCheck:
                 f"{self.first + worst}); marrow may be labelled as soft tissue there"
             )
         if dips:
-            out.append(f"label check: bone area drops on {len(dips)} slice(s) between continuing neighbours: "
-                       f"{_ranges(dips)}")
+            out.append(
+                f"label check: bone area drops on {len(dips)} slice(s) between continuing neighbours: {_ranges(dips)}"
+            )
         return out
 
     def to_dict(self) -> dict:
@@ -100,8 +107,9 @@ def check_labels(labels: np.ndarray, spacing: tuple[float, float, float], first:
     return LabelCheck.from_labels(labels, spacing, soft_tissue_in_bone(labels, spacing), first)
 
 
-def soft_tissue_in_bone(labels: np.ndarray, spacing: tuple[float, float, float],
-                        outline: np.ndarray | None = None) -> np.ndarray:
+def soft_tissue_in_bone(
+    labels: np.ndarray, spacing: tuple[float, float, float], outline: np.ndarray | None = None
+) -> np.ndarray:
     """Voxels labelled SM or IAT inside the (gap-bridged) outline of a bone cross-section, slice by slice.
 
     outline: optional, the bones' outlines already drawn all together (any mask holding each bone's outline with
@@ -119,8 +127,9 @@ def soft_tissue_in_bone(labels: np.ndarray, spacing: tuple[float, float, float],
     sub = (slice(None), box[0], box[1])  # bones are a small part of the slab: work on their box only
     soft = (labels[sub] == SM) | (labels[sub] == IAT)
     if outline is None:  # all bones of a slice outlined together (fast)
-        union = anatomy.erode(anatomy.fill_holes(anatomy.dilate(bone[sub], OUTLINE_GAP_MM, spacing_rc)),
-                              OUTLINE_GAP_MM, spacing_rc)
+        union = anatomy.erode(
+            anatomy.fill_holes(anatomy.dilate(bone[sub], OUTLINE_GAP_MM, spacing_rc)), OUTLINE_GAP_MM, spacing_rc
+        )
     else:
         union = outline[sub] | bone[sub]
     found = union & soft
@@ -131,8 +140,7 @@ def soft_tissue_in_bone(labels: np.ndarray, spacing: tuple[float, float, float],
     return out
 
 
-def _per_bone(bone: np.ndarray, soft: np.ndarray, spacing_rc: tuple[float, float], pad: tuple[int, int]
-              ) -> np.ndarray:
+def _per_bone(bone: np.ndarray, soft: np.ndarray, spacing_rc: tuple[float, float], pad: tuple[int, int]) -> np.ndarray:
     """One slice: soft tissue inside the outline of each bone piece, outlined on its own."""
     out = np.zeros(bone.shape, dtype=bool)
     pieces, n = ndi.label(bone, structure=np.ones((3, 3), dtype=bool))
@@ -157,8 +165,8 @@ def bone_area_dips(bone_cm2: np.ndarray, slice_mm: float) -> list[int]:
     reach = max(1, int(round(DIP_REACH_MM / max(slice_mm, 1e-6))))
     dips = []
     for k in range(1, area.size - 1):
-        below = area[max(0, k - reach):k].max()
-        above = area[k + 1:k + 1 + reach].max()
+        below = area[max(0, k - reach) : k].max()
+        above = area[k + 1 : k + 1 + reach].max()
         low, high = min(below, above), max(below, above)
         if high <= 0 or low < DIP_SIDES_AGREE * high:
             continue

@@ -7,6 +7,7 @@ round legs runs through the two ends of their contact. Ids are then made consist
 sides, so in every slice the leg with the smaller coordinate along the axis on which the legs lie apart gets id 1.
 A slice with one leg (one leg above an amputation level, or one leg only) takes the id of the nearest leg track.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -118,8 +119,9 @@ def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: in
                 leg_of_component[i] = leg_ids[0] if len(legs) == 1 or i == legs[0]["component"] else leg_ids[1]
             else:  # a small piece (marker, toe, stray voxels): the leg whose centre is nearest
                 centre = _centroid(labels, i, objects[i - 1])
-                leg_of_component[i] = _nearest(np.array([centre[0]]), np.array([centre[1]]), legs, leg_ids,
-                                               spacing_rc)[0]
+                leg_of_component[i] = _nearest(np.array([centre[0]]), np.array([centre[1]]), legs, leg_ids, spacing_rc)[
+                    0
+                ]
     out[:] = leg_of_component[labels]
     for k, legs, leg_ids in merged_slices:
         rows, cols = np.nonzero(labels[k])
@@ -157,8 +159,9 @@ def _two_lobes(lab2d: np.ndarray, i: int, obj: tuple[slice, slice, slice], spaci
     return ((tuple(np.array(a, float) + shift), ra), (tuple(np.array(b, float) + shift), rb))
 
 
-def _nearest(rows: np.ndarray, cols: np.ndarray, legs: list[dict], leg_ids: tuple[int, ...],
-             spacing_rc: tuple[float, float]) -> np.ndarray:
+def _nearest(
+    rows: np.ndarray, cols: np.ndarray, legs: list[dict], leg_ids: tuple[int, ...], spacing_rc: tuple[float, float]
+) -> np.ndarray:
     """Leg id by power distance |p - c|^2 - R^2 (plain distance to the centre when no radius is known)."""
     power = []
     for leg in legs:

@@ -18,6 +18,7 @@ Everything works slice by slice; slices without a pad cost one coarse opening.
 Clothing lying on the skin (about -350..-150 HU, 1-2 voxels) is not removed: a voxel of cloth on the skin cannot
 be told from the skin's own partial-volume voxels (skin and air mixed), and it is labelled SAT.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,8 +58,9 @@ def find_pads(body: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, flo
     values = np.asarray(hu[:, ::step_r, ::step_c], dtype=np.float32)
     flat = pieces.ravel()
     count = np.bincount(flat, minlength=n + 1).astype(float)
-    fat = np.bincount(flat, weights=((values >= anatomy.FAT_HU[0]) & (values <= anatomy.FAT_HU[1])).ravel(),
-                      minlength=n + 1)
+    fat = np.bincount(
+        flat, weights=((values >= anatomy.FAT_HU[0]) & (values <= anatomy.FAT_HU[1])).ravel(), minlength=n + 1
+    )
     bone = np.bincount(flat, weights=(values >= 300.0).ravel(), minlength=n + 1)
     is_pad = np.zeros(n + 1, dtype=bool)
     large = np.flatnonzero(count * coarse_rc[0] * coarse_rc[1] >= PAD_MIN_CM2 * 100.0)
@@ -69,8 +71,11 @@ def find_pads(body: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, flo
         if length < PAD_MIN_LENGTH_MM:
             continue
         median = float(np.median(values[obj][pieces[obj] == i]))
-        is_pad[i] = (PAD_SOFT_HU[0] <= median <= PAD_SOFT_HU[1] and fat[i] <= PAD_MAX_FAT_FRACTION * count[i]
-                     and bone[i] <= PAD_MAX_BONE_FRACTION * count[i])
+        is_pad[i] = (
+            PAD_SOFT_HU[0] <= median <= PAD_SOFT_HU[1]
+            and fat[i] <= PAD_MAX_FAT_FRACTION * count[i]
+            and bone[i] <= PAD_MAX_BONE_FRACTION * count[i]
+        )
     if not is_pad.any():
         return out
     seeds_coarse = is_pad[pieces]
@@ -93,10 +98,10 @@ def _grow(seeds: np.ndarray, body: np.ndarray, hu: np.ndarray, spacing_rc: tuple
     band = np.zeros(body.shape, dtype=bool)
     if (rows.max() - rows.min()) * spacing_rc[0] <= (cols.max() - cols.min()) * spacing_rc[1]:  # lying along rows
         m = int(np.ceil(PAD_BAND_MARGIN_MM / spacing_rc[0]))
-        band[max(0, rows.min() - m):rows.max() + m + 1, :] = True
+        band[max(0, rows.min() - m) : rows.max() + m + 1, :] = True
     else:
         m = int(np.ceil(PAD_BAND_MARGIN_MM / spacing_rc[1]))
-        band[:, max(0, cols.min() - m):cols.max() + m + 1] = True
+        band[:, max(0, cols.min() - m) : cols.max() + m + 1] = True
     allowed = body & band & (values >= PAD_SOFT_HU[0]) & ~guard
     pad = ndi.binary_propagation(seeds & allowed, structure=np.ones((3, 3), dtype=bool), mask=allowed) | seeds
     # the pad's partial-volume rim against air and foam (fat-like HU, so guarded above): two voxels, in the band

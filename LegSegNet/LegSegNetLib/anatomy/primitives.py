@@ -6,6 +6,7 @@ and the legs change between them), and the disk radii are given in millimetres w
 Masks are numpy bool arrays of the slab's shape; HU arrays may be any integer or float type (no float64 copies
 of whole slabs are made).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,8 +44,9 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~touches_border[outside]
 
 
-def remove_small(mask: np.ndarray, min_area_mm2: float, spacing_rc: tuple[float, float],
-                 connectivity: int = 8) -> np.ndarray:
+def remove_small(
+    mask: np.ndarray, min_area_mm2: float, spacing_rc: tuple[float, float], connectivity: int = 8
+) -> np.ndarray:
     """Drop the in-plane components smaller than `min_area_mm2`."""
     labels, n = label_slices(mask, connectivity)
     if n == 0:
@@ -65,8 +67,10 @@ def _octagon(radius_mm: float, spacing_rc: tuple[float, float]) -> tuple[tuple[i
     diamond_r = int(round(0.586 * radius_mm / spacing_rc[0]))
     diamond_c = int(round(0.586 * radius_mm / spacing_rc[1]))
     diamond = min(diamond_r, diamond_c)
-    half = (int(round(0.414 * radius_mm / spacing_rc[0])) + diamond_r - diamond,
-            int(round(0.414 * radius_mm / spacing_rc[1])) + diamond_c - diamond)
+    half = (
+        int(round(0.414 * radius_mm / spacing_rc[0])) + diamond_r - diamond,
+        int(round(0.414 * radius_mm / spacing_rc[1])) + diamond_c - diamond,
+    )
     return half, diamond
 
 
@@ -141,8 +145,9 @@ def bounding_box(mask: np.ndarray, margin: tuple[int, int] = (0, 0)) -> tuple[sl
     return slice(r0, r1), slice(c0, c1)
 
 
-def body_mask(hu: np.ndarray, spacing: tuple[float, float, float], min_area_mm2: float = 600.0,
-              open_mm: float = 3.0) -> np.ndarray:
+def body_mask(
+    hu: np.ndarray, spacing: tuple[float, float, float], min_area_mm2: float = 600.0, open_mm: float = 3.0
+) -> np.ndarray:
     """The patient's body on each slice, without couch, pad, clothing, markers and air.
 
     Body = HU above -500 (the 50 % partial-volume point of the skin), opened with a disk of `open_mm` so that
@@ -168,8 +173,13 @@ def body_mask(hu: np.ndarray, spacing: tuple[float, float, float], min_area_mm2:
     return keep[labels]
 
 
-def bone_mask(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float],
-              min_seed_mm2: float = 8.0, return_unseeded: bool = False):
+def bone_mask(
+    hu: np.ndarray,
+    body: np.ndarray,
+    spacing: tuple[float, float, float],
+    min_seed_mm2: float = 8.0,
+    return_unseeded: bool = False,
+):
     """Bone on each slice: the cortical shell plus everything it encloses (marrow, trabecular bone).
 
     Candidates = HU >= 150 inside the body (also the thin, low cortex and trabecular bone of osteoporotic

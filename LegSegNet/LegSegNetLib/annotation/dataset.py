@@ -45,6 +45,7 @@ file's checksum. The CT and label map given are never one of the dataset's files
 The manifest and dataset.json are read and described in manifest.py; how a slice is encoded and written, in
 slice_encoding.py.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,25 +55,37 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from .manifest import (DATASET_JSON, FILE_ENDINGS, FORMAT_HU, FORMAT_PNG, FORMATS, IMAGES_DIR, LABELS_DIR,
-                       MANIFEST_FILE, Manifest, dataset_json, manifest_path, read_manifest)
-from .slice_encoding import encode_slices, encoding_description, write_2d
 from ..core.errors import InputError, LegSegNetError
-from ..core.paths import check_writable_folder
 from ..core.files import atomic_write_text, sha256_file
 from ..core.input_paths import itk_path
+from ..core.paths import check_writable_folder
 from ..core.progress import Progress
 from ..core.text import now_iso
 from ..core.tissues import MAX_LABEL
 from ..engines import slice_axes as axes_module
 from ..scan.ct_volume import CTVolume
+from .manifest import (
+    DATASET_JSON,
+    FILE_ENDINGS,
+    FORMAT_HU,
+    FORMAT_PNG,
+    FORMATS,
+    IMAGES_DIR,
+    LABELS_DIR,
+    MANIFEST_FILE,
+    Manifest,
+    dataset_json,
+    manifest_path,
+    read_manifest,
+)
+from .slice_encoding import encode_slices, encoding_description, write_2d
 
 STAGING_PREFIX = ".legsegnet-staging-"
 PENDING_FILE = ".legsegnet-pending.json"  # the files an export is moving in before its commit
@@ -102,9 +115,17 @@ class AddResult:
 
     def to_dict(self) -> dict:
         return {
-            "command": "dataset add", "dataset": str(self.dataset), "input_format": self.input_format,
-            "patient": self.patient, "round": self.training_round, "added": self.added, "replaced": self.replaced,
-            "unchanged": self.unchanged, "cases": self.cases, "total_cases": self.total_cases, "notes": self.notes,
+            "command": "dataset add",
+            "dataset": str(self.dataset),
+            "input_format": self.input_format,
+            "patient": self.patient,
+            "round": self.training_round,
+            "added": self.added,
+            "replaced": self.replaced,
+            "unchanged": self.unchanged,
+            "cases": self.cases,
+            "total_cases": self.total_cases,
+            "notes": self.notes,
         }
 
 
@@ -218,9 +239,15 @@ def _read_pending(folder: Path) -> dict[str, str]:
         return {}
     if not isinstance(files, dict):
         return {}
-    return {rel: digest for rel, digest in files.items()
-            if isinstance(rel, str) and isinstance(digest, str) and rel.count("/") == 1
-            and rel.split("/")[0] in (IMAGES_DIR, LABELS_DIR) and rel.split("/")[1] not in ("", ".", "..")}
+    return {
+        rel: digest
+        for rel, digest in files.items()
+        if isinstance(rel, str)
+        and isinstance(digest, str)
+        and rel.count("/") == 1
+        and rel.split("/")[0] in (IMAGES_DIR, LABELS_DIR)
+        and rel.split("/")[1] not in ("", ".", "..")
+    }
 
 
 def _move_no_clobber(source: Path, target: Path) -> None:
@@ -244,7 +271,9 @@ def _check_dataset_folder(folder: Path) -> Manifest | None:
     manifest = read_manifest(folder) if folder.is_dir() else None
     if manifest is None and folder.is_dir():
         foreign = sorted(p.name for p in folder.iterdir() if p.name not in _OWN_ENTRIES and not p.name.startswith("."))
-        case_files = [p for sub in (IMAGES_DIR, LABELS_DIR) if (folder / sub).is_dir() for p in (folder / sub).iterdir()]
+        case_files = [
+            p for sub in (IMAGES_DIR, LABELS_DIR) if (folder / sub).is_dir() for p in (folder / sub).iterdir()
+        ]
         if foreign or case_files or (folder / DATASET_JSON).exists():
             raise InputError(
                 f"'{folder}' already holds files but no {MANIFEST_FILE}, so LegSegNet cannot tell where they came "
@@ -317,8 +346,19 @@ def add_slices(
         if removed:
             notes.append(f"removed {len(removed)} file(s) left by an interrupted export")
         result = AddResult(folder, manifest.input_format, patient, training_round, notes=notes)
-        _add_under_lock(folder, manifest, volume, slab_labels, indices, ct_sha, patient, training_round,
-                        source or volume.source, result, progress)
+        _add_under_lock(
+            folder,
+            manifest,
+            volume,
+            slab_labels,
+            indices,
+            ct_sha,
+            patient,
+            training_round,
+            source or volume.source,
+            result,
+            progress,
+        )
     for note in notes:
         progress.note(note)
     return result
@@ -374,7 +414,9 @@ def _check_label_values(slab_labels: np.ndarray, indices: list[int]) -> None:
     chosen = np.asarray(slab_labels[indices])
     problems = []
     for index, values in zip(indices, chosen):
-        if values.dtype.kind == "f" and (not np.all(np.isfinite(values)) or not np.array_equal(values, np.rint(values))):
+        if values.dtype.kind == "f" and (
+            not np.all(np.isfinite(values)) or not np.array_equal(values, np.rint(values))
+        ):
             problems.append(f"slice {index} holds fractional or non-finite values")
             continue
         if values.size and (values.min() < 0 or values.max() > MAX_LABEL):
@@ -388,9 +430,19 @@ def _check_label_values(slab_labels: np.ndarray, indices: list[int]) -> None:
         )
 
 
-def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_labels: np.ndarray, indices: list[int],
-                    ct_sha: str, patient: str, training_round: int, source: str, result: AddResult,
-                    progress: Progress) -> None:
+def _add_under_lock(
+    folder: Path,
+    manifest: Manifest,
+    volume: CTVolume,
+    slab_labels: np.ndarray,
+    indices: list[int],
+    ct_sha: str,
+    patient: str,
+    training_round: int,
+    source: str,
+    result: AddResult,
+    progress: Progress,
+) -> None:
     existing = manifest.by_slice()
     to_write: list[tuple[int, dict | None, str]] = []  # (slice, previous entry, label content hash)
     for index in indices:
@@ -411,10 +463,15 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
     # the slices as the engine hands them to the model: turned to the standard orientation, in the set's axis order
     turn = volume.inplane_turn()
     hu_slices, (_, row_mm, col_mm) = axes_module.to_model_order(
-        turn.to_standard(volume.slab())[chosen], turn.spacing_to_standard(volume.slab_spacing), manifest.slice_axes)
-    label_slices, _ = axes_module.to_model_order(turn.to_standard(slab_labels)[chosen], (1.0, 1.0, 1.0), manifest.slice_axes)
+        turn.to_standard(volume.slab())[chosen], turn.spacing_to_standard(volume.slab_spacing), manifest.slice_axes
+    )
+    label_slices, _ = axes_module.to_model_order(
+        turn.to_standard(slab_labels)[chosen], (1.0, 1.0, 1.0), manifest.slice_axes
+    )
     images, labels = encode_slices(hu_slices, np.asarray(label_slices), fmt)
-    resize = encoding_description(fmt).get("resize", "native grid")  # OpenCV or its numpy port (may differ by 1 grey level)
+    resize = encoding_description(fmt).get(
+        "resize", "native grid"
+    )  # OpenCV or its numpy port (may differ by 1 grey level)
     spacing_rc = (row_mm, col_mm) if fmt == FORMAT_HU else None
     z_mm = volume.slice_z_mm()
     used_names = {e["case"] for e in manifest.entries}
@@ -435,21 +492,33 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
             write_2d(image, staging / Path(image_rel).name, spacing_rc)
             write_2d(label, staging / Path(label_rel).name, spacing_rc)
             entry = {
-                "case": case, "image": image_rel, "label": label_rel,
-                "source": source, "ct_sha256": ct_sha, "slice_index": index, "n_slices": volume.n_slices,
-                "patient": patient, "round": training_round, "added_at": now_iso(), "version": version,
+                "case": case,
+                "image": image_rel,
+                "label": label_rel,
+                "source": source,
+                "ct_sha256": ct_sha,
+                "slice_index": index,
+                "n_slices": volume.n_slices,
+                "patient": patient,
+                "round": training_round,
+                "added_at": now_iso(),
+                "version": version,
                 "image_sha256": sha256_file(staging / Path(image_rel).name),
                 "label_sha256": sha256_file(staging / Path(label_rel).name),
                 "label_content_sha256": content,
-                "native_shape": list(label_slices.shape[1:]), "spacing_mm": [row_mm, col_mm],
+                "native_shape": list(label_slices.shape[1:]),
+                "spacing_mm": [row_mm, col_mm],
                 "z_mm": round(float(z_mm[index]), 4),
                 "encoding": resize,
                 "history": [],
             }
             if previous is not None:
-                entry["history"] = list(previous.get("history", [])) + [{
-                    k: previous.get(k) for k in ("case", "version", "round", "added_at", "patient", "label_content_sha256")
-                }]
+                entry["history"] = list(previous.get("history", [])) + [
+                    {
+                        k: previous.get(k)
+                        for k in ("case", "version", "round", "added_at", "patient", "label_content_sha256")
+                    }
+                ]
             new_entries[index] = entry
             progress.advance()
 
@@ -473,8 +542,9 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
                 continue
             entries.append(e)
         entries += [new_entries[i] for i in chosen]
-        committed = Manifest(manifest.input_format, entries, manifest.created_at or now_iso(), manifest.encoding,
-                             manifest.slice_axes)
+        committed = Manifest(
+            manifest.input_format, entries, manifest.created_at or now_iso(), manifest.encoding, manifest.slice_axes
+        )
         atomic_write_text(manifest_path(folder), json.dumps(committed.to_dict(), indent=1) + "\n")  # the commit
     except BaseException:
         for path in moved:
@@ -486,7 +556,9 @@ def _add_under_lock(folder: Path, manifest: Manifest, volume: CTVolume, slab_lab
         with contextlib.suppress(OSError):
             (folder / PENDING_FILE).unlink()
 
-    atomic_write_text(folder / DATASET_JSON, json.dumps(dataset_json(committed, _dataset_name(folder)), indent=2) + "\n")
+    atomic_write_text(
+        folder / DATASET_JSON, json.dumps(dataset_json(committed, _dataset_name(folder)), indent=2) + "\n"
+    )
     for path in replaced_files:
         with contextlib.suppress(OSError):
             path.unlink()
@@ -541,5 +613,14 @@ def add_files(
     progress.stage("reading")
     volume = volume_io.read_ct(ct_path)
     labels = volume_io.read_labels(labels_path, volume)
-    return add_slices(dataset_dir, volume, labels, slices, patient=patient, training_round=training_round,
-                      input_format=input_format, source=str(Path(ct_path).expanduser().resolve()), progress=progress)
+    return add_slices(
+        dataset_dir,
+        volume,
+        labels,
+        slices,
+        patient=patient,
+        training_round=training_round,
+        input_format=input_format,
+        source=str(Path(ct_path).expanduser().resolve()),
+        progress=progress,
+    )

@@ -2,6 +2,7 @@
 set holds (file, checksum, scan, slice, patient, round, history of each case), and nnU-Net's dataset.json
 generated from it. Reading it, and verifying every listed file against its checksum, is all training needs;
 writing it is `dataset.add_slices`'s commit (see dataset.py)."""
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,9 @@ class Manifest:
         except (KeyError, TypeError, ValueError):
             raise InputError(f"{where} is not a LegSegNet dataset manifest (damaged or from another tool)") from None
         if axes not in axes_module.AXES:
-            raise InputError(f"{where} records slice axes {axes!r}, which this LegSegNet does not know; update LegSegNet")
+            raise InputError(
+                f"{where} records slice axes {axes!r}, which this LegSegNet does not know; update LegSegNet"
+            )
         return cls(input_format, entries, str(data.get("created_at", "")), dict(data.get("encoding") or {}), axes)
 
     def by_slice(self) -> dict[tuple[str, int], dict]:
@@ -127,7 +130,9 @@ def load_dataset(dataset_dir: str | Path, verify: bool = True) -> Manifest:
             "'legsegnet dataset add CT LABELS --dataset DIR --slices ...'"
         )
     if not manifest.entries:
-        raise InputError(f"the dataset '{folder}' holds no slices yet; add corrected slices with 'legsegnet dataset add'")
+        raise InputError(
+            f"the dataset '{folder}' holds no slices yet; add corrected slices with 'legsegnet dataset add'"
+        )
     if verify:
         for entry in manifest.entries:
             for key in ("image", "label"):

@@ -2,6 +2,7 @@
 a stop between iterations that keeps a checkpoint (`--resume` continues at that iteration), atomic
 checkpoints, the --from model's weights loaded (after checking they fit the network its plans describe), and
 nnU-Net's environment variables pointed into the run folder while the run lasts."""
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,11 @@ def environment(**values: str | None) -> Iterator[None]:
 @contextlib.contextmanager
 def nnunet_environment(run_dir: Path) -> Iterator[dict[str, Path]]:
     """nnU-Net's folders inside `run_dir` for the duration of the block; the previous values come back after."""
-    paths = {"nnUNet_raw": run_dir / "nnUNet_raw", "nnUNet_preprocessed": run_dir / "nnUNet_preprocessed",
-             "nnUNet_results": run_dir / "nnUNet_results"}
+    paths = {
+        "nnUNet_raw": run_dir / "nnUNet_raw",
+        "nnUNet_preprocessed": run_dir / "nnUNet_preprocessed",
+        "nnUNet_results": run_dir / "nnUNet_results",
+    }
     # torch.compile costs minutes up front and fails on some CPUs
     with environment(**{k: str(v) for k, v in paths.items()}, nnUNet_compile="false"):
         yield paths
@@ -90,8 +94,10 @@ def trainer_class():
                         self.on_train_epoch_end(outputs)
                         with torch.no_grad():
                             self.on_validation_epoch_start()
-                            val_outputs = [self.validation_step(next(self.dataloader_val))
-                                           for _ in range(self.num_val_iterations_per_epoch)]
+                            val_outputs = [
+                                self.validation_step(next(self.dataloader_val))
+                                for _ in range(self.num_val_iterations_per_epoch)
+                            ]
                             self.on_validation_epoch_end(val_outputs)
                     except Stopped:
                         raise
@@ -119,10 +125,15 @@ def trainer_class():
             finally:
                 self.current_epoch += 1
             stat = latest.stat()
-            write_json(Path(self.output_folder) / RESUME_FILE, {
-                "epoch": self.current_epoch, "iteration": next_iteration,
-                "checkpoint_size": stat.st_size, "checkpoint_mtime_ns": stat.st_mtime_ns,
-            })
+            write_json(
+                Path(self.output_folder) / RESUME_FILE,
+                {
+                    "epoch": self.current_epoch,
+                    "iteration": next_iteration,
+                    "checkpoint_size": stat.st_size,
+                    "checkpoint_mtime_ns": stat.st_mtime_ns,
+                },
+            )
             raise Stopped(self.current_epoch, next_iteration)
 
         def _legsegnet_epoch_note(self) -> None:
@@ -130,8 +141,10 @@ def trainer_class():
             epoch = self.current_epoch  # already advanced by on_epoch_end
             try:
                 dice = float(np.nanmean(log("dice_per_class_or_region", step=-1)))
-                text = (f"fold {self.fold} epoch {epoch}/{self.num_epochs}: train loss {float(log('train_losses', step=-1)):.3f}, "
-                        f"validation loss {float(log('val_losses', step=-1)):.3f}, pseudo Dice {dice:.3f}")
+                text = (
+                    f"fold {self.fold} epoch {epoch}/{self.num_epochs}: train loss {float(log('train_losses', step=-1)):.3f}, "
+                    f"validation loss {float(log('val_losses', step=-1)):.3f}, pseudo Dice {dice:.3f}"
+                )
             except (IndexError, KeyError, TypeError, ValueError):
                 text = f"fold {self.fold} epoch {epoch}/{self.num_epochs} done"
             self.legsegnet_progress.note(text)
@@ -163,16 +176,31 @@ def trainer_class():
     return LegSegNetTrainer
 
 
-def train_fold(fold, plans: dict, dataset_json: dict, device, options, epochs: int, learning_rate: float, base,
-               progress: Progress, stop: StopRequest, dataset_dir: Path) -> None:
+def train_fold(
+    fold,
+    plans: dict,
+    dataset_json: dict,
+    device,
+    options,
+    epochs: int,
+    learning_rate: float,
+    base,
+    progress: Progress,
+    stop: StopRequest,
+    dataset_dir: Path,
+) -> None:
     """Train one fold (or 'all') to the end, from its latest checkpoint if there is one; CancelledError on a stop."""
     import torch
 
     from ..models.checkpoints import unsafe_checkpoint_globals
 
     trainer_type = trainer_class()
-    output_probe = Path(os.environ["nnUNet_results"]) / plans["dataset_name"] / \
-        f"{TRAINER_NAME}__{plans['plans_name']}__{CONFIGURATION}" / f"fold_{fold}"
+    output_probe = (
+        Path(os.environ["nnUNet_results"])
+        / plans["dataset_name"]
+        / f"{TRAINER_NAME}__{plans['plans_name']}__{CONFIGURATION}"
+        / f"fold_{fold}"
+    )
     if (output_probe / "checkpoint_final.pth").is_file():
         progress.note(f"fold {fold} was already trained")
         return
@@ -180,8 +208,9 @@ def train_fold(fold, plans: dict, dataset_json: dict, device, options, epochs: i
     resuming = latest.is_file()
     torch.manual_seed(options.seed + (fold if isinstance(fold, int) else 0))
     np.random.seed(options.seed + (fold if isinstance(fold, int) else 0))
-    trainer = trainer_type(dict(copy.deepcopy(plans), continue_training=resuming), CONFIGURATION, fold,
-                           dataset_json, device=device)
+    trainer = trainer_type(
+        dict(copy.deepcopy(plans), continue_training=resuming), CONFIGURATION, fold, dataset_json, device=device
+    )
     trainer.num_epochs = epochs
     trainer.num_iterations_per_epoch = int(options.iterations_per_epoch)
     trainer.num_val_iterations_per_epoch = int(options.val_iterations_per_epoch)
@@ -193,12 +222,16 @@ def train_fold(fold, plans: dict, dataset_json: dict, device, options, epochs: i
     trainer.initialize()
     if resuming:
         if unsafe_checkpoint_globals(latest):
-            raise InputError(f"{latest} holds Python objects beyond tensors and numbers; it was not written by "
-                             "LegSegNet - delete the run folder and train again")
+            raise InputError(
+                f"{latest} holds Python objects beyond tensors and numbers; it was not written by "
+                "LegSegNet - delete the run folder and train again"
+            )
         trainer.load_checkpoint(str(latest))
         trainer.legsegnet_first_iteration = _resume_iteration(latest, trainer.current_epoch)
-        progress.note(f"fold {fold}: resuming at epoch {trainer.current_epoch}, iteration "
-                      f"{trainer.legsegnet_first_iteration} of {trainer.num_iterations_per_epoch}")
+        progress.note(
+            f"fold {fold}: resuming at epoch {trainer.current_epoch}, iteration "
+            f"{trainer.legsegnet_first_iteration} of {trainer.num_iterations_per_epoch}"
+        )
     elif base is not None:
         _load_base_weights(trainer, base, fold)
     done = trainer.current_epoch * trainer.num_iterations_per_epoch + trainer.legsegnet_first_iteration
@@ -225,8 +258,11 @@ def _resume_iteration(latest: Path, epoch: int) -> int:
         stat = latest.stat()
     except (OSError, ValueError):
         return 0
-    if (marker.get("epoch") == epoch and marker.get("checkpoint_size") == stat.st_size
-            and marker.get("checkpoint_mtime_ns") == stat.st_mtime_ns):
+    if (
+        marker.get("epoch") == epoch
+        and marker.get("checkpoint_size") == stat.st_size
+        and marker.get("checkpoint_mtime_ns") == stat.st_mtime_ns
+    ):
         return int(marker.get("iteration", 0))
     return 0
 
@@ -258,9 +294,13 @@ def check_fine_tunable(base) -> None:
     try:
         configuration = PlansManager(plans).get_configuration(CONFIGURATION)
         network = get_network_from_plans(
-            configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
-            configuration.network_arch_init_kwargs_req_import, base.num_input_channels,
-            len(base.labels), allow_init=False, deep_supervision=True,
+            configuration.network_arch_class_name,
+            configuration.network_arch_init_kwargs,
+            configuration.network_arch_init_kwargs_req_import,
+            base.num_input_channels,
+            len(base.labels),
+            allow_init=False,
+            deep_supervision=True,
         )
     except Exception as exc:  # noqa: BLE001 - any failure means plans nnU-Net cannot build
         raise InputError(f"model '{base.name}': nnU-Net cannot build the network of its plans.json ({exc})") from None
@@ -275,10 +315,12 @@ def _compare_weights(expected: Mapping[str, tuple], weights: Mapping[str, Any], 
     extra = sorted(set(weights) - set(expected))
     wrong = sorted(k for k in set(expected) & set(weights) if tuple(weights[k].shape) != expected[k])
     if missing or extra or wrong:
-        detail = (f"{wrong[0]} is {tuple(weights[wrong[0]].shape)} in the checkpoint but {expected[wrong[0]]} in the "
-                  "network" if wrong else f"{(missing or extra)[0]} is {'missing from' if missing else 'extra in'} the checkpoint")
+        detail = (
+            f"{wrong[0]} is {tuple(weights[wrong[0]].shape)} in the checkpoint but {expected[wrong[0]]} in the network"
+            if wrong
+            else f"{(missing or extra)[0]} is {'missing from' if missing else 'extra in'} the checkpoint"
+        )
         raise InputError(
             f"{what}: its weights do not fit the network its plans.json describes ({detail}); it cannot be fine-tuned "
             "- copy plans.json and the checkpoints from the same training run, or train from scratch without --from"
         )
-

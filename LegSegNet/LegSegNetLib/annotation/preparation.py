@@ -1,6 +1,7 @@
 """Steps 1-3 of a training run (see training.py) inside its run folder: the snapshot of the dataset's cases,
 nnU-Net's fingerprint, plans (the --from model's own, or nnU-Net's default planner) and preprocessing, and
 the patient-level split nnU-Net's trainer reads."""
+
 from __future__ import annotations
 
 import copy
@@ -27,11 +28,19 @@ def nnunet_dataset_name(folder: Path) -> str:
 
 
 def _dataset_id(dataset_name: str) -> int:
-    return int(dataset_name[len("Dataset"):len("Dataset") + 3])
+    return int(dataset_name[len("Dataset") : len("Dataset") + 3])
 
 
-def prepare(run_dir: Path, folder: Path, paths: dict[str, Path], dataset_name: str, manifest: manifest_module.Manifest,
-            base, options, folds: list) -> str:
+def prepare(
+    run_dir: Path,
+    folder: Path,
+    paths: dict[str, Path],
+    dataset_name: str,
+    manifest: manifest_module.Manifest,
+    base,
+    options,
+    folds: list,
+) -> str:
     """Snapshot, fingerprint, plans, preprocessing and the patient-level split (redone from scratch if it was
     interrupted). Returns the plans file name."""
     for key in ("nnUNet_raw", "nnUNet_preprocessed"):
@@ -55,8 +64,9 @@ def prepare(run_dir: Path, folder: Path, paths: dict[str, Path], dataset_name: s
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     dataset_id = _dataset_id(dataset_name)
-    extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=False, clean=True, verbose=False,
-                         show_progress_bar=False)
+    extract_fingerprints(
+        [dataset_id], num_processes=1, check_dataset_integrity=False, clean=True, verbose=False, show_progress_bar=False
+    )
     if base is not None:
         plans = base.plans()  # null spacings already replaced by 999 (models.folder.load_plans)
         plans["dataset_name"] = dataset_name
@@ -97,4 +107,3 @@ def _merge(target: dict, updates: Mapping) -> None:
             _merge(target[key], value)
         else:
             target[key] = copy.deepcopy(value)
-

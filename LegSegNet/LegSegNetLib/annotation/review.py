@@ -10,10 +10,12 @@ the knee or the ankle end unseen), and the seed makes a review reproducible.
 the ones already added to a training set. It converts to and from string attributes, which the Slicer
 logic (annotation_logic.py) keeps on the segmentation node, so the state is saved with the scene.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -29,8 +31,10 @@ ATTRIBUTE_KEYS = ("Range", "SlicesPerScan", "Seed", "Slices", "Reviewed", "Expor
 
 def check_slices_per_scan(k: int) -> int:
     """K as an int, or InputError outside 1..50."""
-    message = (f"the number of slices to review per scan must be a whole number between {MIN_SLICES_PER_SCAN} and "
-               f"{MAX_SLICES_PER_SCAN} (the paper used a median of 3), not {k!r}")
+    message = (
+        f"the number of slices to review per scan must be a whole number between {MIN_SLICES_PER_SCAN} and "
+        f"{MAX_SLICES_PER_SCAN} (the paper used a median of 3), not {k!r}"
+    )
     try:
         value = int(k)
     except (TypeError, ValueError):
@@ -75,7 +79,7 @@ class ReviewState:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def start(cls, first: int, last: int, slices_per_scan: int = DEFAULT_SLICES_PER_SCAN, seed: int = 0) -> "ReviewState":
+    def start(cls, first: int, last: int, slices_per_scan: int = DEFAULT_SLICES_PER_SCAN, seed: int = 0) -> ReviewState:
         slices = sample_slices(first, last, slices_per_scan, seed)
         return cls(int(first), int(last), check_slices_per_scan(slices_per_scan), int(seed), tuple(sorted(slices)))
 
@@ -114,7 +118,7 @@ class ReviewState:
         return text
 
     # ---------------------------------------------------------------- changes (new objects: the state is frozen)
-    def mark(self, slice_index: int, reviewed: bool = True) -> "ReviewState":
+    def mark(self, slice_index: int, reviewed: bool = True) -> ReviewState:
         """Mark a slice reviewed (or not). A slice outside the sample is added to it: the annotator
         corrected an extra slice, which is welcome training data."""
         s = int(slice_index)
@@ -133,7 +137,7 @@ class ReviewState:
         exported = tuple(e for e in self.exported if e in done)  # un-reviewing a slice withdraws it
         return replace(self, slices=tuple(sorted(slices)), reviewed=tuple(sorted(done)), exported=exported)
 
-    def mark_exported(self, slices: Iterable[int], dataset: str) -> "ReviewState":
+    def mark_exported(self, slices: Iterable[int], dataset: str) -> ReviewState:
         exported = set(self.exported) | {int(s) for s in slices}
         return replace(self, exported=tuple(sorted(exported)), exported_to=str(dataset))
 
@@ -150,7 +154,7 @@ class ReviewState:
         }
 
     @classmethod
-    def from_attributes(cls, get: Callable[[str], str | None]) -> "ReviewState | None":
+    def from_attributes(cls, get: Callable[[str], str | None]) -> ReviewState | None:
         """The state from attribute values (`get(name)` returns None for a missing one); None when no review
         was started. InputError when the attributes are damaged (e.g. edited by hand)."""
         text_range = get(ATTRIBUTE_PREFIX + "Range")
@@ -172,8 +176,16 @@ class ReviewState:
                 "the review state saved on this segmentation is inconsistent (reviewed slices that were not "
                 "sampled); start a new review (Sample slices)"
             )
-        return cls(first, last, k, seed, tuple(sorted(slices)), tuple(sorted(reviewed)), tuple(sorted(exported)),
-                   get(ATTRIBUTE_PREFIX + "ExportedTo") or "")
+        return cls(
+            first,
+            last,
+            k,
+            seed,
+            tuple(sorted(slices)),
+            tuple(sorted(reviewed)),
+            tuple(sorted(exported)),
+            get(ATTRIBUTE_PREFIX + "ExportedTo") or "",
+        )
 
 
 def _join(values: Iterable[int]) -> str:

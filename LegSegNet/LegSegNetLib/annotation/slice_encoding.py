@@ -1,5 +1,6 @@
 """How a slice becomes training files in the set's format (`png`, the published model's input exactly, or
 `hu`, the HU slice on its native grid; see dataset.py) and how those files are written."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,8 +52,13 @@ def _hu_storage_dtype(hu: np.ndarray) -> np.ndarray:
     if hu.dtype.kind in "iu" and hu.size and hu.min() >= -32768 and hu.max() <= 32767:
         return hu.astype(np.int16)
     as_float = hu.astype(np.float32)
-    if np.all(np.isfinite(as_float)) and np.array_equal(as_float, np.rint(as_float)) and as_float.size \
-            and as_float.min() >= -32768 and as_float.max() <= 32767:
+    if (
+        np.all(np.isfinite(as_float))
+        and np.array_equal(as_float, np.rint(as_float))
+        and as_float.size
+        and as_float.min() >= -32768
+        and as_float.max() <= 32767
+    ):
         return as_float.astype(np.int16)
     return as_float
 
@@ -63,7 +69,7 @@ def encoding_description(input_format: str) -> dict:
 
         return {
             "image": f"HU clipped to [{published.HU_LO:g}, {published.HU_HI:g}], scaled to 0..255, truncated to uint8, "
-                     f"bicubic to {published.IMAGE_SIZE} x {published.IMAGE_SIZE} (published_preprocessing)",
+            f"bicubic to {published.IMAGE_SIZE} x {published.IMAGE_SIZE} (published_preprocessing)",
             "resize": published.resize_backend(),
             "labels": "nearest neighbour with half-pixel centres to the image's grid",
         }

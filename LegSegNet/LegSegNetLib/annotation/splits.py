@@ -1,5 +1,6 @@
 """Patient-level folds for training: no patient has slices on both sides of a fold's train/validation split
 (written as nnU-Net's splits_final.json)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -12,7 +13,9 @@ MAX_FOLDS = 5
 SPLIT_SEED = 12345
 
 
-def make_patient_splits(case_patients: Mapping[str, str], n_splits: int = MAX_FOLDS, seed: int = SPLIT_SEED) -> list[dict]:
+def make_patient_splits(
+    case_patients: Mapping[str, str], n_splits: int = MAX_FOLDS, seed: int = SPLIT_SEED
+) -> list[dict]:
     """nnU-Net's splits_final.json content: [{"train": [...], "val": [...]}, ...], one per fold.
 
     Patients, not slices, are assigned to folds: every slice of a patient is validated in the same fold and

@@ -1,5 +1,6 @@
 """Stopping a training run between iterations: the stop request set by SIGTERM/SIGINT (or a caller), the
 signal handlers that set it while the run lasts, and the quiet exit of nnU-Net's forked helpers."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """A rough estimate of training time from the network's size, told before a run on the CPU starts (the
 progress bar measures the real time once it runs)."""
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,9 @@ _GPU_GFLOPS = 8000.0
 _AUGMENTATION_S_PER_SAMPLE = 0.03  # CPU time of nnU-Net's spatial and intensity augmentation per 2D sample (measured)
 
 
-def estimate_seconds_per_iteration(configuration: Mapping[str, Any], device_type: str, cpu_cores: int = 1,
-                                   batch_size: int | None = None) -> float:
+def estimate_seconds_per_iteration(
+    configuration: Mapping[str, Any], device_type: str, cpu_cores: int = 1, batch_size: int | None = None
+) -> float:
     """A rough estimate of one training iteration's time (the progress bar measures the real one)."""
     batch = int(batch_size or configuration.get("batch_size") or 2)
     work = 3.0 * network_gflop_per_patch(configuration) * batch  # forward + backward ~ 3 forwards

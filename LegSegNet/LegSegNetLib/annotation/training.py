@@ -33,6 +33,7 @@ the steps live beside it: `training_runs` (run folder and records), `preparation
 (the patient-level split), `nnunet_trainer` (step 4, the fine-tuning checks), `stopping` (signals and
 the stop request), `time_estimate` (the CPU warning).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -112,15 +113,30 @@ class TrainResult:
     record: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"command": "train", "model": self.model_name, "path": str(self.model_path), "round": self.training_round,
-                "run_dir": str(self.run_dir), "folds": [str(f) for f in self.folds], "seconds": round(self.seconds, 1),
-                "notes": self.notes}
+        return {
+            "command": "train",
+            "model": self.model_name,
+            "path": str(self.model_path),
+            "round": self.training_round,
+            "run_dir": str(self.run_dir),
+            "folds": [str(f) for f in self.folds],
+            "seconds": round(self.seconds, 1),
+            "notes": self.notes,
+        }
 
 
 # ====================================================================== the run
 
-def train(dataset_dir: str | Path, options: TrainOptions | None = None, *, resume: bool = False, store=None,
-          progress: Progress | None = None, stop: StopRequest | None = None) -> TrainResult:
+
+def train(
+    dataset_dir: str | Path,
+    options: TrainOptions | None = None,
+    *,
+    resume: bool = False,
+    store=None,
+    progress: Progress | None = None,
+    stop: StopRequest | None = None,
+) -> TrainResult:
     """Train (or with `resume`, continue training) the next round's model and install it in the store.
 
     `stop` lets a caller (or a test) ask for a stop between iterations, as SIGTERM does; the run then raises
@@ -149,7 +165,11 @@ def train(dataset_dir: str | Path, options: TrainOptions | None = None, *, resum
         raise InputError(
             f"a model named '{name}' is already installed; choose another --name (or remove it: legsegnet models remove {name})"
         )
-    if options.configuration_overrides and base is not None and set(options.configuration_overrides) & _ARCHITECTURE_KEYS:
+    if (
+        options.configuration_overrides
+        and base is not None
+        and set(options.configuration_overrides) & _ARCHITECTURE_KEYS
+    ):
         raise InputError("fine-tuning keeps the network of the --from model: only batch_size may be changed")
     folds = _check_folds(options.folds, manifest)
     epochs = int(options.epochs or (DEFAULT_FINE_TUNE_EPOCHS if base else DEFAULT_EPOCHS))
@@ -163,24 +183,36 @@ def train(dataset_dir: str | Path, options: TrainOptions | None = None, *, resum
         _warn_cpu(base, options, epochs, folds, progress)
     started = time.monotonic()
     try:
-        results = _prepare_and_train(run_dir, run, folder, manifest, base, options, folds, epochs, device, progress, stop)
+        results = _prepare_and_train(
+            run_dir, run, folder, manifest, base, options, folds, epochs, device, progress, stop
+        )
     finally:
         run["training_seconds"] = round(run.get("training_seconds", 0.0) + time.monotonic() - started, 1)
         write_json(run_dir / RUN_FILE, run)
 
     progress.stage("registering")
-    record = training_record(run, manifest_path=run_dir / "manifest.json", folds=folds, epochs=epochs, options=options,
-                             learning_rate=_learning_rate(options, base), device=str(device), fine_tuned=base is not None)
-    info = store.install(str(results), name=name, progress=progress, training_round=training_round,
-                         make_default=options.make_default)
+    record = training_record(
+        run,
+        manifest_path=run_dir / "manifest.json",
+        folds=folds,
+        epochs=epochs,
+        options=options,
+        learning_rate=_learning_rate(options, base),
+        device=str(device),
+        fine_tuned=base is not None,
+    )
+    info = store.install(
+        str(results), name=name, progress=progress, training_round=training_round, make_default=options.make_default
+    )
     record_training(info.path, record, run_dir / "manifest.json", run_dir / "splits_final.json")
     run["status"] = "registered"
     run["model"] = info.name
     write_json(run_dir / RUN_FILE, run)
     clean_run(run_dir)
     progress.note(f"model '{info.name}' (round {training_round}) installed in {store.root}")
-    return TrainResult(info.name, info.path, training_round, run_dir, folds, run["training_seconds"],
-                       list(progress.notes), record)
+    return TrainResult(
+        info.name, info.path, training_round, run_dir, folds, run["training_seconds"], list(progress.notes), record
+    )
 
 
 def _open_run(folder: Path, options: TrainOptions, resume: bool, progress: Progress):
@@ -189,8 +221,9 @@ def _open_run(folder: Path, options: TrainOptions, resume: bool, progress: Progr
         return None, None, options, manifest_module.load_dataset(folder, verify=True)
     run_dir, run = open_run_for_resume(folder, options)
     # the run goes on with its own settings; only the device may change (e.g. a GPU became free)
-    options = TrainOptions(**{**run["options"], "device": options.device, "name": run["name"],
-                              "training_round": run["round"]})
+    options = TrainOptions(
+        **{**run["options"], "device": options.device, "name": run["name"], "training_round": run["round"]}
+    )
     progress.note(f"resuming training run '{run['name']}' ({run_dir})")
     snapshot = run_dir / "manifest.json"
     if run.get("status") in ("prepared", "trained") and snapshot.is_file():
@@ -201,15 +234,29 @@ def _open_run(folder: Path, options: TrainOptions, resume: bool, progress: Progr
     return run_dir, run, options, manifest
 
 
-def _prepare_and_train(run_dir: Path, run: dict, folder: Path, manifest, base, options: TrainOptions, folds: list,
-                       epochs: int, device, progress: Progress, stop: StopRequest) -> Path:
+def _prepare_and_train(
+    run_dir: Path,
+    run: dict,
+    folder: Path,
+    manifest,
+    base,
+    options: TrainOptions,
+    folds: list,
+    epochs: int,
+    device,
+    progress: Progress,
+    stop: StopRequest,
+) -> Path:
     """Steps 1-4 of the module docstring inside the run folder; returns the trained model folder."""
     # CPU: no augmentation worker processes unless asked for (the network is the bottleneck there); on a GPU
     # nnU-Net's default number of them
     augmentation = "0" if device.type == "cpu" and "nnUNet_n_proc_DA" not in os.environ else None
     log_path = run_dir / "nnunet-output.log"
-    with nnunet_environment(run_dir) as paths, open(log_path, "a", encoding="utf-8") as log, \
-            contextlib.redirect_stdout(log):  # nnU-Net's chatter goes to the run's log, not the terminal
+    with (
+        nnunet_environment(run_dir) as paths,
+        open(log_path, "a", encoding="utf-8") as log,
+        contextlib.redirect_stdout(log),
+    ):  # nnU-Net's chatter goes to the run's log, not the terminal
         dataset_name = nnunet_dataset_name(folder)
         if run.get("status") not in ("prepared", "trained"):
             progress.stage("preparing")
@@ -223,8 +270,19 @@ def _prepare_and_train(run_dir: Path, run: dict, folder: Path, manifest, base, o
         # nnU-Net's planner needs nnUNet_n_proc_DA >= 1, so it is set for the training only
         with stop_on_signals(stop), environment(nnUNet_n_proc_DA=augmentation):
             for fold in folds:
-                train_fold(fold, plans, dataset_json, device, options, epochs, _learning_rate(options, base), base,
-                           progress, stop, folder)
+                train_fold(
+                    fold,
+                    plans,
+                    dataset_json,
+                    device,
+                    options,
+                    epochs,
+                    _learning_rate(options, base),
+                    base,
+                    progress,
+                    stop,
+                    folder,
+                )
         run["status"] = "trained"
         return paths["nnUNet_results"] / dataset_name / f"{TRAINER_NAME}__{plans['plans_name']}__{CONFIGURATION}"
 
@@ -287,8 +345,11 @@ def _check_folds(requested, manifest: manifest_module.Manifest) -> list:
 
 
 def _check_counts(epochs: int, options: TrainOptions) -> None:
-    for label, value in (("--epochs", epochs), ("--iterations", options.iterations_per_epoch),
-                         ("validation iterations", options.val_iterations_per_epoch)):
+    for label, value in (
+        ("--epochs", epochs),
+        ("--iterations", options.iterations_per_epoch),
+        ("validation iterations", options.val_iterations_per_epoch),
+    ):
         if int(value) != value or value < 1:
             raise InputError(f"{label} must be a whole number of at least 1, not {value}")
     if options.batch_size is not None and (int(options.batch_size) != options.batch_size or options.batch_size < 1):
@@ -300,8 +361,13 @@ def _check_counts(epochs: int, options: TrainOptions) -> None:
 def _describe_model(base) -> dict | None:
     if base is None:
         return None
-    return {"name": base.name, "path": str(base.path), "round": base.metadata.get("round"),
-            "sha256": base.metadata.get("files_sha256") or base.metadata.get("sha256"), "input_format": base.input_format}
+    return {
+        "name": base.name,
+        "path": str(base.path),
+        "round": base.metadata.get("round"),
+        "sha256": base.metadata.get("files_sha256") or base.metadata.get("sha256"),
+        "input_format": base.input_format,
+    }
 
 
 def _select_device(requested: str, progress: Progress):
@@ -327,8 +393,10 @@ def _warn_cpu(base, options: TrainOptions, epochs: int, folds: list, progress: P
             f"{options.iterations_per_epoch} iterations ({len(folds)} fold(s)); a CUDA GPU is typically 20-50x faster"
         )
     else:
-        progress.note("training on the CPU is slow (the progress bar shows the time left after the first iterations); "
-                      "a CUDA GPU is typically 20-50x faster")
+        progress.note(
+            "training on the CPU is slow (the progress bar shows the time left after the first iterations); "
+            "a CUDA GPU is typically 20-50x faster"
+        )
 
 
 def _note_axes_change(base, manifest, progress: Progress) -> None:

@@ -8,6 +8,7 @@ batch on a restarted worker and then marked failed: the schedulers the batch sta
 first death (`allowed-failures` 0) and leave the one rerun to the batch. An existing scheduler keeps its own
 setting (Dask's default reruns a task 3 times) and the batch adds no rerun of its own.
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,11 +93,19 @@ def _local(args, engine: str) -> Connection:
         workers = args.workers
     cores = cpu_cores()
     memory = args.worker_memory or _memory_share(workers)
-    env = {"LEGSEGNET_CPU_THREADS": str(max(1, cores // workers)), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env = {
+        "LEGSEGNET_CPU_THREADS": str(max(1, cores // workers)),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    }
     with dask.config.set(SCHEDULER_CONFIG):
         cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory,
-            dashboard_address=":0" if dashboard_available() else None, silence_logs=logging.CRITICAL, env=env,
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory,
+            dashboard_address=":0" if dashboard_available() else None,
+            silence_logs=logging.CRITICAL,
+            env=env,
             resources=SCAN_RESOURCE,
         )
         client = Client(cluster)
@@ -131,10 +140,18 @@ def _existing(address: str) -> Connection:
     description = f"Dask scheduler {address}: {len(workers)} worker(s) now"
     if not offering:
         threads = max((w.get("nthreads", 1) for w in workers.values()), default=1)
-        description += (f"; without a 'scan' resource on every worker, a worker may take up to {threads} scan(s) "
-                        "at once (start workers with: dask worker ADDRESS --nthreads 1 --resources scan=1)")
-    return Connection(client, description, _dashboard(client), client.close,
-                      task_resources=SCAN_RESOURCE if offering else None, rerun_lost=False)
+        description += (
+            f"; without a 'scan' resource on every worker, a worker may take up to {threads} scan(s) "
+            "at once (start workers with: dask worker ADDRESS --nthreads 1 --resources scan=1)"
+        )
+    return Connection(
+        client,
+        description,
+        _dashboard(client),
+        client.close,
+        task_resources=SCAN_RESOURCE if offering else None,
+        rerun_lost=False,
+    )
 
 
 def _slurm(args) -> Connection:
@@ -147,15 +164,23 @@ def _slurm(args) -> Connection:
         # adapt, not scale: it keeps `jobs` jobs running, submitting a new one when a job ends (walltime, node failure)
         cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)
         client = Client(cluster)
-    description = (f"Slurm: {jobs} job(s) of {args.slurm_cores} core(s), {args.slurm_memory}"
-                   f"{', 1 GPU' if args.slurm_gpu else ''}, one worker and one scan each")
+    description = (
+        f"Slurm: {jobs} job(s) of {args.slurm_cores} core(s), {args.slurm_memory}"
+        f"{', 1 GPU' if args.slurm_gpu else ''}, one worker and one scan each"
+    )
 
     def close() -> None:
         client.close()
         cluster.close()
 
-    return Connection(client, description, _dashboard(client) if dashboard_available() else None, close,
-                      memory_limit=args.slurm_memory, task_resources=SCAN_RESOURCE)
+    return Connection(
+        client,
+        description,
+        _dashboard(client) if dashboard_available() else None,
+        close,
+        memory_limit=args.slurm_memory,
+        task_resources=SCAN_RESOURCE,
+    )
 
 
 def make_slurm_cluster(args):
@@ -170,11 +195,20 @@ def make_slurm_cluster(args):
     prologue = [f"export LEGSEGNET_CPU_THREADS={args.slurm_cores}", "export OMP_WAIT_POLICY=PASSIVE"]
     prologue += list(args.slurm_prologue or [])
     return SLURMCluster(
-        cores=1, processes=1, job_cpu=args.slurm_cores, memory=args.slurm_memory, walltime=args.slurm_walltime,
-        queue=args.slurm_partition, account=args.slurm_account, job_name="legsegnet",
-        job_extra_directives=directives, job_script_prologue=prologue, python=sys.executable,
+        cores=1,
+        processes=1,
+        job_cpu=args.slurm_cores,
+        memory=args.slurm_memory,
+        walltime=args.slurm_walltime,
+        queue=args.slurm_partition,
+        account=args.slurm_account,
+        job_name="legsegnet",
+        job_extra_directives=directives,
+        job_script_prologue=prologue,
+        python=sys.executable,
         worker_extra_args=["--resources", "scan=1"],
-        log_directory=args.slurm_log_dir, silence_logs="critical",
+        log_directory=args.slurm_log_dir,
+        silence_logs="critical",
         dashboard_address=":0" if dashboard_available() else None,
     )
 

@@ -20,6 +20,7 @@ The content fingerprint of a scan (resume decides with it whether the input chan
 the scan reads, its name, size, modification time (ns) and the SHA-256 of its first 8 KiB (the header).
 It costs one stat and one small read per file, not a read of the voxels.
 """
+
 from __future__ import annotations
 
 import csv
@@ -100,8 +101,15 @@ def find_scans(inputs: list[str], manifest: str | None = None) -> Discovery:
         found.extend(_read_manifest(Path(manifest).expanduser()))
     found = _drop_repeats(found)
     scans = [
-        ScanSpec(id=scan_id, source=str(f.source), series_uid=f.series_uid, patient=f.patient, slices=f.slices,
-                 files=tuple(str(p) for p in f.files), fingerprint=content_fingerprint(f.files, f.source))
+        ScanSpec(
+            id=scan_id,
+            source=str(f.source),
+            series_uid=f.series_uid,
+            patient=f.patient,
+            slices=f.slices,
+            files=tuple(str(p) for p in f.files),
+            fingerprint=content_fingerprint(f.files, f.source),
+        )
         for scan_id, f in zip(_settle_ids(found), found)
     ]
     return Discovery(scans=scans, skipped_files=skipped)
@@ -307,12 +315,23 @@ def _read_manifest(path: Path) -> list[_Found]:
         else:
             files = _with_companions(scan)
             base = scan_id or _id_from_relative(scan.name, strip_extension=True)
-        found.append(_Found(base_id=base, source=scan, series_uid=row.get("series_uid", ""),
-                            patient=row.get("patient", ""), slices=slices, files=files, id_given=bool(scan_id)))
+        found.append(
+            _Found(
+                base_id=base,
+                source=scan,
+                series_uid=row.get("series_uid", ""),
+                patient=row.get("patient", ""),
+                slices=slices,
+                files=files,
+                id_given=bool(scan_id),
+            )
+        )
     given = [f.base_id for f in found if f.id_given]
     repeated = sorted({i for i in given if given.count(i) > 1})
     if repeated:
-        raise InputError(f"the manifest '{path.name}' gives the id(s) {', '.join(repeated[:5])} to several scans; ids must be unique")
+        raise InputError(
+            f"the manifest '{path.name}' gives the id(s) {', '.join(repeated[:5])} to several scans; ids must be unique"
+        )
     return found
 
 

@@ -4,6 +4,7 @@ Computed on the worker from what the pipeline had in memory anyway: the analysed
 measurements and (nnU-Net) the class probabilities, so QC costs no second read of the scan. A flag is a
 reason to look, not a verdict; the numbers behind each flag are in the `qc_*` columns of cohort.csv.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,12 +34,26 @@ LOW_CONFIDENCE_MEAN = 0.85
 LOW_CONFIDENCE_UNCERTAIN_FRACTION = 0.05
 
 FLAGS = (
-    "implausible_hu_SAT", "implausible_hu_SM", "implausible_hu_IAT", "implausible_hu_Bone",
-    "bone_missing", "leg_count_changes", "thick_slices", "short_auto_range", "contrast_suspected", "low_confidence",
+    "implausible_hu_SAT",
+    "implausible_hu_SM",
+    "implausible_hu_IAT",
+    "implausible_hu_Bone",
+    "bone_missing",
+    "leg_count_changes",
+    "thick_slices",
+    "short_auto_range",
+    "contrast_suspected",
+    "low_confidence",
 )
 VALUE_COLUMNS = (
-    "qc_slice_spacing_mm", "qc_range_mm", "qc_slices_without_bone", "qc_legs_min", "qc_legs_max",
-    "qc_contrast_slice_fraction", "qc_confidence_mean", "qc_uncertain_fraction",
+    "qc_slice_spacing_mm",
+    "qc_range_mm",
+    "qc_slices_without_bone",
+    "qc_legs_min",
+    "qc_legs_max",
+    "qc_contrast_slice_fraction",
+    "qc_confidence_mean",
+    "qc_uncertain_fraction",
 )
 
 
@@ -169,4 +184,3 @@ def _contrast_slice_fraction(hu: np.ndarray, labels: np.ndarray, spacing: tuple[
         per_slice = np.bincount(blob_slice[vessel_like], minlength=lab.shape[0])
         enhanced += int(np.count_nonzero(per_slice >= CONTRAST_MIN_BLOBS))
     return None if with_muscle == 0 else enhanced / with_muscle
-

@@ -11,6 +11,7 @@ aside first and deleted after). A rename is atomic, so `scans/<id>` is always ei
 its status.json, or absent. Hidden work folders left by a killed batch are deleted when the next batch starts
 (it holds OUTDIR's lock, so no other batch is writing them).
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,8 +23,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from ..measurement.quantify import DERIVED_KEYS, SIDES, region_csv_names
 from ..core.tissues import TISSUES
+from ..measurement.quantify import DERIVED_KEYS, SIDES, region_csv_names
 from .qc import VALUE_COLUMNS
 
 STATUS_FILE = "status.json"
@@ -35,8 +36,16 @@ INTERNAL = ".batch"
 IDENTITY_COLUMNS = ("id", "patient", "source", "series_uid", "status", "error", "engine", "model", "model_round")
 RANGE_COLUMNS = ("first_slice", "last_slice", "n_slices", "spacing_x_mm", "spacing_y_mm", "spacing_z_mm")
 METRIC_COLUMNS = tuple(region_csv_names("") + [name for side in SIDES for name in region_csv_names(f"{side}_")])
-RUN_COLUMNS = ("qc_flags", "seconds", *VALUE_COLUMNS, "attempts", "worker", "worker_peak_mb", "finished_at",
-               "legsegnet_version")
+RUN_COLUMNS = (
+    "qc_flags",
+    "seconds",
+    *VALUE_COLUMNS,
+    "attempts",
+    "worker",
+    "worker_peak_mb",
+    "finished_at",
+    "legsegnet_version",
+)
 COLUMNS = IDENTITY_COLUMNS + RANGE_COLUMNS + METRIC_COLUMNS + RUN_COLUMNS
 
 
@@ -107,8 +116,23 @@ def read_metrics(outdir: Path, scan_id: str) -> dict | None:
 def cohort_row(status: dict, metrics: dict | None) -> dict:
     """One cohort.csv row from a scan's status.json and (for a finished scan) its metrics.json."""
     row = dict.fromkeys(COLUMNS)
-    for key in ("id", "patient", "source", "series_uid", "status", "error", "engine", "model", "model_round",
-                "seconds", "attempts", "worker", "worker_peak_mb", "finished_at", "legsegnet_version"):
+    for key in (
+        "id",
+        "patient",
+        "source",
+        "series_uid",
+        "status",
+        "error",
+        "engine",
+        "model",
+        "model_round",
+        "seconds",
+        "attempts",
+        "worker",
+        "worker_peak_mb",
+        "finished_at",
+        "legsegnet_version",
+    ):
         row[key] = status.get(key)
     row["qc_flags"] = ";".join(status.get("qc_flags") or [])
     row.update({k: v for k, v in (status.get("qc") or {}).items() if k in VALUE_COLUMNS})

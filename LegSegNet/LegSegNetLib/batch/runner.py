@@ -8,6 +8,7 @@ COHORT_REFRESH_S while the batch runs.
 Exit status: 0 every scan ok, 1 some failed (listed at the end) or the batch was interrupted, 2 bad arguments
 (raised as InputError before anything is written).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,8 +51,9 @@ def run_batch(args) -> int:
         finally:
             cluster.close()
         return 0
-    settings = resolve(args.engine, args.model, args.device, args.folds, args.tta, args.batch_size, args.slices,
-                       args.auto_range)
+    settings = resolve(
+        args.engine, args.model, args.device, args.folds, args.tta, args.batch_size, args.slices, args.auto_range
+    )
     outdir = Path(args.outdir).expanduser().absolute()
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"the output path {outdir} is a file; give a folder for the batch's results")
@@ -125,7 +127,7 @@ def make_plan(scans: list[inputs.ScanSpec], settings: BatchSettings, outdir: Pat
     return plan
 
 
-def _run(connection, settings, outdir: Path, todo: list, rows: dict, scans: list, report: "Reporter") -> None:
+def _run(connection, settings, outdir: Path, todo: list, rows: dict, scans: list, report: Reporter) -> None:
     from distributed import wait
 
     from .scan_task import run_scan
@@ -142,8 +144,14 @@ def _run(connection, settings, outdir: Path, todo: list, rows: dict, scans: list
     def submit(scan) -> None:
         tries[scan.id] = tries.get(scan.id, 0) + 1
         future = client.submit(
-            run_scan, scan.to_dict(), settings_dict, str(outdir), run_id, pure=False,
-            key=f"legsegnet-scan-{scan.id}-{run_id}-{tries[scan.id]}", resources=connection.task_resources,
+            run_scan,
+            scan.to_dict(),
+            settings_dict,
+            str(outdir),
+            run_id,
+            pure=False,
+            key=f"legsegnet-scan-{scan.id}-{run_id}-{tries[scan.id]}",
+            resources=connection.task_resources,
         )
         in_flight[future] = scan
 
@@ -177,7 +185,9 @@ def _cluster_module():
     try:
         from . import cluster
     except ImportError as exc:
-        raise InputError(f"legsegnet batch needs Dask ({exc}); install it with: pip install 'legsegnet[batch]'") from exc
+        raise InputError(
+            f"legsegnet batch needs Dask ({exc}); install it with: pip install 'legsegnet[batch]'"
+        ) from exc
     return cluster
 
 
@@ -193,8 +203,9 @@ def _interrupt(signum, _frame):
     raise KeyboardInterrupt
 
 
-def _record_lost_scan(outdir: Path, scan, settings: BatchSettings, run_id: str, exc: BaseException,
-                      memory_limit: str | None) -> dict:
+def _record_lost_scan(
+    outdir: Path, scan, settings: BatchSettings, run_id: str, exc: BaseException, memory_limit: str | None
+) -> dict:
     """A scan whose workers died (or that Dask could not run) gets its error status written here."""
     from datetime import datetime, timezone
 
@@ -212,16 +223,32 @@ def _record_lost_scan(outdir: Path, scan, settings: BatchSettings, run_id: str, 
         pass
     if _worker_died(exc):
         limit = f" (memory limit {memory_limit} per worker)" if memory_limit else ""
-        message = (f"the worker process died on this scan {attempts or 'repeatedly'} time(s): it crashed or ran out of "
-                   f"memory{limit}; give the workers more memory (--worker-memory) or analyse fewer slices")
+        message = (
+            f"the worker process died on this scan {attempts or 'repeatedly'} time(s): it crashed or ran out of "
+            f"memory{limit}; give the workers more memory (--worker-memory) or analyse fewer slices"
+        )
     else:
         message = f"Dask could not run this scan ({type(exc).__name__}: {' '.join(str(exc).split())})"
     status = {
-        "status_version": results.STATUS_VERSION, "id": scan.id, "patient": scan.patient, "source": scan.source,
-        "series_uid": scan.series_uid, "fingerprint": scan.fingerprint, "settings_key": settings.key(scan.slices),
-        "engine": settings.engine, "model": settings.model_name, "model_round": settings.model_round,
-        "status": "error", "error": message, "exit_code": 1, "qc_flags": [], "qc": {}, "attempts": attempts,
-        "worker": None, "legsegnet_version": __version__, "run_id": run_id,
+        "status_version": results.STATUS_VERSION,
+        "id": scan.id,
+        "patient": scan.patient,
+        "source": scan.source,
+        "series_uid": scan.series_uid,
+        "fingerprint": scan.fingerprint,
+        "settings_key": settings.key(scan.slices),
+        "engine": settings.engine,
+        "model": settings.model_name,
+        "model_round": settings.model_round,
+        "status": "error",
+        "error": message,
+        "exit_code": 1,
+        "qc_flags": [],
+        "qc": {},
+        "attempts": attempts,
+        "worker": None,
+        "legsegnet_version": __version__,
+        "run_id": run_id,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     work = results.new_work_dir(outdir, scan.id)
@@ -249,7 +276,9 @@ class _locked:
             folder.mkdir(parents=True, exist_ok=True)
             self.handle = open(folder / "lock", "a+")
         except OSError as exc:
-            raise InputError(f"cannot write to {self.outdir} ({exc.strerror or exc}); choose an output folder you can write to") from exc
+            raise InputError(
+                f"cannot write to {self.outdir} ({exc.strerror or exc}); choose an output folder you can write to"
+            ) from exc
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks; one batch per OUTDIR is then up to the user
@@ -258,7 +287,9 @@ class _locked:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.handle.close()
-            raise InputError(f"another batch is writing to {self.outdir}; wait for it to finish or choose another OUTDIR") from None
+            raise InputError(
+                f"another batch is writing to {self.outdir}; wait for it to finish or choose another OUTDIR"
+            ) from None
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(f"{os.getpid()}\n")
@@ -308,8 +339,11 @@ class Reporter:
 
     def cluster(self, connection) -> None:
         self.say(f"batch: {connection.description}")
-        self.say(f"batch: dashboard {connection.dashboard}" if connection.dashboard
-                 else "batch: no Dask dashboard (it needs the 'bokeh' package)")
+        self.say(
+            f"batch: dashboard {connection.dashboard}"
+            if connection.dashboard
+            else "batch: no Dask dashboard (it needs the 'bokeh' package)"
+        )
 
     def start(self, total: int) -> None:
         self.total, self.started = total, time.monotonic()
@@ -330,7 +364,10 @@ class Reporter:
     def summary(self, total: int, rows: list, failed: list, cohort: Path, interrupted: bool) -> None:
         ok = sum(1 for r in rows if r["status"] == "ok")
         if not self.quiet:
-            print(f"{total} scan(s): {ok} ok, {len(failed)} failed" + (f", {total - len(rows)} not done" if interrupted else ""))
+            print(
+                f"{total} scan(s): {ok} ok, {len(failed)} failed"
+                + (f", {total - len(rows)} not done" if interrupted else "")
+            )
             print(f"cohort: {cohort}")
         if failed:
             print(f"failed scans ({len(failed)}):", file=sys.stderr)

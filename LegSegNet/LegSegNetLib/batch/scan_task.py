@@ -6,6 +6,7 @@ once, not once per scan). Every failure a scan can cause is caught here and beco
 CLI's one-line message; only the death of the worker process itself (a crash, the nanny's out-of-memory kill)
 escapes, and then Dask reschedules the scan on a restarted worker.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,9 @@ from pathlib import Path
 
 from .. import __version__, pipeline
 from ..anatomy import axial_range
-from ..scan import volume_io
 from ..core.errors import InputError
 from ..core.progress import Progress
+from ..scan import volume_io
 from . import qc, results
 from .settings import BatchSettings
 
@@ -41,12 +42,22 @@ def run_scan(spec: dict, settings: dict, outdir: str, run_id: str) -> dict:
     work = results.new_work_dir(outdir_path, scan_id)
     slices, auto_range = batch_settings.scan_range(spec.get("slices"))
     status = {
-        "status_version": results.STATUS_VERSION, "id": scan_id, "patient": spec.get("patient") or "",
-        "source": spec["source"], "series_uid": spec.get("series_uid") or "", "fingerprint": spec["fingerprint"],
-        "settings_key": batch_settings.key(spec.get("slices")), "engine": batch_settings.engine,
-        "model": batch_settings.model_name, "model_round": batch_settings.model_round,
-        "slices_requested": slices, "auto_range": auto_range, "attempts": attempt, "worker": _worker_name(),
-        "legsegnet_version": __version__, "run_id": run_id,
+        "status_version": results.STATUS_VERSION,
+        "id": scan_id,
+        "patient": spec.get("patient") or "",
+        "source": spec["source"],
+        "series_uid": spec.get("series_uid") or "",
+        "fingerprint": spec["fingerprint"],
+        "settings_key": batch_settings.key(spec.get("slices")),
+        "engine": batch_settings.engine,
+        "model": batch_settings.model_name,
+        "model_round": batch_settings.model_round,
+        "slices_requested": slices,
+        "auto_range": auto_range,
+        "attempts": attempt,
+        "worker": _worker_name(),
+        "legsegnet_version": __version__,
+        "run_id": run_id,
     }
     try:
         try:
@@ -90,12 +101,18 @@ def _segment(spec: dict, settings: BatchSettings, slices: str | None, auto_range
         return volume
 
     metrics = pipeline.segment(
-        spec["source"], work, slices=slices, auto_range=auto_range, progress=progress,
-        engine_factory=lambda *_a, **_k: recorder, reader=read,
+        spec["source"],
+        work,
+        slices=slices,
+        auto_range=auto_range,
+        progress=progress,
+        engine_factory=lambda *_a, **_k: recorder,
+        reader=read,
     )
     try:
-        flags, values = qc.assess(recorder.slab, recorder.labels, recorder.spacing, metrics, auto_range,
-                                  recorder.confidence)
+        flags, values = qc.assess(
+            recorder.slab, recorder.labels, recorder.spacing, metrics, auto_range, recorder.confidence
+        )
     finally:
         recorder.release()
     return flags, values, list(progress.notes), engine_event
@@ -160,10 +177,18 @@ def _mark_running(outdir: Path, scan_id: str, run_id: str) -> int:
             attempt = int(previous.get("attempt", 1)) + 1
     except (OSError, ValueError):
         pass
-    results.write_json_atomic(marker, {
-        "id": scan_id, "run_id": run_id, "attempt": attempt, "pid": os.getpid(), "host": socket.gethostname(),
-        "worker": _worker_name(), "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
+    results.write_json_atomic(
+        marker,
+        {
+            "id": scan_id,
+            "run_id": run_id,
+            "attempt": attempt,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "worker": _worker_name(),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
     return attempt
 
 

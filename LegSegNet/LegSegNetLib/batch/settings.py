@@ -7,6 +7,7 @@ identity (its folder and the size and modification time of plans.json, dataset.j
 device, folds, test-time augmentation and the scan's slice range or --auto-range. --batch-size, the number of
 workers and where they run do not change results and are not part of it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,7 @@ class BatchSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BatchSettings":
+    def from_dict(cls, data: dict) -> BatchSettings:
         data = dict(data)
         if data.get("folds") is not None:
             data["folds"] = tuple(data["folds"])
@@ -51,9 +52,14 @@ class BatchSettings:
         """What a finished scan must have been made with to be skipped on resume."""
         slices, auto = self.scan_range(scan_slices)
         relevant = {
-            "engine": self.engine, "model": self.model, "model_identity": self.model_identity, "device": self.device,
-            "folds": list(self.folds) if self.folds is not None else None, "tta": self.tta,
-            "slices": slices, "auto_range": auto,
+            "engine": self.engine,
+            "model": self.model,
+            "model_identity": self.model_identity,
+            "device": self.device,
+            "folds": list(self.folds) if self.folds is not None else None,
+            "tta": self.tta,
+            "slices": slices,
+            "auto_range": auto,
         }
         text = json.dumps(relevant, sort_keys=True)
         return "v1:" + hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -64,16 +70,21 @@ class BatchSettings:
 
     def make_engine(self, progress=None):
         return make_engine(
-            self.engine, model=self.model, device=self.device, folds=list(self.folds) if self.folds else None,
-            tta=self.tta, batch_size=self.batch_size, progress=progress,
+            self.engine,
+            model=self.model,
+            device=self.device,
+            folds=list(self.folds) if self.folds else None,
+            tta=self.tta,
+            batch_size=self.batch_size,
+            progress=progress,
         )
 
 
 def resolve(engine: str, model: str | None, device: str, folds, tta, batch_size, slices, auto_range) -> BatchSettings:
     """The batch's settings with `auto` and the model resolved; InputError (exit 2) for a bad model."""
-    from ..engines import _installed_model_available
     from ..core.errors import InputError
     from ..core.progress import Progress
+    from ..engines import _installed_model_available
 
     if slices is not None and auto_range:
         raise InputError("give either --slices FIRST:LAST or --auto-range, not both")
@@ -87,10 +98,17 @@ def resolve(engine: str, model: str | None, device: str, folds, tta, batch_size,
     if folds is not None:  # refuse folds the model lacks now, not once per scan on the workers
         folder.checkpoints(folds, "best")
     return BatchSettings(
-        engine="nnunet", model=str(Path(folder.path).absolute()), model_name=folder.name,
-        model_round=folder.metadata.get("round"), model_identity=_model_identity(Path(folder.path)),
-        device=device, folds=tuple(folds) if folds is not None else None, tta=tta, batch_size=batch_size,
-        slices=slices, auto_range=auto_range,
+        engine="nnunet",
+        model=str(Path(folder.path).absolute()),
+        model_name=folder.name,
+        model_round=folder.metadata.get("round"),
+        model_identity=_model_identity(Path(folder.path)),
+        device=device,
+        folds=tuple(folds) if folds is not None else None,
+        tta=tta,
+        batch_size=batch_size,
+        slices=slices,
+        auto_range=auto_range,
     )
 
 

@@ -4,6 +4,7 @@ Every failure a user can cause (bad file, bad range, bad model) is an `InputErro
 else that goes wrong is a `LegSegNetError` (exit 1). The CLI and the worker turn both into one
 `error: ...` line; the message must say what is wrong and what to do.
 """
+
 from __future__ import annotations
 
 

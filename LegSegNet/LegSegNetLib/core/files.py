@@ -1,4 +1,5 @@
 """Small file helpers: one atomic text writer and one file digest for the whole library."""
+
 from __future__ import annotations
 
 import contextlib

@@ -5,6 +5,7 @@
 - `itk_path`: the path as text SimpleITK can take. Its C++ code aborts the whole process (exit 134, no
   message, staging left behind) on a path that is not valid UTF-8, which a Linux file name may be.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,10 @@ from .errors import InputError
 
 
 def permission_denied(path: str | os.PathLike) -> InputError:
-    return InputError(f"permission denied: {shown_path(path)}; ask for read access to it, or copy it somewhere "
-                      "you can read and give that copy")
+    return InputError(
+        f"permission denied: {shown_path(path)}; ask for read access to it, or copy it somewhere "
+        "you can read and give that copy"
+    )
 
 
 def check_readable(path: str | os.PathLike) -> None:

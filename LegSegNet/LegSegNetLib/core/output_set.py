@@ -21,6 +21,7 @@ finishes step 4 for every marker whose owner is no longer alive on this host (a 
 host's, or anything without a marker is never touched). Nothing else is ever deleted: an entry that cannot
 be given back stays where it is, under its marker.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,12 +31,13 @@ import os
 import secrets
 import stat
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 from .errors import InputError, LegSegNetError
-from .paths import check_path, nearest_existing, writable
 from .input_paths import itk_path
+from .paths import check_path, nearest_existing, writable
 from .progress import Progress
 from .signals import stop_signals_deferred
 from .staging import owner_gone, read_marker, write_marker
@@ -46,8 +48,9 @@ ASIDE_SUFFIX = ".o"  # the old folder while the two-rename fallback swaps
 
 
 # ====================================================================== the validation step
-def check_outputs(outdir: str | os.PathLike, names: Iterable[str], inputs: Sequence[str | os.PathLike] = (),
-                  option: str = "-o") -> Path:
+def check_outputs(
+    outdir: str | os.PathLike, names: Iterable[str], inputs: Sequence[str | os.PathLike] = (), option: str = "-o"
+) -> Path:
     """The folder the set goes to (symlinks resolved), or InputError before any work is done.
 
     Refuses a path the file system cannot hold (core/paths.check_path), an output file that is one of the
@@ -72,19 +75,24 @@ def check_outputs(outdir: str | os.PathLike, names: Iterable[str], inputs: Seque
         if folder == folder.parent or os.path.ismount(folder):
             raise InputError(f"the output folder {given} is a mount point (or the root); give a folder inside it")
         if folder.stat().st_mode & stat.S_ISVTX:
-            raise InputError(f"the output folder {given} is a shared folder (sticky, like /tmp); give a folder "
-                             "of your own inside it")
+            raise InputError(
+                f"the output folder {given} is a shared folder (sticky, like /tmp); give a folder of your own inside it"
+            )
         with contextlib.suppress(OSError):
             cwd = Path(os.getcwd())
             if cwd == folder or folder in cwd.parents:
                 example = f"e.g. {option} results" if option.startswith("-") else "e.g. a new folder inside it"
-                raise InputError(f"the output folder {given} holds the current folder; the results are swapped in "
-                                 f"as a whole folder: give a folder of their own, {example}")
+                raise InputError(
+                    f"the output folder {given} holds the current folder; the results are swapped in "
+                    f"as a whole folder: give a folder of their own, {example}"
+                )
         if not writable(folder):
             raise InputError(f"the output folder {given} is read-only; make it writable or choose another folder")
         if not writable(folder.parent):
-            raise InputError(f"cannot replace the results in {given}: its parent folder {folder.parent} is not "
-                             "writable (the new set is prepared beside it); choose another output folder")
+            raise InputError(
+                f"cannot replace the results in {given}: its parent folder {folder.parent} is not "
+                "writable (the new set is prepared beside it); choose another output folder"
+            )
     else:
         existing = nearest_existing(folder.parent)
         if not existing.is_dir():
@@ -100,16 +108,23 @@ def _refuse_same_file(source: Path, target: Path, option: str) -> None:
     except OSError:
         return
     if same:
-        raise InputError(f"the input {source} is the output file {target} this command writes; it would be "
-                         f"replaced: write the results to another folder ({option})")
+        raise InputError(
+            f"the input {source} is the output file {target} this command writes; it would be "
+            f"replaced: write the results to another folder ({option})"
+        )
 
 
 # ====================================================================== the writer
 class OutputSet:
     """The files `names` in `outdir`, replaced together (see the module docstring)."""
 
-    def __init__(self, outdir: str | os.PathLike, names: Iterable[str], inputs: Sequence[str | os.PathLike] = (),
-                 option: str = "-o"):
+    def __init__(
+        self,
+        outdir: str | os.PathLike,
+        names: Iterable[str],
+        inputs: Sequence[str | os.PathLike] = (),
+        option: str = "-o",
+    ):
         self.names = tuple(names)
         self.folder = check_outputs(outdir, self.names, inputs, option)
 
@@ -159,11 +174,14 @@ def _write_failure(folder: Path, exc: OSError) -> LegSegNetError:
     """The failure's real cause: a folder we may not write to is the user's choice (exit 2), a full disk is not."""
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return InputError(f"cannot write the outputs to {folder}: {exc.strerror}{where}; choose a folder you can "
-                          "write to")
+        return InputError(
+            f"cannot write the outputs to {folder}: {exc.strerror}{where}; choose a folder you can write to"
+        )
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return LegSegNetError(f"could not write the outputs to {folder}: the disk is full ({exc.strerror}); free "
-                              "some space or choose another folder")
+        return LegSegNetError(
+            f"could not write the outputs to {folder}: the disk is full ({exc.strerror}); free "
+            "some space or choose another folder"
+        )
     return LegSegNetError(f"could not write the outputs to {folder}: {exc.strerror or exc}{where}")
 
 
@@ -203,17 +221,23 @@ def _claim(parent: Path, target: str, names: tuple[str, ...], created: list[Path
         except OSError as exc:
             _remove_created(created)
             if exc.errno in _FULL_DISK:  # not the user's choice of folder: exit 1, as for any write that fails
-                raise LegSegNetError(f"could not write the outputs beside {parent / target} "
-                                     f"({exc.strerror or exc}); check free disk space") from exc
-            raise InputError(f"cannot write beside {parent / target} ({exc.strerror or exc}); choose an output "
-                             "folder in a folder you can write to") from exc
+                raise LegSegNetError(
+                    f"could not write the outputs beside {parent / target} "
+                    f"({exc.strerror or exc}); check free disk space"
+                ) from exc
+            raise InputError(
+                f"cannot write beside {parent / target} ({exc.strerror or exc}); choose an output "
+                "folder in a folder you can write to"
+            ) from exc
         try:
             os.mkdir(parent / stem)
         except OSError as exc:
             marker.unlink()
             _remove_created(created)
-            raise InputError(f"cannot write beside {parent / target} ({exc.strerror or exc}); choose an output "
-                             "folder in a folder you can write to") from exc
+            raise InputError(
+                f"cannot write beside {parent / target} ({exc.strerror or exc}); choose an output "
+                "folder in a folder you can write to"
+            ) from exc
         return parent / stem, marker
     raise LegSegNetError(f"could not find a free staging name in {parent}")
 
@@ -322,7 +346,9 @@ def _release(stage: Path, marker: Path, *others: Path | None) -> None:
 def sweep_stale(parent: Path) -> None:
     """Finish the clean-up of runs that were killed: only folders whose marker names a dead process here."""
     try:
-        markers = [e for e in os.scandir(parent) if e.name.startswith(STAGING_PREFIX) and e.name.endswith(MARKER_SUFFIX)]
+        markers = [
+            e for e in os.scandir(parent) if e.name.startswith(STAGING_PREFIX) and e.name.endswith(MARKER_SUFFIX)
+        ]
     except OSError:
         return
     for entry in markers:
@@ -344,9 +370,13 @@ def sweep_stale(parent: Path) -> None:
 def _read_marker(path: Path) -> dict | None:
     record = read_marker(path)
     try:
-        if record is not None and isinstance(record["target"], str) and "/" not in record["target"] \
-                and record["target"] not in ("", ".", "..") \
-                and all(isinstance(n, str) and "/" not in n for n in record["names"]):
+        if (
+            record is not None
+            and isinstance(record["target"], str)
+            and "/" not in record["target"]
+            and record["target"] not in ("", ".", "..")
+            and all(isinstance(n, str) and "/" not in n for n in record["names"])
+        ):
             return record
     except (KeyError, TypeError):
         pass

@@ -8,6 +8,7 @@
 
 core/output_set.check_outputs builds on these for the folders whose results are swapped in as a set.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,17 +36,23 @@ def check_path(path: str | os.PathLike, option: str, longest_inside: int = 0) ->
     for part in given.parts[1:]:
         size = len(os.fsencode(part))
         if size > name_max:
-            raise InputError(f"{option}: the name '{part[:24]}...' is {size} bytes long, and this file system allows at "
-                             f"most {name_max} bytes per name; choose a shorter name")
+            raise InputError(
+                f"{option}: the name '{part[:24]}...' is {size} bytes long, and this file system allows at "
+                f"most {name_max} bytes per name; choose a shorter name"
+            )
     path_max = _limit(existing, "PC_PATH_MAX", DEFAULT_PATH_MAX)
     size = len(os.fsencode(str(given))) + longest_inside
     if size >= path_max:
-        raise InputError(f"{option}: the path {str(given)[:48]}... is too long ({size} bytes with the files inside "
-                         f"it; this system allows {path_max - 1}); choose a shorter path")
+        raise InputError(
+            f"{option}: the path {str(given)[:48]}... is too long ({size} bytes with the files inside "
+            f"it; this system allows {path_max - 1}); choose a shorter path"
+        )
     for step in (given, *given.parents):  # after the lengths: a name too long cannot even be looked at
         if step.is_symlink() and not step.exists():
-            raise InputError(f"{option} {given}: {step} is a link to {os.readlink(step)}, which does not exist; "
-                             "give an existing folder, or one that can be created")
+            raise InputError(
+                f"{option} {given}: {step} is a link to {os.readlink(step)}, which does not exist; "
+                "give an existing folder, or one that can be created"
+            )
     return given
 
 

@@ -6,6 +6,7 @@ passed in as one of these reporters (`for_stream` picks the bar or the lines). T
 `finish()`, or with `abandon()` when it failed: the error line that follows is then the only line the
 failure adds, with no fragment of a bar before it.
 """
+
 from __future__ import annotations
 
 import json
@@ -159,8 +160,11 @@ class LineProgress(_StreamProgress):
         if self.total and 0 < self.done < self.total and now - self._last >= self.interval_s:
             self._last = now
             left = self.seconds_left()
-            self._write(f"{self.stage_name}: {self.done}/{self.total}"
-                        + (f", {format_duration(left)} left" if left is not None else "") + "\n")
+            self._write(
+                f"{self.stage_name}: {self.done}/{self.total}"
+                + (f", {format_duration(left)} left" if left is not None else "")
+                + "\n"
+            )
 
     def _emit_note(self, text: str) -> None:
         self._write(f"note: {text}\n")

@@ -9,6 +9,7 @@ behind. Raising instead unwinds the stack: every clean-up runs, and the run ends
 Training installs its own handler for the same signals (stop after the current iteration). SIGKILL cannot be
 caught; what a killed run leaves is swept by the next run (core/output_set.py, the model store).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,9 @@ import threading
 from collections.abc import Callable, Iterator
 
 # SIGHUP: the terminal or the ssh session closed. Windows has no SIGHUP.
-STOP_SIGNALS: tuple[int, ...] = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
-                                      if hasattr(signal, name))
+STOP_SIGNALS: tuple[int, ...] = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 class Stopped(KeyboardInterrupt):

@@ -7,6 +7,7 @@
 A folder of a live process, of another host (a shared disk) or without a marker is never touched. Used by
 the output-set writer (core/output_set.py) and the model store's installs (models/store.py).
 """
+
 from __future__ import annotations
 
 import contextlib

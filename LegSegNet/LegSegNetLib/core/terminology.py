@@ -3,6 +3,7 @@
 `Resources/LegSegNet.term.json` is the one place the codes live: Slicer's segments, the DICOM SEG's
 segment descriptions and the DICOM SR's findings all read it, so they cannot disagree. Slicer-free.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,9 @@ def tissue_terms(path: Path = TERMINOLOGY_FILE) -> dict[str, TissueTerm]:
         ) from exc
     missing = [key for key in TISSUE_KEYS if key not in terms]
     if missing:
-        raise LegSegNetError(f"the tissue terminology file {path} has no entry for {', '.join(missing)}; reinstall LegSegNet")
+        raise LegSegNetError(
+            f"the tissue terminology file {path} has no entry for {', '.join(missing)}; reinstall LegSegNet"
+        )
     return terms
 
 

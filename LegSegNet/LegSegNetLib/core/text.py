@@ -1,4 +1,5 @@
 """Small text helpers shared by the CLI, the worker, training and the Slicer module."""
+
 from __future__ import annotations
 
 import datetime as _dt

@@ -3,6 +3,7 @@
 One table that every other module (engines, quantification, reports, the Slicer segments) reads, so a
 label value or colour is defined in exactly one place. Values follow the published LegSegNet model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

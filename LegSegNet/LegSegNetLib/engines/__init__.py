@@ -6,10 +6,12 @@ An engine is any object with a `name`, an `info()` dict recorded in metrics.json
 `standard_orientation` is true (nnU-Net) is given the slab turned to the standard in-plane orientation
 (scan/orientation.py) and its labels are turned back; the others get the storage order.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -36,9 +38,11 @@ def nnunet_python_problem(version_info: Sequence[int] = sys.version_info) -> str
     if tuple(version_info[:2]) >= NNUNET_MIN_PYTHON:
         return None
     running = ".".join(str(v) for v in version_info[:2])
-    return (f"the nnU-Net engine needs Python {'.'.join(map(str, NNUNET_MIN_PYTHON))} or newer, and this is Python "
-            f"{running} (3D Slicer 5.6 and 5.8 ship Python 3.9; 3D Slicer 5.10 and newer ship 3.12): use a newer "
-            "Slicer or Python for nnU-Net, or the threshold engine, which runs here")
+    return (
+        f"the nnU-Net engine needs Python {'.'.join(map(str, NNUNET_MIN_PYTHON))} or newer, and this is Python "
+        f"{running} (3D Slicer 5.6 and 5.8 ship Python 3.9; 3D Slicer 5.10 and newer ship 3.12): use a newer "
+        "Slicer or Python for nnU-Net, or the threshold engine, which runs here"
+    )
 
 
 def use_passive_openmp_threads() -> None:

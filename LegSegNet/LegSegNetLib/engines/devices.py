@@ -4,6 +4,7 @@ Used by the nnU-Net engine and training to choose a device (`nnunet.select_devic
 `devices` command, which the Slicer module runs in the worker's interpreter (Slicer itself never imports
 torch) for its device report and its "is there a GPU" question before training.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,12 @@ def probe(torch=None) -> dict:
         import torch
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     mps = getattr(torch.backends, "mps", None)
-    return {"torch": str(torch.__version__), "cuda": cuda, "cuda_build": torch.version.cuda,
-            "mps": bool(mps is not None and mps.is_available())}
+    return {
+        "torch": str(torch.__version__),
+        "cuda": cuda,
+        "cuda_build": torch.version.cuda,
+        "mps": bool(mps is not None and mps.is_available()),
+    }
 
 
 def has_gpu(found: dict) -> bool:
@@ -32,5 +37,7 @@ def describe(found: dict) -> str:
         return "PyTorch is not installed: the nnU-Net engine offers to install it; the threshold engine runs on CPU"
     cuda = found["cuda"] or "not available"
     mps = "available" if found.get("mps") else "not available"
-    return (f"PyTorch {found['torch']}: CUDA: {cuda}; MPS: {mps} "
-            "(the worker falls back to CPU with a note when the GPU cannot be used)")
+    return (
+        f"PyTorch {found['torch']}: CUDA: {cuda}; MPS: {mps} "
+        "(the worker falls back to CPU with a note when the GPU cannot be used)"
+    )

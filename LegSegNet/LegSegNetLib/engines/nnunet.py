@@ -24,13 +24,15 @@ per chunk of slices:
 Checkpoints are loaded with torch.load(weights_only=True) (models.checkpoints.load_checkpoint) and the plans'
 imported names are checked against what nnU-Net ships (models.folder.load_plans): a model file cannot run code. Memory is bounded by the chunk size; nothing of a whole scan but its labels is kept.
 """
+
 from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -69,12 +71,20 @@ def select_device(requested: str, progress: Progress | None = None):
         return torch.device("cpu")
     if requested == "cuda":
         if not has_cuda:
-            build = "without CUDA support" if torch.version.cuda is None else f"with CUDA {torch.version.cuda}, but no GPU is visible"
-            raise InputError(f"--device cuda: PyTorch {torch.__version__} is built {build}; use --device auto or --device cpu")
+            build = (
+                "without CUDA support"
+                if torch.version.cuda is None
+                else f"with CUDA {torch.version.cuda}, but no GPU is visible"
+            )
+            raise InputError(
+                f"--device cuda: PyTorch {torch.__version__} is built {build}; use --device auto or --device cpu"
+            )
         return torch.device("cuda", 0)
     if requested == "mps":
         if not has_mps:
-            raise InputError("--device mps: Apple's Metal (MPS) backend is not available here; use --device auto or --device cpu")
+            raise InputError(
+                "--device mps: Apple's Metal (MPS) backend is not available here; use --device auto or --device cpu"
+            )
         return torch.device("mps")
     if requested == "cpu":
         return torch.device("cpu")
@@ -123,7 +133,7 @@ class NnUNetEngine:
 
     def __init__(
         self,
-        model_folder: "ModelFolder | str | Path | None",
+        model_folder: ModelFolder | str | Path | None,
         device: str = "auto",
         folds: Sequence[int] | None = None,
         tta: bool | None = None,
@@ -131,7 +141,7 @@ class NnUNetEngine:
         checkpoint: str | None = None,
         progress: Progress | None = None,
         tile_step_size: float | None = None,
-        store: "ModelStore | None" = None,
+        store: ModelStore | None = None,
     ) -> None:
         torch = _import_torch()
         from ..models.folder import ModelFolder
@@ -153,7 +163,9 @@ class NnUNetEngine:
                 # and faster than splitting one tile's forward across cores as the reference code does
                 from concurrent.futures import ThreadPoolExecutor
 
-                self._workers = ThreadPoolExecutor(self.threads, thread_name_prefix="nnunet-cpu", initializer=_one_thread)
+                self._workers = ThreadPoolExecutor(
+                    self.threads, thread_name_prefix="nnunet-cpu", initializer=_one_thread
+                )
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         # the reference code's settings: mirroring and overlapping tiles on a GPU, neither on the CPU
@@ -193,12 +205,18 @@ class NnUNetEngine:
                 f"({type(exc).__name__}: {exc}); copy both from the same training run"
             ) from None
         if self.label_manager.has_regions:
-            raise InputError(f"model '{self.model.name}' was trained on overlapping regions; LegSegNet needs one label per voxel")
+            raise InputError(
+                f"model '{self.model.name}' was trained on overlapping regions; LegSegNet needs one label per voxel"
+            )
         self.num_classes = self.label_manager.num_segmentation_heads
         if self.num_classes - 1 > 4:
-            raise InputError(f"model '{self.model.name}' predicts {self.num_classes - 1} labels; LegSegNet knows 4 (SAT, SM, IAT, Bone)")
+            raise InputError(
+                f"model '{self.model.name}' predicts {self.num_classes - 1} labels; LegSegNet knows 4 (SAT, SM, IAT, Bone)"
+            )
         if len(self.configuration.patch_size) != 2:
-            raise InputError(f"model '{self.model.name}': the '2d' configuration has a {len(self.configuration.patch_size)}D patch")
+            raise InputError(
+                f"model '{self.model.name}': the '2d' configuration has a {len(self.configuration.patch_size)}D patch"
+            )
         self.patch_size = tuple(int(p) for p in self.configuration.patch_size)
         self.preprocessor = self.configuration.preprocessor_class(verbose=False)
         num_inputs = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {"0": ""})))
@@ -258,7 +276,9 @@ class NnUNetEngine:
 
         from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
-        self.gaussian = compute_gaussian(self.patch_size, sigma_scale=1.0 / 8, value_scaling_factor=10, device=self.device)
+        self.gaussian = compute_gaussian(
+            self.patch_size, sigma_scale=1.0 / 8, value_scaling_factor=10, device=self.device
+        )
 
     def _build_network(self, trainer_name: str | None, num_inputs: int, progress: Progress | None):
         """The network the checkpoint's trainer builds from the plans (deep supervision off).
@@ -278,7 +298,9 @@ class NnUNetEngine:
             found = find_trainer_class(trainer_name)
             if found is None:
                 if progress is not None:
-                    progress.note(f"trainer '{trainer_name}' is not part of this nnU-Net; building the network from the plans")
+                    progress.note(
+                        f"trainer '{trainer_name}' is not part of this nnU-Net; building the network from the plans"
+                    )
             else:
                 builder = found.build_network_architecture
         try:
@@ -293,7 +315,9 @@ class NnUNetEngine:
                     deep_supervision=False,
                 )
             if "plans_manager" in inspect.signature(builder).parameters:
-                return builder(self.plans_manager, self.configuration, num_inputs, self.num_classes, enable_deep_supervision=False)
+                return builder(
+                    self.plans_manager, self.configuration, num_inputs, self.num_classes, enable_deep_supervision=False
+                )
             return builder(
                 self.configuration.network_arch_class_name,
                 self.configuration.network_arch_init_kwargs,
@@ -413,7 +437,9 @@ class NnUNetEngine:
             props = item.properties
             before = tuple(int(v) for v in props["shape_before_cropping"])  # (1, H, W)
             if out is None:
-                out = torch.zeros((len(prepared), self.num_classes, *before[1:]), dtype=torch.float32, device=self.device)
+                out = torch.zeros(
+                    (len(prepared), self.num_classes, *before[1:]), dtype=torch.float32, device=self.device
+                )
             if identity and tuple(props["shape_after_cropping_and_before_resampling"]) == tuple(item.data.shape[1:]):
                 (z0, z1), (r0, r1), (c0, c1) = props["bbox_used_for_cropping"]
                 out[k, 0] = 1.0
@@ -424,8 +450,13 @@ class NnUNetEngine:
                 )
 
                 _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
-                    slice_logits.cpu(), self.plans_manager, self.configuration, self.label_manager, props,
-                    return_probabilities=True, num_threads_torch=torch.get_num_threads(),
+                    slice_logits.cpu(),
+                    self.plans_manager,
+                    self.configuration,
+                    self.label_manager,
+                    props,
+                    return_probabilities=True,
+                    num_threads_torch=torch.get_num_threads(),
                 )
                 out[k] = torch.from_numpy(np.asarray(probabilities[:, 0], dtype=np.float32)).to(self.device)
         return out
@@ -457,7 +488,12 @@ class NnUNetEngine:
         prepared = []
         for image in images:
             data, _, properties = self.preprocessor.run_case_npy(
-                image, None, {"spacing": list(nnunet_spacing)}, self.plans_manager, self.configuration, self.dataset_json
+                image,
+                None,
+                {"spacing": list(nnunet_spacing)},
+                self.plans_manager,
+                self.configuration,
+                self.dataset_json,
             )
             prepared.append(Prepared(np.ascontiguousarray(data, dtype=np.float32), properties))
         return prepared
@@ -594,4 +630,3 @@ class _null_context:
 
     def __exit__(self, *exc):
         return False
-

@@ -18,6 +18,7 @@ network's input in three steps, each reproduced here exactly:
 
 Everything works on stacks of slices (n, rows, cols) at once; no per-pixel Python loops.
 """
+
 from __future__ import annotations
 
 import numpy as np

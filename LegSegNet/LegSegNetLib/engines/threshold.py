@@ -31,14 +31,15 @@ thin SAT over the tibia and patella; clothing on the skin (SAT); legs pressed to
 hematoma, metal; a contrast-filled vessel lying on the cortex; a cortex open over more than ~12 mm or on every slice
 within 15 mm.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
 
-from ..anatomy import label_checks, pads
 from ..anatomy import bone as bone_3d
+from ..anatomy import label_checks, pads
 from ..anatomy import primitives as anatomy
 from ..anatomy.legs import split_legs
 from ..core.progress import Progress
@@ -71,8 +72,9 @@ class ThresholdEngine:
             "compartment (closed muscle outline)",
         }
 
-    def segment(self, slab: np.ndarray, spacing: tuple[float, float, float], progress: Progress | None = None
-                ) -> np.ndarray:
+    def segment(
+        self, slab: np.ndarray, spacing: tuple[float, float, float], progress: Progress | None = None
+    ) -> np.ndarray:
         """uint8 labels (0-4) of the slab (n_slices, rows, cols) in HU; spacing (slice, row, col) mm."""
         progress = progress or Progress()
         slab = np.asarray(slab) if not isinstance(slab, np.ndarray) else slab
@@ -102,8 +104,8 @@ class ThresholdEngine:
                     masks[c0] = _slice_masks(slab, c0, min(n, c0 + self.chunk_slices), box, spacing)
             context = [masks[c0] for c0 in sorted(masks) if c0 < hi and c0 + self.chunk_slices > lo]
             c_lo = min(c0 for c0 in masks if c0 < hi and c0 + self.chunk_slices > lo)
-            bone_ctx = np.concatenate([m.bone for m in context])[lo - c_lo:hi - c_lo]
-            hull_ctx = np.concatenate([m.hull for m in context])[lo - c_lo:hi - c_lo]
+            bone_ctx = np.concatenate([m.bone for m in context])[lo - c_lo : hi - c_lo]
+            hull_ctx = np.concatenate([m.hull for m in context])[lo - c_lo : hi - c_lo]
             bone = bone_3d.complete_bone(bone_ctx, hull_ctx, k0 - lo, k1 - lo, support, lo == 0, hi == n)
             own = masks[k0]
             chunk = label_chunk(own.hu, own.body, bone, spacing)
@@ -124,8 +126,9 @@ class _SliceMasks(NamedTuple):
     hull: np.ndarray  # per-slice bone outlines with gaps bridged (bone.bone_hull) and unseeded shells: may be bone
 
 
-def _slice_masks(slab: np.ndarray, k0: int, k1: int, box: tuple[slice, slice],
-                 spacing: tuple[float, float, float]) -> _SliceMasks:
+def _slice_masks(
+    slab: np.ndarray, k0: int, k1: int, box: tuple[slice, slice], spacing: tuple[float, float, float]
+) -> _SliceMasks:
     hu = np.asarray(slab[k0:k1, box[0], box[1]])
     if hu.dtype == np.float64:
         hu = hu.astype(np.float32)
@@ -143,8 +146,7 @@ def segment_chunk(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.nda
     return label_chunk(hu, body, bone, spacing)
 
 
-def label_chunk(hu: np.ndarray, body: np.ndarray, bone: np.ndarray, spacing: tuple[float, float, float]
-                ) -> np.ndarray:
+def label_chunk(hu: np.ndarray, body: np.ndarray, bone: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     """Labels of a stack of slices from its body and bone masks (steps 2, 4 and 5)."""
     spacing_rc = (float(spacing[1]), float(spacing[2]))
     out = np.zeros(hu.shape, dtype=np.uint8)

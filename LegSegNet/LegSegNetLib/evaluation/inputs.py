@@ -12,6 +12,7 @@
    series folder `<id>/`. Ids present on one side only are left out and listed (`unmatched`); no match at
    all, or one id found twice in a folder, is an error.
 """
+
 from __future__ import annotations
 
 import csv
@@ -87,7 +88,9 @@ def read_pairs_csv(path: Path) -> list[EvaluationPair]:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read the pairs file '{path.name}' ({exc}); save it as a UTF-8 CSV file") from exc
     if not rows:
-        raise InputError(f"the pairs file '{path.name}' holds no scans; give a header row id,pred,ref[,ct] and one row per scan")
+        raise InputError(
+            f"the pairs file '{path.name}' holds no scans; give a header row id,pred,ref[,ct] and one row per scan"
+        )
     missing = [c for c in PAIRS_COLUMNS if c not in columns]
     if missing:
         raise InputError(
@@ -102,13 +105,23 @@ def read_pairs_csv(path: Path) -> list[EvaluationPair]:
             continue
         empty = [c for c in PAIRS_COLUMNS if not row.get(c)]
         if empty:
-            raise InputError(f"line {line} of '{path.name}' has no {', '.join(empty)}; every scan needs an id, pred and ref")
+            raise InputError(
+                f"line {line} of '{path.name}' has no {', '.join(empty)}; every scan needs an id, pred and ref"
+            )
         if row["id"] in seen:
-            raise InputError(f"line {line} of '{path.name}': the id '{row['id']}' appears twice; give every scan its own id")
+            raise InputError(
+                f"line {line} of '{path.name}': the id '{row['id']}' appears twice; give every scan its own id"
+            )
         seen.add(row["id"])
         ct_cell = row.get("ct") or None
-        pairs.append(EvaluationPair(row["id"], _relative_to(base, row["pred"]), _relative_to(base, row["ref"]),
-                                    _relative_to(base, ct_cell) if ct_cell else None))
+        pairs.append(
+            EvaluationPair(
+                row["id"],
+                _relative_to(base, row["pred"]),
+                _relative_to(base, row["ref"]),
+                _relative_to(base, ct_cell) if ct_cell else None,
+            )
+        )
     if not pairs:
         raise InputError(f"the pairs file '{path.name}' holds no scans; add one row per scan below the header")
     return pairs
@@ -126,7 +139,9 @@ def match_folders(pred_dir: Path, ref_dir: Path, ct_dir: Path | None = None) -> 
     cts: dict[str, Path] = {}
     if ct_dir is not None:
         if not ct_dir.is_dir():
-            raise InputError(f"with two folders of label maps, --ct must be a folder of CTs named by scan id, not '{ct_dir}'")
+            raise InputError(
+                f"with two folders of label maps, --ct must be a folder of CTs named by scan id, not '{ct_dir}'"
+            )
         cts = _cts_by_id(ct_dir)
         lacking = [i for i in common if i not in cts]
         if lacking:

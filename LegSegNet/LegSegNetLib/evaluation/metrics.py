@@ -29,6 +29,7 @@ surface of the same tissue have distance 0, and only the others are looked up in
 surface's voxel centres (exact Euclidean nearest neighbours, the same numbers as a distance transform of
 the whole volume, without its cost). Per-slice Dice and all counts come from one joint histogram per slice.
 """
+
 from __future__ import annotations
 
 import math
@@ -241,8 +242,10 @@ def _hu_sums(pred: np.ndarray, ref: np.ndarray, hu: np.ndarray | None) -> tuple[
     if hu is None or pred.size == 0:
         return np.zeros(N_VALUES), np.zeros(N_VALUES)
     weights = hu.ravel().astype(np.float64)
-    return (np.bincount(pred.ravel(), weights=weights, minlength=N_VALUES),
-            np.bincount(ref.ravel(), weights=weights, minlength=N_VALUES))
+    return (
+        np.bincount(pred.ravel(), weights=weights, minlength=N_VALUES),
+        np.bincount(ref.ravel(), weights=weights, minlength=N_VALUES),
+    )
 
 
 def _dice(both, a, b):

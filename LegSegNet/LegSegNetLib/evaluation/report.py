@@ -9,6 +9,7 @@ In the CSV files an undefined value (NaN) is an empty cell and an infinite dista
 has null for both. Figures draw the numbers of summary.json (bias, limits of agreement, r, ICC), so what a
 reader sees is what the file says. matplotlib's object API with the Agg canvas, never pyplot.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,28 @@ import numpy as np
 
 from ..core.progress import Progress
 from ..core.text import json_safe
-from ..measurement.report import _have_matplotlib, _write_csv, write_file_set
 from ..core.tissues import TISSUE_BY_KEY, TISSUE_KEYS
+from ..measurement.report import _have_matplotlib, _write_csv, write_file_set
 
 EVALUATION_COLUMNS = (
-    "id", "tissue", "dice", "iou", "assd_mm", "hd95_mm", "volume_pred_cm3", "volume_ref_cm3", "volume_diff_cm3",
-    "rel_volume_diff_pct", "voxels_pred", "voxels_ref", "voxels_both", "mean_hu_pred", "mean_hu_ref", "mean_hu_diff",
-    "first_slice", "last_slice",
+    "id",
+    "tissue",
+    "dice",
+    "iou",
+    "assd_mm",
+    "hd95_mm",
+    "volume_pred_cm3",
+    "volume_ref_cm3",
+    "volume_diff_cm3",
+    "rel_volume_diff_pct",
+    "voxels_pred",
+    "voxels_ref",
+    "voxels_both",
+    "mean_hu_pred",
+    "mean_hu_ref",
+    "mean_hu_diff",
+    "first_slice",
+    "last_slice",
 )
 SLICE_COLUMNS = ("id", "slice_index", "z_mm") + tuple(f"dice_{key}" for key in TISSUE_KEYS)
 FIGURES = ("dice_boxplot.png", "bland_altman.png", "correlation.png")
@@ -105,8 +121,9 @@ def write_dice_boxplot(path: Path, evaluation: list[dict]) -> None:
     data = [values[np.isfinite(values)] for values in data]
     positions = [i + 1 for i, values in enumerate(data) if values.size]
     if positions:
-        boxes = ax.boxplot([data[p - 1] for p in positions], positions=positions, widths=0.5, patch_artist=True,
-                           showfliers=False)
+        boxes = ax.boxplot(
+            [data[p - 1] for p in positions], positions=positions, widths=0.5, patch_artist=True, showfliers=False
+        )
         for patch, p in zip(boxes["boxes"], positions):
             patch.set_facecolor((*TISSUE_BY_KEY[TISSUE_KEYS[p - 1]].rgb_float, 0.35))
     rng = np.random.default_rng(0)  # fixed jitter: the same files for the same numbers
@@ -128,13 +145,21 @@ def write_bland_altman(path: Path, evaluation: list[dict], summary: dict) -> Non
         for value, style in ((ba["bias"], "-"), (ba["loa_lower"], "--"), (ba["loa_upper"], "--")):
             if value is not None:
                 ax.axhline(value, color="grey", linestyle=style, linewidth=1)
-        ax.set_title(f"{key}: bias {_format(ba['bias'])}, LoA {_format(ba['loa_lower'])} to "
-                     f"{_format(ba['loa_upper'])}", fontsize=8)
+        ax.set_title(
+            f"{key}: bias {_format(ba['bias'])}, LoA {_format(ba['loa_lower'])} to {_format(ba['loa_upper'])}",
+            fontsize=8,
+        )
         ax.set_xlabel(f"mean of pred and ref {label}", fontsize=8)
         ax.set_ylabel(f"pred - ref {label}", fontsize=8)
 
-    _agreement_figure(path, evaluation, summary, panel, 3.4,
-                      "Bland-Altman: prediction minus reference (lines: bias and bias ± 1.96 SD)")
+    _agreement_figure(
+        path,
+        evaluation,
+        summary,
+        panel,
+        3.4,
+        "Bland-Altman: prediction minus reference (lines: bias and bias ± 1.96 SD)",
+    )
 
 
 def write_correlation(path: Path, evaluation: list[dict], summary: dict) -> None:
@@ -145,8 +170,9 @@ def write_correlation(path: Path, evaluation: list[dict], summary: dict) -> None
         if x.size:
             low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
             ax.plot([low, high], [low, high], color="grey", linewidth=1)
-        ax.set_title(f"{key}: r {_format(agreement['pearson']['r'], 3)}, "
-                     f"ICC {_format(agreement['icc']['icc'], 3)}", fontsize=8)
+        ax.set_title(
+            f"{key}: r {_format(agreement['pearson']['r'], 3)}, ICC {_format(agreement['icc']['icc'], 3)}", fontsize=8
+        )
         ax.set_xlabel(f"reference {label}", fontsize=8)
         ax.set_ylabel(f"prediction {label}", fontsize=8)
 

@@ -8,6 +8,7 @@ Every grid is checked before voxels are compared: predicted and reference label 
 the same size, spacing, origin and direction within `ct_volume.grid_differences`' tolerances; nothing is
 resampled. Slices are counted along the superior/inferior voxel axis, as everywhere in LegSegNet.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,15 +18,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
-from ..core.input_paths import itk_path
-from ..scan import volume_io
-from ..scan.itk_files import itk_suffix
 from ..anatomy.axial_range import parse_slices
-from ..scan.ct_volume import CTVolume, check_same_grid, find_axial_axis, grid_differences
 from ..core.errors import InputError
+from ..core.input_paths import itk_path
 from ..core.output_set import check_outputs
 from ..core.progress import Progress
 from ..core.tissues import TISSUE_KEYS
+from ..scan import volume_io
+from ..scan.ct_volume import CTVolume, check_same_grid, find_axial_axis, grid_differences
+from ..scan.itk_files import itk_suffix
 from . import statistics
 from .inputs import EvaluationPair, PairList, resolve_pairs
 from .metrics import ScanAgreement, compare_labels
@@ -80,8 +81,9 @@ def evaluate(
     return summary
 
 
-def check_before_reading(outdir, inputs: list[str], *, pairs_csv: str | None = None, ct: str | None = None,
-                         slices: str = SLICES_ALL) -> None:
+def check_before_reading(
+    outdir, inputs: list[str], *, pairs_csv: str | None = None, ct: str | None = None, slices: str = SLICES_ALL
+) -> None:
     """What can be checked before any label map is read (the CLI's validation step calls it too): the --slices
     option, and that OUTDIR can take the set without replacing an input."""
     from .report import OUTPUT_FILES
@@ -165,8 +167,14 @@ def _slice_range(slices: str, grid: CTVolume, pair: EvaluationPair) -> tuple[int
 
 
 # ---------------------------------------------------------------------------------------------- summary
-def summarize(results: list[ScanResult], pair_list: PairList, *, slices: str = SLICES_ALL, seed: int = 0,
-              n_bootstrap: int = statistics.DEFAULT_BOOTSTRAP) -> dict:
+def summarize(
+    results: list[ScanResult],
+    pair_list: PairList,
+    *,
+    slices: str = SLICES_ALL,
+    seed: int = 0,
+    n_bootstrap: int = statistics.DEFAULT_BOOTSTRAP,
+) -> dict:
     """summary.json: per tissue the metrics' cohort statistics and the volume (and mean HU) agreement."""
     bootstrap = statistics.BootstrapSample(len(results), n_bootstrap, seed)
     with_ct = [r for r in results if r.has_ct]
@@ -176,17 +184,22 @@ def summarize(results: list[ScanResult], pair_list: PairList, *, slices: str = S
         summarised = {m: statistics.describe([getattr(row, m) for row in rows], bootstrap) for m in SUMMARISED_METRICS}
         entry = {
             "metrics": summarised,
-            "volume_cm3": statistics.agreement([row.volume_pred_cm3 for row in rows],
-                                               [row.volume_ref_cm3 for row in rows], bootstrap),
+            "volume_cm3": statistics.agreement(
+                [row.volume_pred_cm3 for row in rows], [row.volume_ref_cm3 for row in rows], bootstrap
+            ),
             "mean_hu": None,
         }
         if with_ct:
             hu_rows = [r.agreement.tissues[key] for r in with_ct]
-            hu_bootstrap = bootstrap if len(with_ct) == len(results) else statistics.BootstrapSample(
-                len(with_ct), n_bootstrap, seed)
+            hu_bootstrap = (
+                bootstrap
+                if len(with_ct) == len(results)
+                else statistics.BootstrapSample(len(with_ct), n_bootstrap, seed)
+            )
             summarised[HU_METRIC] = statistics.describe([row.mean_hu_diff for row in hu_rows], hu_bootstrap)
-            entry["mean_hu"] = statistics.agreement([row.mean_hu_pred for row in hu_rows],
-                                                    [row.mean_hu_ref for row in hu_rows], hu_bootstrap)
+            entry["mean_hu"] = statistics.agreement(
+                [row.mean_hu_pred for row in hu_rows], [row.mean_hu_ref for row in hu_rows], hu_bootstrap
+            )
         tissues[key] = entry
     return {
         "legsegnet_version": __version__,
@@ -198,8 +211,13 @@ def summarize(results: list[ScanResult], pair_list: PairList, *, slices: str = S
         "bootstrap_replicates": n_bootstrap,
         "unmatched": pair_list.unmatched,
         "scans": [
-            {"id": r.pair.id, "pred": str(r.pair.pred), "ref": str(r.pair.ref),
-             "ct": None if r.pair.ct is None else str(r.pair.ct), "slices": [r.first, r.last]}
+            {
+                "id": r.pair.id,
+                "pred": str(r.pair.pred),
+                "ref": str(r.pair.ref),
+                "ct": None if r.pair.ct is None else str(r.pair.ct),
+                "slices": [r.first, r.last],
+            }
             for r in results
         ],
         "tissues": tissues,
@@ -211,17 +229,17 @@ DEFINITIONS = {
     "dice": "2|P&R| / (|P|+|R|) over the evaluated slices; NaN when both are empty, 0 when one is",
     "iou": "|P&R| / |P|R|; NaN when both are empty",
     "assd_mm": "mean of the surface-to-surface distances of both directions together (surface: voxels with a face "
-               "neighbour outside the mask; distances between voxel centres with the voxel spacing); inf when one "
-               "mask is empty",
+    "neighbour outside the mask; distances between voxel centres with the voxel spacing); inf when one "
+    "mask is empty",
     "hd95_mm": "max of the two directed 95th percentiles of the surface distances; inf when one mask is empty",
     "volume_diff_cm3": "V_pred - V_ref",
     "rel_volume_diff_pct": "100 (V_pred - V_ref) / V_ref; NaN when the reference is empty",
     "mean_hu_diff": "mean HU over the predicted voxels - mean HU over the reference voxels (with a CT)",
     "statistics": "mean, SD (n-1) and median over scans of the finite values; NaN (undefined) and inf are left out "
-                  "and counted; ci95_mean: percentile bootstrap over scans, seeded",
+    "and counted; ci95_mean: percentile bootstrap over scans, seeded",
     "pearson": "Pearson r of V_pred against V_ref (or mean HU), 95% CI by Fisher's z, tanh(atanh(r) +- 1.95996 / sqrt(n-3))",
     "icc": "ICC(A,1) (McGraw & Wong 1996; = Shrout & Fleiss ICC(2,1)): two-way, absolute agreement, single "
-           "measurement, so a systematic bias lowers it; 95% CI by the same bootstrap",
+    "measurement, so a systematic bias lowers it; 95% CI by the same bootstrap",
     "bland_altman": "differences pred - ref: bias = mean, limits of agreement = bias +- 1.96 SD (n-1)",
 }
 
@@ -231,8 +249,15 @@ def tissue_rows(results: list[ScanResult]) -> list[dict]:
     rows = []
     for r in results:
         for key in TISSUE_KEYS:
-            rows.append({"id": r.pair.id, "tissue": key, **r.agreement.tissues[key].to_dict(),
-                         "first_slice": r.first, "last_slice": r.last})
+            rows.append(
+                {
+                    "id": r.pair.id,
+                    "tissue": key,
+                    **r.agreement.tissues[key].to_dict(),
+                    "first_slice": r.first,
+                    "last_slice": r.last,
+                }
+            )
     return rows
 
 

@@ -14,6 +14,7 @@
 - `bland_altman`: differences method - reference: bias (mean), SD (n-1) and the 95% limits of agreement,
   bias +- 1.96 SD (Bland & Altman 1986).
 """
+
 from __future__ import annotations
 
 import math

@@ -18,6 +18,7 @@ beside the 16-character decimal string). An empty tissue has volume 0 and no mea
 
 Patient and study attributes come from the source header unchanged; every object gets new UIDs.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..scan.ct_volume import CTVolume
 from ..core.errors import InputError
-from .quantify import SIDES
 from ..core.terminology import tissue_terms
-from ..scan.dicom_seg_labels import require_highdicom
 from ..core.tissues import TISSUES
+from ..scan.ct_volume import CTVolume
+from ..scan.dicom_seg_labels import require_highdicom
+from .quantify import SIDES
 
 SEG_FILE = "seg.dcm"
 SR_FILE = "sr.dcm"
@@ -54,8 +55,17 @@ DERIVED_CODES = {
 }
 REGION_NAMES = {"whole": "both legs", "left": "left leg", "right": "right leg"}
 # Patient and study attributes every DICOM object must carry (Type 2: present, possibly empty).
-_TYPE2_IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                   "AccessionNumber", "StudyID", "ReferringPhysicianName")
+_TYPE2_IDENTITY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,7 @@ class Provenance:
     version: str = __version__  # LegSegNet's
 
     @classmethod
-    def from_run_info(cls, run_info: dict) -> "Provenance":
+    def from_run_info(cls, run_info: dict) -> Provenance:
         return cls(
             engine=str(run_info.get("engine") or "external"),
             model=run_info.get("model"),
@@ -187,8 +197,11 @@ def _algorithm_sequence(provenance: Provenance):
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    family = codes.cid7162.ArtificialIntelligence if provenance.engine == "nnunet" else (
-        codes.cid7162.MorphologicalOperations)  # HU windows and morphology
+    family = (
+        codes.cid7162.ArtificialIntelligence
+        if provenance.engine == "nnunet"
+        else (codes.cid7162.MorphologicalOperations)
+    )  # HU windows and morphology
     return hd.AlgorithmIdentificationSequence(
         name=MANUFACTURER, family=family, version=provenance.version, parameters=provenance.parameters()
     )
@@ -203,17 +216,19 @@ def _build_seg(source_images: list, labels_slab: np.ndarray, provenance: Provena
     descriptions = []
     for tissue in TISSUES:  # segment number = label value: 1 SAT, 2 SM, 3 IAT, 4 Bone
         term = terms[tissue.key]
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=tissue.value,
-            segment_label=tissue.key,
-            segmented_property_category=Code(term.category.value, term.category.scheme, term.category.meaning),
-            segmented_property_type=Code(term.type.value, term.type.scheme, term.type.meaning),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            tracking_uid=hd.UID(),
-            tracking_id=f"{tissue.key} ({tissue.name})"[:64],
-            display_color=hd.color.CIELabColor.from_rgb(*term.rgb),  # 0-255
-        ))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=tissue.value,
+                segment_label=tissue.key,
+                segmented_property_category=Code(term.category.value, term.category.scheme, term.category.meaning),
+                segmented_property_type=Code(term.type.value, term.type.scheme, term.type.meaning),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=hd.UID(),
+                tracking_id=f"{tissue.key} ({tissue.name})"[:64],
+                display_color=hd.color.CIELabColor.from_rgb(*term.rgb),  # 0-255
+            )
+        )
     # The slab's rows are ITK axis 0 (i) and its columns axis 1 (j); a DICOM frame is (row j, column i).
     frames = np.transpose(np.asarray(labels_slab, dtype=np.uint8), (0, 2, 1))
     return hd.seg.Segmentation(
@@ -251,7 +266,10 @@ def _build_sr(seg, source_images: list, metrics: dict, provenance: Provenance):
         parameters=[f"{key}={value}" for key, value in provenance.parameters().items()],
     )
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=hd.UID(), name=MANUFACTURER, manufacturer_name=MANUFACTURER, model_name=_model_name(provenance),
+        uid=hd.UID(),
+        name=MANUFACTURER,
+        manufacturer_name=MANUFACTURER,
+        model_name=_model_name(provenance),
     )
     observation_context = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -259,7 +277,9 @@ def _build_sr(seg, source_images: list, metrics: dict, provenance: Provenance):
         )
     )
     groups = []
-    regions = [("whole", metrics)] + [(side, metrics["legs"][side]) for side in SIDES if side in metrics.get("legs", {})]
+    regions = [("whole", metrics)] + [
+        (side, metrics["legs"][side]) for side in SIDES if side in metrics.get("legs", {})
+    ]
     for region, numbers in regions:
         groups += _tissue_groups(seg, region, numbers, algorithm)
         groups.append(_derived_group(seg, region, numbers, algorithm))
@@ -280,10 +300,13 @@ def _build_sr(seg, source_images: list, metrics: dict, provenance: Provenance):
         is_complete=True,
         is_final=False,  # automatic results nobody has verified yet
         series_description="LegSegNet body composition",
-        coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(
-            designator=PRIVATE_SCHEME, name="LegSegNet derived body-composition metrics",
-            responsible_organization="LegSegNet",
-        )],
+        coding_schemes=[
+            hd.coding_schemes.CodingSchemeIdentificationItem(
+                designator=PRIVATE_SCHEME,
+                name="LegSegNet derived body-composition metrics",
+                responsible_organization="LegSegNet",
+            )
+        ],
     )
 
 
@@ -307,27 +330,42 @@ def _tissue_groups(seg, region: str, numbers: dict, algorithm) -> list:
     for tissue in TISSUES:
         stats = numbers["tissues"][tissue.key]
         term = terms[tissue.key]
-        measurements = [hd.sr.Measurement(
-            name=codes.SCT.Volume, value=float(stats["volume_cm3"]), unit=codes.UCUM.CubicCentimeter,
-            algorithm_id=algorithm,
-        )]
+        measurements = [
+            hd.sr.Measurement(
+                name=codes.SCT.Volume,
+                value=float(stats["volume_cm3"]),
+                unit=codes.UCUM.CubicCentimeter,
+                algorithm_id=algorithm,
+            )
+        ]
         for name, key in ((codes.SCT.Mean, "mean_hu"), (codes.SCT.StandardDeviation, "sd_hu")):
             if _is_number(stats.get(key)):  # empty tissue: no mean; one voxel: no SD
-                measurements.append(hd.sr.Measurement(
-                    name=name, value=float(stats[key]), unit=codes.UCUM.HounsfieldUnit, algorithm_id=algorithm,
-                ))
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{tissue.key}, {REGION_NAMES[region]}"),
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=tissue.value,
-                source_series=source_series,
-            ),
-            finding_category=Code(term.category.value, term.category.scheme, term.category.meaning),
-            finding_type=Code(term.type.value, term.type.scheme, term.type.meaning),
-            finding_sites=_finding_sites(region),
-            algorithm_id=algorithm,
-            measurements=measurements,
-        ))
+                measurements.append(
+                    hd.sr.Measurement(
+                        name=name,
+                        value=float(stats[key]),
+                        unit=codes.UCUM.HounsfieldUnit,
+                        algorithm_id=algorithm,
+                    )
+                )
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=hd.UID(), identifier=f"{tissue.key}, {REGION_NAMES[region]}"
+                ),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=seg.SOPClassUID,
+                    sop_instance_uid=seg.SOPInstanceUID,
+                    segment_number=tissue.value,
+                    source_series=source_series,
+                ),
+                finding_category=Code(term.category.value, term.category.scheme, term.category.meaning),
+                finding_type=Code(term.type.value, term.type.scheme, term.type.meaning),
+                finding_sites=_finding_sites(region),
+                algorithm_id=algorithm,
+                measurements=measurements,
+            )
+        )
     return groups
 
 
@@ -346,12 +384,19 @@ def _derived_group(seg, region: str, numbers: dict, algorithm):
             continue  # e.g. mu_Fat without any fat voxel
         source = hd.sr.SourceImageForMeasurement(seg.SOPClassUID, seg.SOPInstanceUID)
         source.ReferencedSOPSequence[0].ReferencedSegmentNumber = sorted(segment_of[k] for k in tissue_keys)
-        measurements.append(hd.sr.Measurement(
-            name=Code(code_value, PRIVATE_SCHEME, meaning), value=float(value), unit=units[unit],
-            algorithm_id=algorithm, referenced_images=[source],
-        ))
+        measurements.append(
+            hd.sr.Measurement(
+                name=Code(code_value, PRIVATE_SCHEME, meaning),
+                value=float(value),
+                unit=units[unit],
+                algorithm_id=algorithm,
+                referenced_images=[source],
+            )
+        )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"Derived metrics, {REGION_NAMES[region]}"),
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(), identifier=f"Derived metrics, {REGION_NAMES[region]}"
+        ),
         finding_sites=_finding_sites(region),
         algorithm_id=algorithm,
         measurements=measurements,

@@ -21,6 +21,7 @@ Per leg: `legs.split_legs` numbers the legs; each goes to the patient's "left" o
 its centroid (by patient orientation, never by image side). Labelled voxels outside any leg count only
 for the whole range.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..scan.ct_volume import CTVolume
 from ..core.errors import InputError
 from ..core.tissues import MAX_LABEL, TISSUES
+from ..scan.ct_volume import CTVolume
 
 RATIO_EPSILON_CM3 = 1e-9  # the paper's epsilon in equations 5 and 6, added to volumes in cm^3
 CHUNK_VOXELS = 4_000_000  # slices per chunk are chosen so a chunk holds about this many voxels
@@ -69,7 +70,7 @@ class RegionStats:
     @classmethod
     def from_sums(
         cls, counts: np.ndarray, hu_sums: np.ndarray, hu_squares: np.ndarray, volumes_cm3: np.ndarray
-    ) -> "RegionStats":
+    ) -> RegionStats:
         """From per-label-value accumulators (index = label value 0..4) and per-value volumes in cm^3."""
         tissues = {}
         for t in TISSUES:

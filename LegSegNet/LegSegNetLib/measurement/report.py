@@ -6,6 +6,7 @@ beside OUTDIR, then swapped in with one rename; the user's other files in OUTDIR
 Figures use matplotlib's object API with the Agg canvas, never pyplot, so no GUI backend is touched
 (this also runs inside 3D Slicer's Python).
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,19 +16,20 @@ import math
 import os
 import struct
 import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
-from ..scan.ct_volume import CTVolume
-from ..core.progress import Progress
 from ..core.output_set import OutputSet
+from ..core.progress import Progress
 from ..core.text import json_safe
-from .quantify import PROFILE_COLUMNS, Measurements
 from ..core.tissues import MAX_LABEL, TISSUES
+from ..scan.ct_volume import CTVolume
+from .quantify import PROFILE_COLUMNS, Measurements
 
 OUTPUT_FILES = ("labels.nii.gz", "metrics.json", "metrics.csv", "profile.csv", "overlay.png", "profile.png")
 OPTIONAL_OUTPUT_FILES = ("seg.dcm", "sr.dcm")  # written with --dicom; part of the set either way
@@ -82,8 +84,12 @@ def write_outputs(
     return metrics
 
 
-def write_file_set(outdir: str | Path, writers: list[tuple[str, Callable[[Path], None]]],
-                   progress: Progress | None = None, inputs: Sequence[str | Path] = ()) -> None:
+def write_file_set(
+    outdir: str | Path,
+    writers: list[tuple[str, Callable[[Path], None]]],
+    progress: Progress | None = None,
+    inputs: Sequence[str | Path] = (),
+) -> None:
     """Write the files of `writers` into OUTDIR as one set (core/output_set.py): all of them or none."""
     OutputSet(outdir, [name for name, _ in writers], inputs).write(writers, progress)
 
@@ -105,7 +111,9 @@ def write_label_image(path: Path, image: sitk.Image) -> None:
         sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as exc:  # SimpleITK reports the I/O failures it notices as RuntimeError
         raise OSError(f"writing {path.name} failed: {str(exc).strip().splitlines()[-1]}") from exc
-    voxel_bytes = int(np.prod(image.GetSize())) * image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
+    voxel_bytes = (
+        int(np.prod(image.GetSize())) * image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
+    )
     try:
         with gzip.open(path, "rb") as stream:
             header = stream.read(NIFTI1_HEADER_BYTES)
@@ -115,8 +123,9 @@ def write_label_image(path: Path, image: sitk.Image) -> None:
             raw.seek(-4, os.SEEK_END)
             stored_length = struct.unpack("<I", raw.read(4))[0]  # gzip's ISIZE: the length modulo 2**32
     except (OSError, EOFError, zlib.error, struct.error) as exc:
-        raise OSError(f"writing {path.name} failed: the file cannot be read back ({exc}); check free disk space") \
-            from exc
+        raise OSError(
+            f"writing {path.name} failed: the file cannot be read back ({exc}); check free disk space"
+        ) from exc
     if len(header) < NIFTI1_HEADER_BYTES or stored_length != (vox_offset + voxel_bytes) % 2**32:
         raise OSError(f"writing {path.name} failed: the file was cut off; check free disk space")
 
@@ -129,8 +138,9 @@ def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | None = None,
-               cell: Callable[[object], object] | None = None) -> None:
+def _write_csv(
+    path: Path, rows: list[dict], columns: tuple[str, ...] | None = None, cell: Callable[[object], object] | None = None
+) -> None:
     columns = columns or tuple(rows[0])
     cell = cell or _csv_value
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -191,9 +201,7 @@ def overlay_slices(n_slices: int, count: int = OVERLAY_SLICES) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_slices - 1, min(count, n_slices))).astype(int))
 
 
-def write_overlay_png(
-    path: Path, volume: CTVolume, labels_slab: np.ndarray, first: int, z_mm: np.ndarray
-) -> None:
+def write_overlay_png(path: Path, volume: CTVolume, labels_slab: np.ndarray, first: int, z_mm: np.ndarray) -> None:
     """A grid of axial slices, labels semi-transparent over the CT in a soft-tissue window, with a legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -6,6 +6,7 @@ dataset_fingerprint.json and `fold_N/checkpoint_*.pth` of a 2D model are extract
 other member is never decompressed. The chosen members' declared size is bounded before anything is written
 and their actual bytes are counted while writing, since a zip header can lie.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,9 @@ def extract_model_members(
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError):
-        raise InputError(f"'{label}' is not a valid .zip archive (or the download is damaged); check the file or URL") from None
+        raise InputError(
+            f"'{label}' is not a valid .zip archive (or the download is damaged); check the file or URL"
+        ) from None
     with zf:
         infos = zf.infolist()
         if len(infos) > max_members:
@@ -93,7 +96,9 @@ def extract_model_members(
             )
         skipped = len(files) - len(plan)
         if skipped:
-            progress.note(f"{skipped} file(s) in {Path(label).name or label} are not part of the model and were not extracted")
+            progress.note(
+                f"{skipped} file(s) in {Path(label).name or label} are not part of the model and were not extracted"
+            )
         check_free_space(declared)
         progress.stage("extracting", total=len(plan))
         dest_real = os.path.realpath(dest)
@@ -111,12 +116,18 @@ def extract_model_members(
                         written += len(chunk)
                         written_total += len(chunk)
                         if written > info.file_size or written_total > max_bytes:
-                            raise InputError(f"'{label}' entry '{info.filename}' expands beyond its declared size; refused")
+                            raise InputError(
+                                f"'{label}' entry '{info.filename}' expands beyond its declared size; refused"
+                            )
                         out.write(chunk)
             except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-                raise InputError(f"'{label}' is damaged ({first_line(exc)} in '{info.filename}'); download it again") from None
+                raise InputError(
+                    f"'{label}' is damaged ({first_line(exc)} in '{info.filename}'); download it again"
+                ) from None
             except NotImplementedError as exc:
-                raise InputError(f"'{label}': {exc}; re-create the archive with standard (deflate) compression") from None
+                raise InputError(
+                    f"'{label}': {exc}; re-create the archive with standard (deflate) compression"
+                ) from None
             except (FileExistsError, NotADirectoryError, IsADirectoryError):
                 raise InputError(f"'{label}' entry '{info.filename}' collides with another entry; refused") from None
             progress.advance()

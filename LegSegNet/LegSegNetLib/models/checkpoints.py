@@ -5,6 +5,7 @@ only with `torch.load(weights_only=True)` plus an allow-list of numeric numpy ty
 numpy floats): tensors, numbers, strings and numeric numpy values, never other Python objects. Before a
 checkpoint is loaded, the globals its pickle needs are read without running it (`unsafe_checkpoint_globals`).
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -55,11 +56,27 @@ def _safe_globals() -> list:
         from numpy._core import multiarray
     except ImportError:  # numpy 1.x
         from numpy.core import multiarray  # type: ignore[no-redef]
-    numeric = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-               np.float16, np.float32, np.float64, np.complex64, np.complex128)
+    numeric = (
+        np.bool_,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.float16,
+        np.float32,
+        np.float64,
+        np.complex64,
+        np.complex128,
+    )
     allowed: list = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
-    allowed += [(multiarray.scalar, "numpy.core.multiarray.scalar"),
-                (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    allowed += [
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    ]
     allowed += sorted({type(np.dtype(t)) for t in numeric} - {np.dtype}, key=lambda c: c.__name__)
     return allowed
 
@@ -86,7 +103,9 @@ def _check_checkpoint_file(path: Path) -> None:
             "download or copy the model again"
         ) from None
     if bad is not None:
-        raise InputError(f"checkpoint '{path}' is damaged (entry {bad} fails its checksum); download or copy the model again")
+        raise InputError(
+            f"checkpoint '{path}' is damaged (entry {bad} fails its checksum); download or copy the model again"
+        )
 
 
 def unsafe_checkpoint_globals(path: str | Path) -> list[str]:
@@ -99,7 +118,9 @@ def unsafe_checkpoint_globals(path: str | Path) -> list[str]:
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as exc:  # noqa: BLE001 - any failure to parse means a damaged file
-        raise InputError(f"checkpoint '{path}' cannot be read ({first_line(exc)}); download or copy the model again") from None
+        raise InputError(
+            f"checkpoint '{path}' cannot be read ({first_line(exc)}); download or copy the model again"
+        ) from None
     return sorted(set(found) - allowed)
 
 
@@ -160,7 +181,9 @@ def _load_weights_only(path: Path, map_location: Any, mmap: bool = False, label:
         with torch.serialization.safe_globals(_safe_globals()):
             checkpoint = torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise InputError(f"checkpoint '{label}' cannot be loaded ({first_line(exc)}); download or copy the model again") from None
+        raise InputError(
+            f"checkpoint '{label}' cannot be loaded ({first_line(exc)}); download or copy the model again"
+        ) from None
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise InputError(f"'{label}' is a PyTorch file but not an nnU-Net checkpoint (no network_weights)")
     return checkpoint

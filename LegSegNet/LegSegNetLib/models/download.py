@@ -4,6 +4,7 @@ Plain `http://` is accepted only to this computer (loopback), for local mirrors;
 `https://`, and a redirect may not downgrade it. The download is streamed to a file while its SHA-256 is
 computed; a short download or one over the size limit is refused.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,7 +50,9 @@ def download(
         length_text = response.headers.get("Content-Length")
         length = int(length_text) if length_text and length_text.isdigit() else None
         if length is not None and length > max_bytes:
-            raise InputError(f"{url} is {length / 1e9:.1f} GB, more than the {max_bytes / 1e9:.1f} GB limit; not a model")
+            raise InputError(
+                f"{url} is {length / 1e9:.1f} GB, more than the {max_bytes / 1e9:.1f} GB limit; not a model"
+            )
         if length is not None:
             check_free_space(length)
         total_mib = math.ceil(length / _MIB) if length else None
@@ -99,8 +102,7 @@ def check_url(url: str, previous: str | None = None) -> None:
             raise InputError(f"refusing a redirect from https to plain http ({url})")
         return
     raise InputError(
-        f"'{url}': only https:// URLs are accepted (plain http:// only to this computer); "
-        "downloads must be encrypted"
+        f"'{url}': only https:// URLs are accepted (plain http:// only to this computer); downloads must be encrypted"
     )
 
 
@@ -117,7 +119,9 @@ def _network_message(url: str, reason: Any) -> str:
 
 def _open(url: str, timeout_s: float):
     opener = _opener_for(url)
-    request = urllib.request.Request(url, headers={"User-Agent": f"legsegnet/{__version__}", "Accept-Encoding": "identity"})
+    request = urllib.request.Request(
+        url, headers={"User-Agent": f"legsegnet/{__version__}", "Accept-Encoding": "identity"}
+    )
     try:
         return opener.open(request, timeout=timeout_s)
     except urllib.error.HTTPError as exc:

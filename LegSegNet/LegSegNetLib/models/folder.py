@@ -10,6 +10,7 @@ model's input is the published natural-image PNG format or HU. It never writes t
 in it that nnU-Net would import must be one nnU-Net ships (plans_names.check_plans_names), and the published
 file's `null` spacings are replaced in memory.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,13 +39,28 @@ _NATURAL_IMAGE_CHANNEL_HINTS = {"png", "naturalimage", "grayscale", "gray", "gre
 
 # dataset.json label names (lower case, letters and digits only) -> LegSegNet label value.
 _LABEL_ALIASES: dict[str, int] = {
-    "background": 0, "bg": 0,
-    "sat": 1, "scat": 1, "subcutaneous": 1, "subcutaneousfat": 1, "subcutaneousadiposetissue": 1,
-    "sm": 2, "muscle": 2, "muscles": 2, "skeletalmuscle": 2,
-    "iat": 3, "imat": 3, "intermuscularfat": 3, "intramuscularfat": 3, "intermuscularadiposetissue": 3,
-    "intramuscularadiposetissue": 3, "interintramuscularadiposetissue": 3,
-    "bone": 4, "bones": 4,
+    "background": 0,
+    "bg": 0,
+    "sat": 1,
+    "scat": 1,
+    "subcutaneous": 1,
+    "subcutaneousfat": 1,
+    "subcutaneousadiposetissue": 1,
+    "sm": 2,
+    "muscle": 2,
+    "muscles": 2,
+    "skeletalmuscle": 2,
+    "iat": 3,
+    "imat": 3,
+    "intermuscularfat": 3,
+    "intramuscularfat": 3,
+    "intermuscularadiposetissue": 3,
+    "intramuscularadiposetissue": 3,
+    "interintramuscularadiposetissue": 3,
+    "bone": 4,
+    "bones": 4,
 }
+
 
 @dataclass(frozen=True)
 class ModelFolder:
@@ -206,11 +222,15 @@ def inspect_model_folder(
     """
     given = Path(path).expanduser()
     if not given.exists():
-        raise InputError(f"model folder '{given}' does not exist; give a folder holding plans.json, or an installed model name")
+        raise InputError(
+            f"model folder '{given}' does not exist; give a folder holding plans.json, or an installed model name"
+        )
     if given.is_file():
         if given.suffix.lower() == ".zip":
             raise InputError(f"'{given}' is an archive; install it first: legsegnet models install {given}")
-        raise InputError(f"'{given}' is a file; --model wants an nnU-Net model folder (holding plans.json) or an installed model name")
+        raise InputError(
+            f"'{given}' is a file; --model wants an nnU-Net model folder (holding plans.json) or an installed model name"
+        )
     model_dir, trainer, plans_id, config_from_name = locate_model_dir(given)
     metadata = read_metadata(model_dir) or {}
     display = name or metadata.get("name") or name_from_folder(model_dir)
@@ -229,7 +249,9 @@ def inspect_model_folder(
     config = _check_plans(plans, display)
     channels = dataset.get("channel_names", dataset.get("modality"))
     if not isinstance(channels, dict) or not channels:
-        raise InputError(f"dataset.json of model '{display}' has no channel_names; it is not an nnU-Net v2 dataset.json")
+        raise InputError(
+            f"dataset.json of model '{display}' has no channel_names; it is not an nnU-Net v2 dataset.json"
+        )
     schemes = config.get("normalization_schemes")
     if isinstance(schemes, list) and len(schemes) != len(channels):
         raise InputError(
@@ -334,7 +356,9 @@ def name_from_folder(model_dir: Path) -> str:
 
 def _read_json(path: Path, model: str) -> dict:
     if not path.is_file():
-        raise InputError(f"{path.name} is missing in '{path.parent}' (model '{model}'); the model is incomplete — copy or download it again")
+        raise InputError(
+            f"{path.name} is missing in '{path.parent}' (model '{model}'); the model is incomplete — copy or download it again"
+        )
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -346,7 +370,9 @@ def _read_json(path: Path, model: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path.name} of model '{model}' is not valid JSON (line {exc.lineno}: {exc.msg}); the file is damaged") from None
+        raise InputError(
+            f"{path.name} of model '{model}' is not valid JSON (line {exc.lineno}: {exc.msg}); the file is damaged"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path} ({exc}); check the file") from None
     if not isinstance(data, dict):
@@ -396,9 +422,7 @@ def _check_labels(dataset: dict, model: str, warnings: list[str]) -> dict[str, i
                 f"{meant_name} is {meant}; LegSegNet needs {expected} (retrain or relabel the model)"
             )
     if unknown:
-        warnings.append(
-            f"label names {', '.join(unknown)} not recognised; values taken as LegSegNet's ({expected})"
-        )
+        warnings.append(f"label names {', '.join(unknown)} not recognised; values taken as LegSegNet's ({expected})")
     return dict(values)
 
 
@@ -413,7 +437,9 @@ def _check_plans(plans: dict, model: str) -> dict:
         )
     config = _resolve_configuration(configurations, CONFIGURATION, model)
     if "patch_size" not in config:
-        raise InputError(f"the 2d configuration in plans.json of model '{model}' has no patch_size; the file is incomplete")
+        raise InputError(
+            f"the 2d configuration in plans.json of model '{model}' has no patch_size; the file is incomplete"
+        )
     return config
 
 

@@ -13,6 +13,7 @@ under), and the store then treats the files like any other untrusted model (arch
 folder validation, weights-only checkpoints). `huggingface_hub` is imported only here, and only when a
 hub model is installed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -109,10 +110,13 @@ def plan_hf_download(paths: Sequence[str], repo: str = "") -> tuple[str, list[st
             continue
         prefix = "" if str(parts.parent) == "." else f"{parts.parent}/"
         checkpoints = [
-            p for p in paths
-            if p.startswith(prefix) and len(PurePosixPath(p[len(prefix):]).parts) == 2
-            and FOLD_RE.match(PurePosixPath(p[len(prefix):]).parts[0])
-            and CHECKPOINT_RE.match(PurePosixPath(p).name) and PurePosixPath(p).name != "checkpoint_latest.pth"
+            p
+            for p in paths
+            if p.startswith(prefix)
+            and len(PurePosixPath(p[len(prefix) :]).parts) == 2
+            and FOLD_RE.match(PurePosixPath(p[len(prefix) :]).parts[0])
+            and CHECKPOINT_RE.match(PurePosixPath(p).name)
+            and PurePosixPath(p).name != "checkpoint_latest.pth"
         ]
         if f"{prefix}dataset.json" in path_set and checkpoints:
             config = split_config_name(parts.parent.name)[2]
@@ -128,7 +132,9 @@ def plan_hf_download(paths: Sequence[str], repo: str = "") -> tuple[str, list[st
         return "zip", zips
     where = f"hub repository {repo}" if repo else "the hub repository"
     if len(zips) > 1:
-        raise InputError(f"{where} holds several zips ({', '.join(zips)}) and no model folder; download one and install the .zip")
+        raise InputError(
+            f"{where} holds several zips ({', '.join(zips)}) and no model folder; download one and install the .zip"
+        )
     raise InputError(
         f"{where} holds no nnU-Net 2D model (plans.json and dataset.json beside fold_N/checkpoint_*.pth) and no .zip"
     )
@@ -162,7 +168,9 @@ def fetch_model(
             return _from_cache(hf, repo, revision, cache_dir, progress, why=f"cannot reach {host} ({first_line(exc)})")
         commit = info.sha if isinstance(info.sha, str) and _COMMIT_RE.match(info.sha) else None
         if commit is None:
-            raise LegSegNetError(f"{where} did not name the commit of {source}; is it a Hugging Face hub? try again later")
+            raise LegSegNetError(
+                f"{where} did not name the commit of {source}; is it a Hugging Face hub? try again later"
+            )
         listing = {s.rfilename: s for s in info.siblings or []}
         card = getattr(info, "card_data", None)
         licence = hf_licence(getattr(card, "license", None), info.tags, repo)
@@ -171,18 +179,28 @@ def fetch_model(
         kind, paths = plan_hf_download(list(listing), repo)
         total = sum(_listed_size(listing[p]) or 0 for p in paths)
         if total > max_bytes:
-            raise InputError(f"{source} is {total / 1e9:.1f} GB, more than the {max_bytes / 1e9:.1f} GB limit; not a model")
+            raise InputError(
+                f"{source} is {total / 1e9:.1f} GB, more than the {max_bytes / 1e9:.1f} GB limit; not a model"
+            )
         progress.note(f"downloading {len(paths)} file(s) of {source} (commit {commit[:12]}) from {where}")
         bars = _bars_reporting_to(progress, total)
         try:  # given the revision as the user wrote it, huggingface_hub records it in its cache for offline use
-            snapshot = Path(hf.snapshot_download(
-                repo, revision=revision, allow_patterns=[glob.escape(p) for p in paths], endpoint=endpoint,
-                cache_dir=cache_dir, tqdm_class=bars,
-            ))
+            snapshot = Path(
+                hf.snapshot_download(
+                    repo,
+                    revision=revision,
+                    allow_patterns=[glob.escape(p) for p in paths],
+                    endpoint=endpoint,
+                    cache_dir=cache_dir,
+                    tqdm_class=bars,
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - every failure becomes one line
             raise _hub_error(hf, exc, source, where) from None
         if snapshot.name != commit:  # it resolved the revision again: every file must come from the listed commit
-            raise LegSegNetError(f"{source} changed on the hub during the download (now commit {snapshot.name}); try again")
+            raise LegSegNetError(
+                f"{source} changed on the hub during the download (now commit {snapshot.name}); try again"
+            )
         bars.finish()
     digests = {p: _verified(snapshot / p, p, _listed_digests(listing[p])) for p in paths}
     return _hub_model(repo, commit, kind, paths, snapshot, digests, licence, from_cache=False)
@@ -215,15 +233,23 @@ def _from_cache(hf, repo: str, revision: str | None, cache_dir, progress: Progre
     reason = "HF_HUB_OFFLINE is set" if why is None else why
     progress.note(f"{reason}: installing {source} (commit {cached.commit_hash[:12]}) from the Hugging Face cache")
     try:  # huggingface_hub's own answer for the folder, and its completeness check of these files
-        snapshot = Path(hf.snapshot_download(
-            repo, revision=cached.commit_hash, allow_patterns=[glob.escape(p) for p in paths],
-            cache_dir=cache_dir, local_files_only=True,
-        ))
+        snapshot = Path(
+            hf.snapshot_download(
+                repo,
+                revision=cached.commit_hash,
+                allow_patterns=[glob.escape(p) for p in paths],
+                cache_dir=cache_dir,
+                local_files_only=True,
+            )
+        )
     except Exception as exc:  # noqa: BLE001 - an incomplete or damaged cache entry
-        raise LegSegNetError(f"{source} in the Hugging Face cache is incomplete ({first_line(exc)}); {reason}") from None
+        raise LegSegNetError(
+            f"{source} in the Hugging Face cache is incomplete ({first_line(exc)}); {reason}"
+        ) from None
     digests = {p: _verified(snapshot / p, p, _content_address(files[p].blob_path)) for p in paths}
-    return _hub_model(repo, cached.commit_hash, kind, paths, snapshot, digests, hf_licence(None, None, repo),
-                      from_cache=True)
+    return _hub_model(
+        repo, cached.commit_hash, kind, paths, snapshot, digests, hf_licence(None, None, repo), from_cache=True
+    )
 
 
 def _hub_model(repo, commit, kind, paths, snapshot: Path, digests: dict, licence, from_cache: bool) -> HubModel:
@@ -275,7 +301,9 @@ def _verified(path: Path, repo_path: str, expected: dict) -> str:
             while chunk := handle.read(_MIB):
                 blob.update(chunk)
         if blob.hexdigest() != blob_id:
-            raise LegSegNetError(f"{repo_path} from the hub does not match the hub's git blob id; the download is damaged — try again")
+            raise LegSegNetError(
+                f"{repo_path} from the hub does not match the hub's git blob id; the download is damaged — try again"
+            )
     return sha256
 
 
@@ -292,8 +320,12 @@ def _import_hub() -> SimpleNamespace:
         ) from None
     utils.disable_progress_bars()  # its own bars would garble ours: the download reports to `progress`
     return SimpleNamespace(
-        constants=constants, errors=utils, CacheNotFound=utils.CacheNotFound, HfApi=huggingface_hub.HfApi,
-        snapshot_download=huggingface_hub.snapshot_download, scan_cache_dir=huggingface_hub.scan_cache_dir,
+        constants=constants,
+        errors=utils,
+        CacheNotFound=utils.CacheNotFound,
+        HfApi=huggingface_hub.HfApi,
+        snapshot_download=huggingface_hub.snapshot_download,
+        scan_cache_dir=huggingface_hub.scan_cache_dir,
     )
 
 
@@ -313,17 +345,19 @@ def _hub_error(hf, exc: BaseException, source: str, where: str) -> LegSegNetErro
     if isinstance(exc, LegSegNetError):
         return exc
     if isinstance(exc, errors.RevisionNotFoundError):
-        return InputError(f"{source}: the hub repository has no such revision; check the branch, tag or commit after '@'")
+        return InputError(
+            f"{source}: the hub repository has no such revision; check the branch, tag or commit after '@'"
+        )
     if isinstance(exc, errors.GatedRepoError):
         return InputError(f"{source} is gated: accept its conditions on the hub's page, then log in ({_LOGIN_HINT})")
     if isinstance(exc, errors.RepositoryNotFoundError):
-        return InputError(
-            f"{source} was not found on {host}: check OWNER/REPO; for a private repository {_LOGIN_HINT}"
-        )
+        return InputError(f"{source} was not found on {host}: check OWNER/REPO; for a private repository {_LOGIN_HINT}")
     if isinstance(exc, errors.HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
-            return InputError(f"{host} refused access to {source} (HTTP {status}): the token is invalid or has no access; {_LOGIN_HINT}")
+            return InputError(
+                f"{host} refused access to {source} (HTTP {status}): the token is invalid or has no access; {_LOGIN_HINT}"
+            )
         return LegSegNetError(f"{host} answered HTTP {status} for {source}; try again later")
     if _is_connection_error(hf, exc):
         return LegSegNetError(

@@ -20,10 +20,12 @@ nnU-Net sees the plans, so nothing named by a refused file is imported or run. I
 
 The trainer a checkpoint names is looked up by `find_trainer_class`: only nnU-Net's own trainer classes.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..core.errors import InputError
 
@@ -44,8 +46,21 @@ _TORCH_LAYERS = {
     "batchnorm": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"),
     "normalization": ("GroupNorm", "LayerNorm"),
     "dropout": ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout"),
-    "activation": ("LeakyReLU", "ReLU", "ReLU6", "PReLU", "ELU", "CELU", "SELU", "GELU", "SiLU", "Mish",
-                   "Hardswish", "Tanh", "Sigmoid"),
+    "activation": (
+        "LeakyReLU",
+        "ReLU",
+        "ReLU6",
+        "PReLU",
+        "ELU",
+        "CELU",
+        "SELU",
+        "GELU",
+        "SiLU",
+        "Mish",
+        "Hardswish",
+        "Tanh",
+        "Sigmoid",
+    ),
 }
 # Every spelling that resolves to one of them: torch.nn.X, torch.nn.modules.X, torch.nn.modules.<module>.X
 # (nnU-Net's planners write the last, e.g. torch.nn.modules.conv.Conv2d).

@@ -9,6 +9,7 @@ checkpoint must load weights-only (checkpoints.py) before the model is registere
 files are staged in a hidden folder inside the store and renamed into place at the end, so on any failure
 the store is unchanged.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,8 @@ from typing import Any
 
 from .. import __version__
 from ..core.errors import InputError, LegSegNetError
-from ..core.paths import check_writable_folder
 from ..core.files import atomic_write_text, sha256_file
+from ..core.paths import check_writable_folder
 from ..core.progress import Progress
 from ..core.staging import owner_gone, read_marker, write_marker
 from ..core.text import now_iso
@@ -93,9 +94,16 @@ class ModelInfo:
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "path": str(self.path), "source": self.source, "sha256": self.sha256,
-            "sha256_of": self.sha256_of, "installed_at": self.installed_at, "licence": self.licence,
-            "round": self.round, "input_format": self.input_format, "folds": [str(f) for f in self.folds],
+            "name": self.name,
+            "path": str(self.path),
+            "source": self.source,
+            "sha256": self.sha256,
+            "sha256_of": self.sha256_of,
+            "installed_at": self.installed_at,
+            "licence": self.licence,
+            "round": self.round,
+            "input_format": self.input_format,
+            "folds": [str(f) for f in self.folds],
             "default": self.is_default,
         }
 
@@ -233,7 +241,9 @@ class ModelStore:
         try:
             os.rename(info.path, trash)  # atomic: the model disappears from the listing at once
         except OSError as exc:
-            raise LegSegNetError(f"cannot remove model '{name}' ({exc.strerror or exc}); is it in use? close Slicer/other runs and retry") from None
+            raise LegSegNetError(
+                f"cannot remove model '{name}' ({exc.strerror or exc}); is it in use? close Slicer/other runs and retry"
+            ) from None
         shutil.rmtree(trash, ignore_errors=True)
         if self._marked_default() == name:
             try:
@@ -282,10 +292,19 @@ class ModelStore:
             extra: dict[str, Any] = {}
             archive_sha: str | None = None
             if kind == "hf":
-                fetched = hub.fetch_model(text, progress, endpoint=self.hf_endpoint, cache_dir=self.hf_cache_dir,
-                                          max_bytes=self.max_download_bytes)
-                extra = {"hub_repo": fetched.repo, "hub_revision": fetched.commit, "licence": fetched.licence,
-                         "hub_from_cache": fetched.from_cache}
+                fetched = hub.fetch_model(
+                    text,
+                    progress,
+                    endpoint=self.hf_endpoint,
+                    cache_dir=self.hf_cache_dir,
+                    max_bytes=self.max_download_bytes,
+                )
+                extra = {
+                    "hub_repo": fetched.repo,
+                    "hub_revision": fetched.commit,
+                    "licence": fetched.licence,
+                    "hub_from_cache": fetched.from_cache,
+                }
                 located_from = fetched.path  # in the Hugging Face cache: copied, never moved
                 if fetched.kind == "zip":
                     archive_sha = fetched.sha256
@@ -293,14 +312,22 @@ class ModelStore:
                     located_from = self._unpack(fetched.path, archive_sha, expected, staging, progress, label=label)
             elif kind == "url":
                 archive = staging / "download.zip"
-                archive_sha = download(text, archive, progress, what="the model archive",
-                                       check_free_space=self._check_free_space, max_bytes=self.max_download_bytes,
-                                       timeout_s=self.timeout_s)
+                archive_sha = download(
+                    text,
+                    archive,
+                    progress,
+                    what="the model archive",
+                    check_free_space=self._check_free_space,
+                    max_bytes=self.max_download_bytes,
+                    timeout_s=self.timeout_s,
+                )
                 located_from = self._unpack(archive, archive_sha, expected, staging, progress, label=text)
             elif kind == "zip":
                 archive = Path(text).expanduser()
                 if not archive.is_file():
-                    raise InputError(f"'{archive}' does not exist; give a model folder, a .zip, an https:// URL or hf:OWNER/REPO")
+                    raise InputError(
+                        f"'{archive}' does not exist; give a model folder, a .zip, an https:// URL or hf:OWNER/REPO"
+                    )
                 archive_sha = sha256_file(archive)
                 located_from = self._unpack(archive, archive_sha, expected, staging, progress, label=str(archive))
             else:
@@ -350,8 +377,12 @@ class ModelStore:
                 os.rename(staged, target)  # atomic; fails if another install took the name meanwhile
             except OSError as exc:
                 if target.exists():
-                    raise InputError(f"a model named '{name}' is already installed; remove it first or choose --name") from None
-                raise LegSegNetError(f"cannot move the model into the store {self.root} ({exc.strerror or exc})") from None
+                    raise InputError(
+                        f"a model named '{name}' is already installed; remove it first or choose --name"
+                    ) from None
+                raise LegSegNetError(
+                    f"cannot move the model into the store {self.root} ({exc.strerror or exc})"
+                ) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             if not staging.exists():  # else the next install's sweep finishes the job
@@ -435,8 +466,15 @@ class ModelStore:
             raise InputError(_checksum_message(label, archive_sha, expected, "archive"))
         dest = staging / "extract"
         dest.mkdir()
-        extract_model_members(archive, dest, progress, label, check_free_space=self._check_free_space,
-                              max_members=self.max_archive_members, max_bytes=self.max_uncompressed_bytes)
+        extract_model_members(
+            archive,
+            dest,
+            progress,
+            label,
+            check_free_space=self._check_free_space,
+            max_members=self.max_archive_members,
+            max_bytes=self.max_uncompressed_bytes,
+        )
         return dest
 
 
@@ -457,7 +495,9 @@ def resolve_model(path_or_name: str | Path | None, store: ModelStore | None = No
         return inspect_model_folder(candidate)
     if _NAME_RE.match(text) and "/" not in text and "\\" not in text:
         return store.get(text).folder()
-    raise InputError(f"--model '{text}' is neither an existing model folder nor an installed model name (see 'legsegnet models list')")
+    raise InputError(
+        f"--model '{text}' is neither an existing model folder nor an installed model name (see 'legsegnet models list')"
+    )
 
 
 def _source_kind(text: str) -> str:
@@ -477,7 +517,7 @@ def _normalise_sha256(value: str | None) -> str | None:
         return None
     text = value.strip().lower()
     if text.startswith("sha256:"):
-        text = text[len("sha256:"):]
+        text = text[len("sha256:") :]
     if not _SHA256_RE.match(text):
         raise InputError(f"--sha256 wants 64 hexadecimal digits (as sha256sum prints), not '{value}'")
     return text
@@ -533,7 +573,11 @@ def collect_model_files(src: Path, dst: Path, move: bool) -> str:
     wanted = [name for name in MODEL_TOP_FILES if (src / name).is_file()]
     for fold in scan_folds(src):
         for checkpoint in sorted((src / fold_dir(fold)).iterdir()):
-            if checkpoint.is_file() and CHECKPOINT_RE.match(checkpoint.name) and checkpoint.name != "checkpoint_latest.pth":
+            if (
+                checkpoint.is_file()
+                and CHECKPOINT_RE.match(checkpoint.name)
+                and checkpoint.name != "checkpoint_latest.pth"
+            ):
                 wanted.append(f"{fold_dir(fold)}/{checkpoint.name}")
     lines = []
     for rel in wanted:

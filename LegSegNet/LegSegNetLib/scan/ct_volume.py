@@ -15,6 +15,7 @@ slab turned to the standard in-plane orientation by `inplane_turn()` (orientatio
 The slab is a view into the image's buffer (no copy), so a 350 x 512 x 512 scan costs its int16
 buffer once. Labels produced on the slab go back into the input's own grid with `labels_to_image`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class CTVolume:
     modality: str | None = None  # from DICOM when known
     is_2d: bool = False  # read from a single 2D slice (a 1-slice volume)
     notes: list[str] = field(default_factory=list)  # things worth telling the user (e.g. flips)
-    dicom: "DicomSeries | None" = None  # read from DICOM: the files' UIDs and shared header (dicom_series.py)
+    dicom: DicomSeries | None = None  # read from DICOM: the files' UIDs and shared header (dicom_series.py)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -49,7 +50,7 @@ class CTVolume:
         origin_xyz=(0.0, 0.0, 0.0),
         direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
         source: str = "<array>",
-    ) -> "CTVolume":
+    ) -> CTVolume:
         """A volume from a numpy array in SimpleITK order (k, j, i) and LPS geometry (tests, phantoms)."""
         image = sitk.GetImageFromArray(np.ascontiguousarray(hu_zyx))
         image.SetSpacing([float(s) for s in spacing_xyz])
@@ -133,7 +134,7 @@ class CTVolume:
         _, rows, cols = self.slab(0, 0).shape
         return self.slab_index_to_lps(idx, (rows - 1) / 2.0, (cols - 1) / 2.0)[:, 2]
 
-    def inplane_turn(self) -> "InPlaneTurn":
+    def inplane_turn(self) -> InPlaneTurn:
         """The swaps/reversals of the slab's rows and columns that give the standard in-plane orientation."""
         return inplane_turn(self.image.GetDirection(), *self.inplane_axes)
 

@@ -2,6 +2,7 @@
 slices sorted along their normal and checked for duplicates, gaps, gantry tilt and mixed pixel sizes)
 and one DICOM file (a 2D slice or a multi-frame volume). What the DICOM outputs need of the files is
 kept as a `DicomSeries` (dicom_series.py)."""
+
 from __future__ import annotations
 
 import os
@@ -127,14 +128,13 @@ def read_dicom_file(path: Path, limit: int, notes: list[str]) -> tuple[sitk.Imag
     if header.frames == 1:
         siblings = [p for p in path.parent.iterdir() if p != path and p.suffix.lower() == path.suffix.lower()]
         if siblings:
-            notes.append(
-                f"read the single slice '{path.name}'; to analyse the whole series give its folder instead"
-            )
+            notes.append(f"read the single slice '{path.name}'; to analyse the whole series give its folder instead")
     return image, header.modality, series_from_slices([header], multiframe=header.frames > 1)
 
 
-def read_dicom_folder(folder: Path, limit: int, notes: list[str],
-                      series_uid: str | None = None) -> tuple[sitk.Image, str, DicomSeries | None]:
+def read_dicom_folder(
+    folder: Path, limit: int, notes: list[str], series_uid: str | None = None
+) -> tuple[sitk.Image, str, DicomSeries | None]:
     """The CT series in a folder (the one with most slices if several, or the one `series_uid` names),
     slices sorted along their normal."""
     files, unreadable = _scan_dicom_folder(folder)
@@ -291,6 +291,7 @@ def _dicom_header(path: Path) -> _DicomFile | None:
 def _sorted_slices(series: list[_DicomFile], notes: list[str], n_unreadable: int = 0) -> list[_DicomFile]:
     """The series' slices ordered by position along the slice normal (not by file name), checked for
     duplicates, gaps and gantry tilt."""
+
     # Keep the largest group of equally oriented, equally sized images: drops localizers/scouts.
     def geometry_key(f: _DicomFile):
         orientation = None if f.orientation is None else tuple(np.round(f.orientation, 3))
@@ -305,7 +306,9 @@ def _sorted_slices(series: list[_DicomFile], notes: list[str], n_unreadable: int
     slices = max(groups.values(), key=len)
     dropped = len(series) - len(slices)
     if dropped:
-        notes.append(f"left out {dropped} image(s) of the CT series that differ in orientation or size (e.g. localizers)")
+        notes.append(
+            f"left out {dropped} image(s) of the CT series that differ in orientation or size (e.g. localizers)"
+        )
     if any(s.frames > 1 for s in slices):
         raise InputError(
             "the CT series mixes multi-frame files with other images; give a folder holding one multi-frame "
@@ -356,8 +359,10 @@ def _check_pixel_spacing(slices: list[_DicomFile], notes: list[str]) -> None:
         key = None if s.pixel_spacing is None else tuple(round(v, 4) for v in s.pixel_spacing)
         groups[key] = groups.get(key, 0) + 1
     if len(groups) > 1:
-        found = ", ".join(f"{'missing' if key is None else f'{key[0]:g} x {key[1]:g} mm'} in {n}"
-                          for key, n in sorted(groups.items(), key=lambda item: -item[1]))
+        found = ", ".join(
+            f"{'missing' if key is None else f'{key[0]:g} x {key[1]:g} mm'} in {n}"
+            for key, n in sorted(groups.items(), key=lambda item: -item[1])
+        )
         raise InputError(
             f"the CT series' slices have different pixel sizes (PixelSpacing {found} of {len(slices)} slices): "
             "the series mixes reconstructions or was edited; export one series with one pixel size"
@@ -420,4 +425,3 @@ def _float_vector(value, length: int) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return vector if vector.size == length and np.all(np.isfinite(vector)) else None
-

@@ -7,6 +7,7 @@ frame are background. Segments are matched to tissues by name (SAT, SM, IAT, Bon
 them) or else by their segmented property type code from the terminology file. Anything else (another
 series, overlapping segments, an unknown segment, a fractional SEG) is refused with one sentence.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -15,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .ct_volume import CTVolume
 from ..core.errors import InputError, LegSegNetError
 from ..core.terminology import tissue_terms
 from ..core.tissues import TISSUE_BY_VALUE, TISSUES
+from .ct_volume import CTVolume
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
@@ -151,7 +152,9 @@ def _tissue_lookup(seg, name: str) -> dict[int, int]:
                 "IAT and Bone (or carry their terminology codes): remove or rename it"
             )
         if value in lookup.values():
-            raise InputError(f"'{name}' has two segments for tissue {TISSUE_BY_VALUE[value].key}; merge them and export again")
+            raise InputError(
+                f"'{name}' has two segments for tissue {TISSUE_BY_VALUE[value].key}; merge them and export again"
+            )
         lookup[number] = value
     if not lookup:
         raise InputError(f"'{name}' holds no segments")

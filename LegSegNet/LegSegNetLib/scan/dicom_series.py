@@ -8,11 +8,12 @@ image-plane attributes that all slices share. A few kilobytes for a 350-slice se
 `source_images(first, last)` turns that back into header-only datasets, one per slice, that highdicom
 accepts as the "source images" of a segmentation or the evidence of a structured report.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

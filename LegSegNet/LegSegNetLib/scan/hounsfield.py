@@ -1,6 +1,7 @@
 """Is it a CT in Hounsfield units? The plausibility checks every reader's voxels pass, the conversion to the
 stored pixel type (int16 whenever the HU are whole numbers that fit, float32 otherwise), and the chunked
 reductions (non-finite voxels, whole numbers) the checks and the label reader share."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -86,7 +87,6 @@ def all_whole(values: np.ndarray) -> bool:
     return all(np.array_equal(chunk, np.rint(chunk)) for chunk in _chunks(values))
 
 
-
 def nonfinite_message(name: str, n_bad: int, n_voxels: int, what: str) -> str:
     amount = "all its voxels are" if n_bad == n_voxels else f"{n_bad} voxel(s) are"
     if what == "image":
@@ -94,5 +94,6 @@ def nonfinite_message(name: str, n_bad: int, n_voxels: int, what: str) -> str:
             f"'{name}' holds voxels that are not numbers: {amount} NaN or infinite; a CT in Hounsfield units "
             f"has none: fix the export (e.g. set them to {AIR_HU} HU) and try again"
         )
-    return f"the {what} '{name}' holds voxels that are not numbers: {amount} NaN or infinite; save it with whole numbers"
-
+    return (
+        f"the {what} '{name}' holds voxels that are not numbers: {amount} NaN or infinite; save it with whole numbers"
+    )

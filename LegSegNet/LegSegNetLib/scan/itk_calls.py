@@ -1,5 +1,6 @@
 """Calling SimpleITK from the readers: quietly (its native chatter kept off the terminal), with a short
 reason when it fails, and the pixel types the readers accept."""
+
 from __future__ import annotations
 
 import os
@@ -73,7 +74,9 @@ def itk_reason(exc: BaseException, chatter: str) -> str:
     for prefix in ("sitk::ERROR:", "ITK ERROR:"):
         if prefix in reason:
             reason = reason.split(prefix, 1)[1].strip()
-    reason = reason.split("): ", 1)[-1] if reason.startswith(("GDCMImageIO(", "NiftiImageIO(", "MetaImageIO(")) else reason
+    reason = (
+        reason.split("): ", 1)[-1] if reason.startswith(("GDCMImageIO(", "NiftiImageIO(", "MetaImageIO(")) else reason
+    )
     said = next((ln.strip() for ln in chatter.splitlines() if ln.strip()), "")
     if said and said not in reason:
         reason = f"{reason}; {said}" if reason else said

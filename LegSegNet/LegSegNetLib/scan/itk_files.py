@@ -2,6 +2,7 @@
 (channels, dimension, size, obliquity), and for NIfTI the two checks ITK does not make: a file shorter than
 its header says (ITK fills the rest with zeros) and NaN or infinite voxels (ITK reads NaN as 0, which
 would be measured as 0 HU, muscle)."""
+
 from __future__ import annotations
 
 import gzip
@@ -87,7 +88,7 @@ def _check_nifti_complete(path: Path) -> None:
     """Refuse a NIfTI file shorter than its header says (an interrupted copy or download)."""
     compressed = path.name.lower().endswith(".gz")
     try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as f:
             header = f.read(540)
     except (OSError, EOFError, zlib.error):
         header = b""
@@ -119,7 +120,7 @@ def _check_nifti_finite(path: Path, what: str) -> None:
     volume): ITK's NIfTI reader replaces NaN with 0, which would be measured as 0 HU."""
     compressed = path.name.lower().endswith(".gz")
     try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as f:
             layout = _nifti_float_layout(f.read(540))
             if layout is None:
                 return  # not float, or not a header we know (ITK has accepted it)
@@ -138,7 +139,6 @@ def _check_nifti_finite(path: Path, what: str) -> None:
         return  # unreadable data: ITK's own read reports it
     if n_bad:
         raise InputError(nonfinite_message(path.name, n_bad, voxels, what))
-
 
 
 def _nifti_float_layout(header: bytes) -> tuple[np.dtype, int, int] | None:

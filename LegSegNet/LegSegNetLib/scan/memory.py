@@ -1,6 +1,7 @@
 """How much memory reading a scan may take: the available-memory probe, the header check that refuses an
 image too large before any voxel is read, and the diagnosis of a native read that ran out of memory
 (a process limit such as `ulimit -v`, a container limit), which must not be reported as a damaged file."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,13 @@ import numpy as np
 from ..core.errors import InputError, LegSegNetError
 
 # How ITK, GDCM and the C++ runtime word a failed allocation (lower case)
-_ALLOCATION_FAILURES = ("failed to allocate", "bad_alloc", "memoryallocationerror", "cannot allocate memory",
-                        "out of memory")
+_ALLOCATION_FAILURES = (
+    "failed to allocate",
+    "bad_alloc",
+    "memoryallocationerror",
+    "cannot allocate memory",
+    "out of memory",
+)
 
 
 def memory_limit_bytes() -> int:
@@ -61,7 +67,6 @@ def check_memory(name: str, size, bytes_per_voxel: int, limit: int) -> None:
 
 def gigabytes(n_bytes: int) -> str:
     return f"{n_bytes / 1e9:.3g} GB"
-
 
 
 def refuse_if_memory_ran_out(name: str, size, bytes_per_voxel: int, reason: str) -> None:

@@ -1,5 +1,6 @@
 """One 8-bit PNG slice prepared like the published LegSegNet app's input (HU clipped to [-200, 200] and
 scaled to 0..255), read back into HU."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,4 +56,3 @@ def read_png(path: Path, limit: int, notes: list[str]) -> sitk.Image:
         "the pixel size is unknown and taken as 1 x 1 mm, one slice"
     )
     return image
-

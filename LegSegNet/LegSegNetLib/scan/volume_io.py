@@ -11,6 +11,7 @@ MetaImage), `dicom_folder` (a DICOM series or one DICOM file), `png_slice` (the 
 image then passes `hounsfield.to_hu_pixels` (int16 whenever the HU are whole numbers that fit, so a
 350 x 512 x 512 scan costs 184 MB; float32 otherwise); `memory` bounds what a read may take.
 """
+
 from __future__ import annotations
 
 import os
@@ -133,7 +134,9 @@ def _read_label_file(path: Path, limit: int, volume: CTVolume | None = None) -> 
     _check_not_empty(path)
     if itk_suffix(path) is None and (path.suffix.lower() in DICOM_SUFFIXES or has_dicom_preamble(path)):
         if volume is None:  # a SEG's frames are placed through the CT series it references
-            raise InputError(f"'{path.name}' is a DICOM SEG, which can be read only with its CT series; give the CT too")
+            raise InputError(
+                f"'{path.name}' is a DICOM SEG, which can be read only with its CT series; give the CT too"
+            )
         from .dicom_seg_labels import read_seg_labels
 
         return read_seg_labels(path, volume)
@@ -185,4 +188,3 @@ def file_kind(path: Path) -> str:
 def _check_not_empty(path: Path) -> None:
     if path.stat().st_size == 0:
         raise InputError(f"'{path.name}' is empty (0 bytes); the copy or export failed: export the scan again")
-

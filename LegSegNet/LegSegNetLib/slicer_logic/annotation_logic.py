@@ -13,24 +13,23 @@ the scene saves it. Export runs in Slicer's process (dataset.add_slices: numpy a
 runs `legsegnet train` in the worker process with JSON progress (a run_handle.RunHandle), and `stop()` asks it to
 stop after the current iteration (it keeps a checkpoint; training again with "resume" continues from there).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-from ..annotation import dataset, manifest
-from ..annotation import review
-from . import checks
-from . import frames
-from . import scene as slicer_io
-from ..annotation import training, training_runs
-from ..core.errors import InputError
-from .logic import Launcher, LegSegNetLogic, check_segmentation_of, default_launcher, stored_slice_range
+from ..annotation import dataset, manifest, review, training, training_runs
 from ..annotation.review import ReviewState
+from ..core.errors import InputError
 from ..worker import launcher
 from ..worker.launcher import make_workdir
-from .run_handle import default_python, STOP_GRACE_S, RunHandle, start_run
+from . import checks, frames
+from . import scene as slicer_io
+from .logic import Launcher, LegSegNetLogic, check_segmentation_of, default_launcher, stored_slice_range
+from .run_handle import STOP_GRACE_S, RunHandle, default_python, start_run
 
 TrainingHandle = RunHandle  # the name `trainAsync` returned before all runs shared one handle
 
@@ -62,9 +61,16 @@ class AnnotationLogic:
         """The analysed range stored by the segmentation run, else the whole volume."""
         return stored_slice_range(segmentationNode, inputVolume)
 
-    def startReview(self, segmentationNode, inputVolume, slicesPerScan: int = review.DEFAULT_SLICES_PER_SCAN,
-                    seed: int = 0, firstSlice: int | None = None, lastSlice: int | None = None,
-                    replace: bool = False) -> ReviewState:
+    def startReview(
+        self,
+        segmentationNode,
+        inputVolume,
+        slicesPerScan: int = review.DEFAULT_SLICES_PER_SCAN,
+        seed: int = 0,
+        firstSlice: int | None = None,
+        lastSlice: int | None = None,
+        replace: bool = False,
+    ) -> ReviewState:
         """Sample the slices to review (stratified random, see review.sample_slices) and store the new state.
 
         Asking again for the sample already stored changes nothing. A different sample would drop the review's
@@ -83,9 +89,15 @@ class AnnotationLogic:
         self.saveReviewState(segmentationNode, state)
         return state
 
-    def progressAStartWouldDrop(self, segmentationNode, inputVolume,
-                                slicesPerScan: int = review.DEFAULT_SLICES_PER_SCAN, seed: int = 0,
-                                firstSlice: int | None = None, lastSlice: int | None = None) -> ReviewState | None:
+    def progressAStartWouldDrop(
+        self,
+        segmentationNode,
+        inputVolume,
+        slicesPerScan: int = review.DEFAULT_SLICES_PER_SCAN,
+        seed: int = 0,
+        firstSlice: int | None = None,
+        lastSlice: int | None = None,
+    ) -> ReviewState | None:
         """The review in progress that `startReview` with these settings would replace (None: nothing would be
         lost), so the module can ask first."""
         state = self._new_review(segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice)
@@ -95,8 +107,11 @@ class AnnotationLogic:
     def _new_review(self, segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice) -> ReviewState:
         self._require(segmentationNode, inputVolume)
         stored_first, stored_last = self.reviewRange(segmentationNode, inputVolume)
-        first, last = checks.slice_range(inputVolume, stored_first if firstSlice is None else firstSlice,
-                                         stored_last if lastSlice is None else lastSlice)
+        first, last = checks.slice_range(
+            inputVolume,
+            stored_first if firstSlice is None else firstSlice,
+            stored_last if lastSlice is None else lastSlice,
+        )
         return ReviewState.start(first, last, review.check_slices_per_scan(slicesPerScan), checks.seed(seed))
 
     def reviewState(self, segmentationNode) -> ReviewState | None:
@@ -196,8 +211,15 @@ class AnnotationLogic:
                 return info.input_format if info.input_format in manifest.FORMATS else None
         return None
 
-    def addReviewedSlices(self, segmentationNode, inputVolume, datasetFolder: str | Path, patient: str | None = None,
-                          trainingRound: int = 0, inputFormat: str | None = None) -> dataset.AddResult:
+    def addReviewedSlices(
+        self,
+        segmentationNode,
+        inputVolume,
+        datasetFolder: str | Path,
+        patient: str | None = None,
+        trainingRound: int = 0,
+        inputFormat: str | None = None,
+    ) -> dataset.AddResult:
         """Write the reviewed slices (labels as they are now in the segmentation) into the training set.
 
         Slices added before are skipped when unchanged and replaced when edited since (dataset.add_slices).
@@ -214,33 +236,72 @@ class AnnotationLogic:
         labels_kji = slicer_io.labels_from_segmentation(segmentationNode, inputVolume, visible_only=False)
         labels = slicer_io.labels_image(labels_kji, inputVolume)
         result = dataset.add_slices(
-            datasetFolder, volume, labels, list(state.reviewed), patient=patient or self.patientId(inputVolume),
-            training_round=trainingRound, input_format=inputFormat, source=self.volumeSource(inputVolume),
+            datasetFolder,
+            volume,
+            labels,
+            list(state.reviewed),
+            patient=patient or self.patientId(inputVolume),
+            training_round=trainingRound,
+            input_format=inputFormat,
+            source=self.volumeSource(inputVolume),
         )
         self.saveReviewState(segmentationNode, state.mark_exported(state.reviewed, str(result.dataset)))
         return result
 
     # ------------------------------------------------------------------ training
-    def trainCommand(self, datasetFolder: str | Path, fromModel: str | None = None, epochs: int | None = None,
-                     device: str = "auto", name: str | None = None, iterations: int | None = None,
-                     resume: bool = False, batchSize: int | None = None) -> list[str]:
-        return launcher.train_command(self.python, datasetFolder, from_model=fromModel, epochs=epochs, device=device,
-                                      name=name, iterations=iterations, resume=resume, batch_size=batchSize)
+    def trainCommand(
+        self,
+        datasetFolder: str | Path,
+        fromModel: str | None = None,
+        epochs: int | None = None,
+        device: str = "auto",
+        name: str | None = None,
+        iterations: int | None = None,
+        resume: bool = False,
+        batchSize: int | None = None,
+    ) -> list[str]:
+        return launcher.train_command(
+            self.python,
+            datasetFolder,
+            from_model=fromModel,
+            epochs=epochs,
+            device=device,
+            name=name,
+            iterations=iterations,
+            resume=resume,
+            batch_size=batchSize,
+        )
 
-    def trainAsync(self, datasetFolder: str | Path, fromModel: str | None = None, epochs: int | None = None,
-                   device: str = "auto", name: str | None = None, iterations: int | None = None, resume: bool = False,
-                   batchSize: int | None = None, onProgress: Callable[[RunHandle], None] | None = None,
-                   onFinished: Callable[[RunHandle], None] | None = None,
-                   stopGraceSeconds: float = STOP_GRACE_S) -> RunHandle:
+    def trainAsync(
+        self,
+        datasetFolder: str | Path,
+        fromModel: str | None = None,
+        epochs: int | None = None,
+        device: str = "auto",
+        name: str | None = None,
+        iterations: int | None = None,
+        resume: bool = False,
+        batchSize: int | None = None,
+        onProgress: Callable[[RunHandle], None] | None = None,
+        onFinished: Callable[[RunHandle], None] | None = None,
+        stopGraceSeconds: float = STOP_GRACE_S,
+    ) -> RunHandle:
         """Start `legsegnet train` in the worker process and return at once (poll the handle from a timer).
         `handle.stop()` ends it after the current iteration with a checkpoint kept (resume continues it)."""
         if not str(datasetFolder or "").strip():
             raise InputError("no training set folder chosen; choose the folder the reviewed slices were added to")
         manifest.load_dataset(datasetFolder, verify=False)  # a clear error now rather than from the worker
         command = self.trainCommand(datasetFolder, fromModel, epochs, device, name, iterations, resume, batchSize)
-        return start_run(self.launcher, command, make_workdir("legsegnet-train-"), what="training",
-                         onProgress=onProgress, onFinished=onFinished, stopGraceSeconds=stopGraceSeconds,
-                         stopMessage="training stopped; train again with resume to continue")
+        return start_run(
+            self.launcher,
+            command,
+            make_workdir("legsegnet-train-"),
+            what="training",
+            onProgress=onProgress,
+            onFinished=onFinished,
+            stopGraceSeconds=stopGraceSeconds,
+            stopMessage="training stopped; train again with resume to continue",
+        )
 
     def interruptedRuns(self, datasetFolder: str | Path) -> list[str]:
         """Names of the training runs of this dataset that stopped before their model was installed."""
@@ -258,8 +319,13 @@ class AnnotationLogic:
                     names.append(child.name)
         return names
 
-    def expectedTrainingSeconds(self, fromModel: str | None, epochs: int | None = None,
-                                iterations: int = training.DEFAULT_ITERATIONS, device: str = "cpu") -> float | None:
+    def expectedTrainingSeconds(
+        self,
+        fromModel: str | None,
+        epochs: int | None = None,
+        iterations: int = training.DEFAULT_ITERATIONS,
+        device: str = "cpu",
+    ) -> float | None:
         """A rough training time for fine-tuning `fromModel` (None when unknown, e.g. from scratch)."""
         if not fromModel:
             return None

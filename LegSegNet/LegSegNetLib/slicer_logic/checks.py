@@ -5,6 +5,7 @@ Slice numbers are whole numbers (a float that is one, as a spin box may give, is
 are not); seeds are whole numbers >= 0; nodes must be of the right kind and in the scene they are used with.
 MRML only, no Qt.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,8 @@ from . import scene as slicer_io
 
 def _is_whole(value) -> bool:
     return (isinstance(value, numbers.Integral) and not isinstance(value, bool)) or (
-        isinstance(value, float) and math.isfinite(value) and value.is_integer())
+        isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    )
 
 
 def whole_number(value, what: str, minimum: int | None = None) -> int:
@@ -30,8 +32,10 @@ def whole_number(value, what: str, minimum: int | None = None) -> int:
 def slice_number(value, what: str = "slice") -> int:
     """A slice index given by the user or a script: a whole slice number (range checks come with the volume)."""
     if not _is_whole(value):
-        raise InputError(f"{what} {value!r} is not a whole slice number; slices are counted 0, 1, 2, ... along the "
-                         "volume's superior/inferior voxel axis")
+        raise InputError(
+            f"{what} {value!r} is not a whole slice number; slices are counted 0, 1, 2, ... along the "
+            "volume's superior/inferior voxel axis"
+        )
     return int(value)
 
 
@@ -66,8 +70,10 @@ def node_in_scene(node, scene, what: str, class_name: str, kind: str, optional: 
     if not (hasattr(node, "IsA") and node.IsA(class_name)):
         raise InputError(f"'{name}' is not {kind}; choose {kind} as the {what}")
     if scene is None or not scene.IsNodePresent(node):
-        raise InputError(f"the {what} '{name}' is not in the scene of the CT volume; choose a node of that scene, "
-                         "or none to have one made")
+        raise InputError(
+            f"the {what} '{name}' is not in the scene of the CT volume; choose a node of that scene, "
+            "or none to have one made"
+        )
     return node
 
 

@@ -22,15 +22,17 @@ the steps in the worker (never on Slicer's GUI thread). Rules:
 - a restart is needed only when a package being installed is already imported in the running
   process. The engines run in a separate worker process, so a fresh install is usable at once.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
 import re
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable
 
 from ..engines import nnunet_python_problem
 
@@ -153,13 +155,19 @@ def protected_changes(changes: Iterable[PackageChange]) -> list[PackageChange]:
     return [c for c in changes if normalized_name(c.name) in protected]
 
 
-def changes_message(changes: Sequence[PackageChange], constraints: Sequence[str] = (),
-                    loaded_modules: Mapping[str, object] | None = None) -> str:
+def changes_message(
+    changes: Sequence[PackageChange],
+    constraints: Sequence[str] = (),
+    loaded_modules: Mapping[str, object] | None = None,
+) -> str:
     """The confirmation dialog's text for an exact change list (or why it cannot be installed)."""
     touched = protected_changes(changes)
     if touched:
-        return ("Cannot proceed: installing these packages would change " + ", ".join(c.describe() for c in touched)
-                + ", which 3D Slicer itself provides; installing them would break Slicer. Nothing was installed.")
+        return (
+            "Cannot proceed: installing these packages would change "
+            + ", ".join(c.describe() for c in touched)
+            + ", which 3D Slicer itself provides; installing them would break Slicer. Nothing was installed."
+        )
     if not changes:
         return "Nothing needs to be installed."
     lines = [f"pip will install exactly these {len(changes)} packages (and change nothing else):", ""]
@@ -210,18 +218,28 @@ class InstallPlan:
         if self.is_empty:
             return f"Everything the {self.engine} engine needs is installed."
         if self.blocked:
-            return ("Cannot proceed: " + ", ".join(self.blocked) + " would have to change, which would break Slicer; "
-                    "install a newer Slicer instead.")
+            return (
+                "Cannot proceed: " + ", ".join(self.blocked) + " would have to change, which would break Slicer; "
+                "install a newer Slicer instead."
+            )
         if self.pytorch_extension_missing:
-            return (f"The {self.engine} engine needs PyTorch, which LegSegNet installs through the PyTorch extension "
-                    "(PyTorch Utils: it picks the PyTorch build for this computer's GPU). That extension is not "
-                    "installed.\n\nInstall the PyTorch extension from the Extension Manager now? Slicer restarts "
-                    "afterwards; then start again, and the Python packages still needed are listed before anything "
-                    "is installed.")
+            return (
+                f"The {self.engine} engine needs PyTorch, which LegSegNet installs through the PyTorch extension "
+                "(PyTorch Utils: it picks the PyTorch build for this computer's GPU). That extension is not "
+                "installed.\n\nInstall the PyTorch extension from the Extension Manager now? Slicer restarts "
+                "afterwards; then start again, and the Python packages still needed are listed before anything "
+                "is installed."
+            )
         lines = [f"The {self.engine} engine needs these Python packages, which are not installed yet:", ""]
         for requirement in self.missing:
-            source = ("the PyTorch Utils extension's installer, light-the-torch: the build for this computer's GPU "
-                      "driver; torch only, with the libraries it needs") if requirement is TORCH else "pip"
+            source = (
+                (
+                    "the PyTorch Utils extension's installer, light-the-torch: the build for this computer's GPU "
+                    "driver; torch only, with the libraries it needs"
+                )
+                if requirement is TORCH
+                else "pip"
+            )
             lines.append(f"  - {requirement.pip_spec} ({requirement.why}; from {source})")
         if self.torch_via_pytorch_utils and not self.light_the_torch_installed:
             lines.append(f"  - {LIGHT_THE_TORCH} (PyTorch Utils' installer itself; from pip)")
@@ -229,8 +247,10 @@ class InstallPlan:
         if self.constraints:
             lines.append("Slicer's own packages stay as they are: " + ", ".join(self.constraints) + ".")
         if self.pip_requirements:
-            lines.append("Before anything is installed, pip works out the exact list of packages (with their "
-                         "dependencies) and you confirm it.")
+            lines.append(
+                "Before anything is installed, pip works out the exact list of packages (with their "
+                "dependencies) and you confirm it."
+            )
         lines.append("This downloads several hundred MB and can take minutes.")
         if self.restart_needed:
             lines.append("Slicer must be restarted afterwards (a package being replaced is already loaded).")
@@ -248,7 +268,9 @@ class InstallPlan:
         """What follows `pip install` for the plan's pip part: the requirements, or once a dry run fixed them,
         exactly its distributions, pinned and without resolving again (--no-deps)."""
         if self.exact_changes is not None:
-            arguments = ["--no-deps", *[f"{c.name}=={c.version}" for c in self.exact_changes]] if self.exact_changes else []
+            arguments = (
+                ["--no-deps", *[f"{c.name}=={c.version}" for c in self.exact_changes]] if self.exact_changes else []
+            )
         else:
             arguments = list(self.pip_requirements)
         if arguments and constraints_file is not None:
@@ -264,10 +286,20 @@ class InstallPlan:
         constraint = ["--constraint", str(constraints_file)] if constraints_file is not None else []
         steps = []
         if not self.light_the_torch_installed:
-            steps.append({"label": "installing light-the-torch", "module": "pip",
-                          "arguments": ["install", LIGHT_THE_TORCH, *constraint]})
-        steps.append({"label": f"installing {TORCH.pip_spec} (matching CUDA build)", "module": "light_the_torch",
-                      "arguments": ["install", TORCH.pip_spec, *constraint]})
+            steps.append(
+                {
+                    "label": "installing light-the-torch",
+                    "module": "pip",
+                    "arguments": ["install", LIGHT_THE_TORCH, *constraint],
+                }
+            )
+        steps.append(
+            {
+                "label": f"installing {TORCH.pip_spec} (matching CUDA build)",
+                "module": "light_the_torch",
+                "arguments": ["install", TORCH.pip_spec, *constraint],
+            }
+        )
         return steps
 
     def preview_steps(self, constraints_file: str | Path | None, report_file: str | Path) -> list[dict]:
@@ -275,9 +307,20 @@ class InstallPlan:
         the torch steps, so that the report holds only what pip itself adds."""
         if not self.pip_requirements:
             return []
-        return [{"label": "working out what pip would install", "module": "pip", "report": str(report_file),
-                 "arguments": ["install", "--dry-run", "--report", str(report_file),
-                               *self.pip_install_arguments(constraints_file)]}]
+        return [
+            {
+                "label": "working out what pip would install",
+                "module": "pip",
+                "report": str(report_file),
+                "arguments": [
+                    "install",
+                    "--dry-run",
+                    "--report",
+                    str(report_file),
+                    *self.pip_install_arguments(constraints_file),
+                ],
+            }
+        ]
 
     def install_steps(self, constraints_file: str | Path | None = None) -> list[dict]:
         """The plan as steps for the worker's `install-packages` command (worker/install.py): the torch
@@ -285,9 +328,12 @@ class InstallPlan:
         steps = self.torch_steps(constraints_file)
         arguments = self.pip_install_arguments(constraints_file)
         if arguments:
-            names = [f"{c.name}=={c.version}" for c in self.exact_changes] if self.exact_changes else self.pip_requirements
-            steps.append({"label": "installing " + ", ".join(names), "module": "pip",
-                          "arguments": ["install", *arguments]})
+            names = (
+                [f"{c.name}=={c.version}" for c in self.exact_changes] if self.exact_changes else self.pip_requirements
+            )
+            steps.append(
+                {"label": "installing " + ", ".join(names), "module": "pip", "arguments": ["install", *arguments]}
+            )
         return steps
 
     def write_constraints(self, path: str | Path) -> Path:

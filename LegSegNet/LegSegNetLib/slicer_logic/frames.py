@@ -16,10 +16,11 @@ other node live in world coordinates. So:
 
 MRML and VTK only (no Qt), so it runs with the slicer-core wheel.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -83,8 +84,9 @@ def matrix_between(from_node, to_node) -> np.ndarray | None:
     if same_frame(from_node, to_node):
         return np.eye(4)
     general = vtk.vtkGeneralTransform()
-    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(from_node.GetParentTransformNode(),
-                                                         to_node.GetParentTransformNode(), general)
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(
+        from_node.GetParentTransformNode(), to_node.GetParentTransformNode(), general
+    )
     linear = vtk.vtkTransform()
     if not slicer.vtkMRMLTransformNode.IsGeneralTransformLinear(general, linear):
         return None
@@ -131,7 +133,8 @@ def slice_index_in_view(volumeNode, sliceNode) -> int:
         )
     # the volume's slice normal in the world, where the view is (a warp turns it locally)
     step = slicer_io.slice_position_ras(volumeNode, coordinate + 0.5) - slicer_io.slice_position_ras(
-        volumeNode, coordinate - 0.5)
+        volumeNode, coordinate - 0.5
+    )
     local = from_world(volumeNode, centre)
     axis = to_world(volumeNode, local + step / 2.0) - to_world(volumeNode, local - step / 2.0)
     cosine = abs(float(np.dot(axis / np.linalg.norm(axis), normal)))

@@ -15,29 +15,30 @@ Everything else that starts a process runs through the same `RunHandle` and retu
 installs (`modelsCommandAsync`), the device probe (`deviceProbeAsync`) and package installs
 (`installPackagesAsync`); their blocking forms (`runModelsCommand`, `deviceReport`) are for scripts.
 """
+
 from __future__ import annotations
 
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
-from . import checks
-from . import frames
-from . import scene as slicer_io
-from . import tables as slicer_tables
-from ..scan.ct_volume import check_same_grid
 from ..core.errors import CancelledError, InputError
 from ..core.text import json_safe
 from ..core.tissues import TISSUE_KEYS
+from ..scan.ct_volume import check_same_grid
 from ..worker import launcher
 from ..worker.launcher import WorkerProcess, make_workdir, segment_command, worker_environment
-from .run_handle import default_python, RunHandle, start_run
+from . import checks, frames
+from . import scene as slicer_io
+from . import tables as slicer_tables
+from .run_handle import RunHandle, default_python, start_run
 
 ATTRIBUTE_PREFIX = "LegSegNet."
 ROLE_INPUT = "LegSegNet.inputVolume"
@@ -157,27 +158,50 @@ class LegSegNetLogic:
         """Launch `command` with `workdir` (a new temporary folder when None) and return its handle at once."""
         return start_run(self.launcher, command, workdir, **handleOptions)
 
-    def process(self, inputVolume, firstSlice: int | None = None, lastSlice: int | None = None, engine: str = "auto",
-                device: str = "auto", model: str | None = None, segmentation=None, table=None, **options):
+    def process(
+        self,
+        inputVolume,
+        firstSlice: int | None = None,
+        lastSlice: int | None = None,
+        engine: str = "auto",
+        device: str = "auto",
+        model: str | None = None,
+        segmentation=None,
+        table=None,
+        **options,
+    ):
         """Segment the chosen slices in a worker process and return (segmentationNode, tissueTableNode).
 
         Blocks until done. Extra options: folds, tta, batchSize, checkpoint ("best", "final", None: the model's
         default), outputFolder (keep the worker's files there).
         """
-        handle = self.processAsync(inputVolume, firstSlice, lastSlice, engine, device, model, segmentation, table,
-                                   **options)
+        handle = self.processAsync(
+            inputVolume, firstSlice, lastSlice, engine, device, model, segmentation, table, **options
+        )
         try:
             result = handle.wait()
         finally:
             handle.cancel()  # interrupted (e.g. Ctrl-C in a script): the worker does not outlive the call
         return result.segmentation, result.tissueTable
 
-    def processAsync(self, inputVolume, firstSlice: int | None = None, lastSlice: int | None = None,
-                     engine: str = "auto", device: str = "auto", model: str | None = None, segmentation=None,
-                     table=None, onProgress: Callable[[RunHandle], None] | None = None,
-                     onFinished: Callable[[RunHandle], None] | None = None, folds: Sequence[int] | None = None,
-                     tta: bool | None = None, batchSize: int | None = None, checkpoint: str | None = None,
-                     outputFolder: str | Path | None = None) -> RunHandle:
+    def processAsync(
+        self,
+        inputVolume,
+        firstSlice: int | None = None,
+        lastSlice: int | None = None,
+        engine: str = "auto",
+        device: str = "auto",
+        model: str | None = None,
+        segmentation=None,
+        table=None,
+        onProgress: Callable[[RunHandle], None] | None = None,
+        onFinished: Callable[[RunHandle], None] | None = None,
+        folds: Sequence[int] | None = None,
+        tta: bool | None = None,
+        batchSize: int | None = None,
+        checkpoint: str | None = None,
+        outputFolder: str | Path | None = None,
+    ) -> RunHandle:
         """Start the worker and return at once; the caller polls `handle.poll()` (e.g. every 100 ms).
 
         Every argument is checked before the worker starts. The run is cancelled when the scene closes, when the
@@ -199,8 +223,18 @@ class LegSegNetLogic:
             slab_path = workdir / "input.nrrd"
             sitk.WriteImage(slab, str(slab_path), useCompression=False)
             outdir = Path(outputFolder) if outputFolder else workdir / "output"
-            command = segment_command(self.python, slab_path, outdir, engine=engine, device=device, model=model,
-                                      folds=folds, tta=tta, batch_size=batchSize, checkpoint=checkpoint)
+            command = segment_command(
+                self.python,
+                slab_path,
+                outdir,
+                engine=engine,
+                device=device,
+                model=model,
+                folds=folds,
+                tta=tta,
+                batch_size=batchSize,
+                checkpoint=checkpoint,
+            )
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -214,32 +248,54 @@ class LegSegNetLogic:
             what = [name for name in given if now[name] != given[name]]
             if not what:
                 return None
-            return (f"volume '{inputVolume.GetName()}' changed while it was being segmented (its {' and '.join(what)}); "
-                    "the segmentation was cancelled and the scene left as it was: press Apply again to segment the "
-                    "volume as it is now")
+            return (
+                f"volume '{inputVolume.GetName()}' changed while it was being segmented (its {' and '.join(what)}); "
+                "the segmentation was cancelled and the scene left as it was: press Apply again to segment the "
+                "volume as it is now"
+            )
 
         def finish(finished: WorkerProcess) -> ProcessResult:
             reason = changed()  # also edits that sent no event
             if reason:
                 raise CancelledError(reason)
             importing = time.monotonic()
-            result = self._import_results(inputVolume, first, last, outdir, slab_geometry, segmentation, table,
-                                          notes=handle.notes)
-            result.timings = {"write": launched - started, "worker": importing - launched,
-                              "import": time.monotonic() - importing}
+            result = self._import_results(
+                inputVolume, first, last, outdir, slab_geometry, segmentation, table, notes=handle.notes
+            )
+            result.timings = {
+                "write": launched - started,
+                "worker": importing - launched,
+                "import": time.monotonic() - importing,
+            }
             return result
 
-        handle = self.startWorker(command, workdir, what="segmentation", finish=finish, onProgress=onProgress,
-                                  onFinished=onFinished, stageSpan=STAGE_SPAN,
-                                  cancelMessage="segmentation cancelled; the scene was left as it was")
+        handle = self.startWorker(
+            command,
+            workdir,
+            what="segmentation",
+            finish=finish,
+            onProgress=onProgress,
+            onFinished=onFinished,
+            stageSpan=STAGE_SPAN,
+            cancelMessage="segmentation cancelled; the scene was left as it was",
+        )
         meant = f"volume '{inputVolume.GetName()}' (slices {first}:{last})"
         handle.inputNames = {f"'{slab_path}'": meant, str(slab_path): meant, f"'{slab_path.name}'": meant}
         handle.watchScene(scene, inputVolume, {"the output segmentation": segmentation, "the output table": table})
         handle.watchNode(inputVolume, (vtk.vtkCommand.ModifiedEvent, inputVolume.ImageDataModifiedEvent), changed)
         return handle
 
-    def _import_results(self, inputVolume, first: int, last: int, outdir: Path, slab_geometry, segmentation, table,
-                        notes: Sequence[str] = ()) -> ProcessResult:
+    def _import_results(
+        self,
+        inputVolume,
+        first: int,
+        last: int,
+        outdir: Path,
+        slab_geometry,
+        segmentation,
+        table,
+        notes: Sequence[str] = (),
+    ) -> ProcessResult:
         """Read the worker's files and put them in the scene; on any failure the scene is put back as it was.
 
         The review rule: when `segmentation` holds slices marked reviewed, their labels (the corrections) are kept
@@ -280,8 +336,9 @@ class LegSegNetLogic:
             )
         return tuple(state.reviewed)
 
-    def _with_kept_slices(self, segmentation, inputVolume, labels_kji: np.ndarray, first: int, last: int,
-                          kept: Sequence[int]) -> tuple[np.ndarray, int]:
+    def _with_kept_slices(
+        self, segmentation, inputVolume, labels_kji: np.ndarray, first: int, last: int, kept: Sequence[int]
+    ) -> tuple[np.ndarray, int]:
         """The run's slab labels with the kept (reviewed) slices taken from the segmentation as it is now:
         (labels over slices lo..hi, lo), widened to cover every kept slice."""
         axis = 2 - slicer_io.axial_axis_of_node(inputVolume)  # numpy axis of the slices
@@ -295,8 +352,17 @@ class LegSegNetLogic:
             merged[_along(axis, k - lo)] = current[_along(axis, k)]
         return merged, lo
 
-    def _store_results(self, inputVolume, labels_kji: np.ndarray | None, first: int, last: int, metrics: dict,
-                       profile: list[dict], segmentation, table) -> ProcessResult:
+    def _store_results(
+        self,
+        inputVolume,
+        labels_kji: np.ndarray | None,
+        first: int,
+        last: int,
+        metrics: dict,
+        profile: list[dict],
+        segmentation,
+        table,
+    ) -> ProcessResult:
         """Fill (or add) the segmentation, tables and chart. Any failure puts the scene back: nodes added are
         removed, existing nodes get their earlier content back (copied before they are touched)."""
         scene = inputVolume.GetScene()
@@ -308,27 +374,41 @@ class LegSegNetLogic:
                 kept = self.reviewedSlicesToKeep(segmentation, inputVolume)
                 labels_first = first
                 if kept:
-                    labels_kji, labels_first = self._with_kept_slices(segmentation, inputVolume, labels_kji, first,
-                                                                      last, kept)
+                    labels_kji, labels_first = self._with_kept_slices(
+                        segmentation, inputVolume, labels_kji, first, last, kept
+                    )
                 slicer_io.fill_segmentation(segmentation, inputVolume, labels_kji, labels_first)
                 segmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())  # the volume's frame
                 segmentation.SetAttribute(SLICES_ATTRIBUTE, f"{first}:{last}")
                 if kept:  # the worker measured its own labels; measure what the segmentation holds now
                     measurements, _, _, _ = self._measure(segmentation, inputVolume)
-                    metrics = {**measurements.to_dict(), **{k: metrics[k] for k in RUN_KEYS if k in metrics},
-                               "notes": list(metrics.get("notes") or []) + [
-                                   f"the corrections of the reviewed slices {', '.join(map(str, kept))} were kept"]}
+                    metrics = {
+                        **measurements.to_dict(),
+                        **{k: metrics[k] for k in RUN_KEYS if k in metrics},
+                        "notes": list(metrics.get("notes") or [])
+                        + [f"the corrections of the reviewed slices {', '.join(map(str, kept))} were kept"],
+                    }
                     profile = slicer_tables.profile_rows_as_dicts(measurements.profile_rows())
-            tissue_table = changes.use(table if table is not None else segmentation.GetNodeReference(ROLE_TISSUE_TABLE),
-                                       "vtkMRMLTableNode", f"{name} tissues")
-            derived_table = changes.use(segmentation.GetNodeReference(ROLE_DERIVED_TABLE), "vtkMRMLTableNode",
-                                        f"{name} derived metrics")
-            profile_table = changes.use(segmentation.GetNodeReference(ROLE_PROFILE_TABLE), "vtkMRMLTableNode",
-                                        f"{name} profile")
-            chart = changes.use(segmentation.GetNodeReference(ROLE_CHART), "vtkMRMLPlotChartNode",
-                                f"{name} profile chart")
-            series = {key: changes.use(chart.GetNodeReference(ROLE_SERIES + key), "vtkMRMLPlotSeriesNode",
-                                       f"{name} {key} area") for key in TISSUE_KEYS}
+            tissue_table = changes.use(
+                table if table is not None else segmentation.GetNodeReference(ROLE_TISSUE_TABLE),
+                "vtkMRMLTableNode",
+                f"{name} tissues",
+            )
+            derived_table = changes.use(
+                segmentation.GetNodeReference(ROLE_DERIVED_TABLE), "vtkMRMLTableNode", f"{name} derived metrics"
+            )
+            profile_table = changes.use(
+                segmentation.GetNodeReference(ROLE_PROFILE_TABLE), "vtkMRMLTableNode", f"{name} profile"
+            )
+            chart = changes.use(
+                segmentation.GetNodeReference(ROLE_CHART), "vtkMRMLPlotChartNode", f"{name} profile chart"
+            )
+            series = {
+                key: changes.use(
+                    chart.GetNodeReference(ROLE_SERIES + key), "vtkMRMLPlotSeriesNode", f"{name} {key} area"
+                )
+                for key in TISSUE_KEYS
+            }
             slicer_tables.fill_tissue_table(tissue_table, metrics)
             slicer_tables.fill_derived_table(derived_table, metrics)
             slicer_tables.fill_profile_table(profile_table, profile)
@@ -350,8 +430,9 @@ class LegSegNetLogic:
         except BaseException:
             changes.undo()
             raise
-        return ProcessResult(segmentation, tissue_table, derived_table, profile_table, chart, metrics, first, last,
-                             changes.created)
+        return ProcessResult(
+            segmentation, tissue_table, derived_table, profile_table, chart, metrics, first, last, changes.created
+        )
 
     # ------------------------------------------------------------------ measurement after edits
     def measure(self, segmentationNode, inputVolume):
@@ -392,8 +473,12 @@ class LegSegNetLogic:
     @staticmethod
     def _run_metrics(measurements, segmentationNode, inputVolume) -> dict:
         """metrics.json's content for measurements made in Slicer (the run's engine and model as stored)."""
-        return {"input": inputVolume.GetName(), "engine": segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Engine"),
-                "model": segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Model"), **measurements.to_dict()}
+        return {
+            "input": inputVolume.GetName(),
+            "engine": segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Engine"),
+            "model": segmentationNode.GetAttribute(ATTRIBUTE_PREFIX + "Model"),
+            **measurements.to_dict(),
+        }
 
     def _measured_range(self, segmentationNode, inputVolume, labels_kji: np.ndarray) -> tuple[int, int]:
         axis = slicer_io.axial_axis_of_node(inputVolume)
@@ -417,8 +502,15 @@ class LegSegNetLogic:
         return max(0, min(bounds)), min(n - 1, max(bounds))
 
     # ------------------------------------------------------------------ comparison with a reference
-    def compareWithReference(self, segmentationNode, referenceNode, inputVolume, table=None,
-                             firstSlice: int | None = None, lastSlice: int | None = None):
+    def compareWithReference(
+        self,
+        segmentationNode,
+        referenceNode,
+        inputVolume,
+        table=None,
+        firstSlice: int | None = None,
+        lastSlice: int | None = None,
+    ):
         """Dice, IoU, ASSD, HD95 and volume difference per tissue against a reference segmentation: a table node.
 
         Slices firstSlice..lastSlice, by default the range the segmentation run analysed (else all). The table
@@ -471,6 +563,7 @@ class LegSegNetLogic:
                 scratch = slicer.vtkMRMLTableNode()  # never added to the scene
                 fill(scratch, content)
                 slicer_tables.write_csv(scratch, path)
+
             return write
 
         writers = [
@@ -490,12 +583,20 @@ class LegSegNetLogic:
 
         return [info.name for info in ModelStore().list()]
 
-    def modelsCommandAsync(self, arguments: Sequence[str], onProgress: Callable[[RunHandle], None] | None = None,
-                           onFinished: Callable[[RunHandle], None] | None = None) -> RunHandle:
+    def modelsCommandAsync(
+        self,
+        arguments: Sequence[str],
+        onProgress: Callable[[RunHandle], None] | None = None,
+        onFinished: Callable[[RunHandle], None] | None = None,
+    ) -> RunHandle:
         """`models list|install|remove|default ...` in the worker's interpreter (it has torch to verify
         checkpoints); returns at once. The handle's result is the command's summary (e.g. the installed model)."""
-        return self.startWorker(launcher.models_command(self.python, *arguments), what="model store",
-                                onProgress=onProgress, onFinished=onFinished)
+        return self.startWorker(
+            launcher.models_command(self.python, *arguments),
+            what="model store",
+            onProgress=onProgress,
+            onFinished=onFinished,
+        )
 
     def runModelsCommand(self, arguments: Sequence[str], timeout_s: float = 3600.0) -> dict:
         """`modelsCommandAsync`, waited for (scripts); raises InputError/LegSegNetError with the command's
@@ -523,14 +624,24 @@ class LegSegNetLogic:
 
         return devices.has_gpu(probe)
 
-    def installPackagesAsync(self, plan, onProgress: Callable[[RunHandle], None] | None = None,
-                             onFinished: Callable[[RunHandle], None] | None = None) -> RunHandle:
+    def installPackagesAsync(
+        self,
+        plan,
+        onProgress: Callable[[RunHandle], None] | None = None,
+        onFinished: Callable[[RunHandle], None] | None = None,
+    ) -> RunHandle:
         """Install what a dependencies.InstallPlan lists, in the worker's interpreter; returns at once.
         Slicer's own packages stay pinned by the plan's constraints file (see packages.PackageSetup)."""
         from .packages import start_install_run
 
-        return start_install_run(self, lambda constraints, folder: plan.install_steps(constraints),
-                                 "package installation", plan, onProgress=onProgress, onFinished=onFinished)
+        return start_install_run(
+            self,
+            lambda constraints, folder: plan.install_steps(constraints),
+            "package installation",
+            plan,
+            onProgress=onProgress,
+            onFinished=onFinished,
+        )
 
     def engineFor(self, engine: str, model: str | None = None) -> str:
         """What `engine` means here (`auto`: nnU-Net when a model is chosen or installed): engines.choose_engine."""
@@ -542,8 +653,13 @@ class LegSegNetLogic:
     @staticmethod
     def resultNodes(segmentationNode) -> dict:
         """The tables and chart a segmentation's results live in (None where absent)."""
-        roles = {"inputVolume": ROLE_INPUT, "tissueTable": ROLE_TISSUE_TABLE, "derivedTable": ROLE_DERIVED_TABLE,
-                 "profileTable": ROLE_PROFILE_TABLE, "chart": ROLE_CHART}
+        roles = {
+            "inputVolume": ROLE_INPUT,
+            "tissueTable": ROLE_TISSUE_TABLE,
+            "derivedTable": ROLE_DERIVED_TABLE,
+            "profileTable": ROLE_PROFILE_TABLE,
+            "chart": ROLE_CHART,
+        }
         return {name: segmentationNode.GetNodeReference(role) for name, role in roles.items()}
 
 

@@ -15,6 +15,7 @@ worker runs and scripted answers. The steps (dependencies.py says what and why):
    those are installed (pinned, --no-deps), Slicer's own packages pinned and never in the list;
 6. a restart when a replaced package was already imported, else go on.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,9 @@ Notify = Callable[[str], None]
 StartTask = Callable[[RunHandle, str, Callable[[RunHandle], None]], None]
 
 
-def start_install_run(logic, steps: list, what: str, plan: InstallPlan, finish=None,
-                      onProgress=None, onFinished=None) -> RunHandle:
+def start_install_run(
+    logic, steps: list, what: str, plan: InstallPlan, finish=None, onProgress=None, onFinished=None
+) -> RunHandle:
     """Run install `steps` (worker/install.py) in the worker's interpreter; returns at once. `steps` is a
     function of the constraints file written into the run's own folder."""
     workdir = make_workdir("legsegnet-install-")
@@ -44,8 +46,14 @@ def start_install_run(logic, steps: list, what: str, plan: InstallPlan, finish=N
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return logic.startWorker(install_packages_command(logic.python, steps_file), workdir, what=what, finish=finish,
-                             onProgress=onProgress, onFinished=onFinished)
+    return logic.startWorker(
+        install_packages_command(logic.python, steps_file),
+        workdir,
+        what=what,
+        finish=finish,
+        onProgress=onProgress,
+        onFinished=onFinished,
+    )
 
 
 def preview_pip_changes_async(logic, plan: InstallPlan, onProgress=None, onFinished=None) -> RunHandle:
@@ -56,8 +64,15 @@ def preview_pip_changes_async(logic, plan: InstallPlan, onProgress=None, onFinis
         reports = ((worker.result or {}).get("value") or {}).get("reports") or []
         return dependencies.changes_from_pip_report(reports[0]) if reports else []
 
-    return start_install_run(logic, lambda constraints, folder: plan.preview_steps(constraints, folder / "report.json"),
-                             "package check", plan, finish=finish, onProgress=onProgress, onFinished=onFinished)
+    return start_install_run(
+        logic,
+        lambda constraints, folder: plan.preview_steps(constraints, folder / "report.json"),
+        "package check",
+        plan,
+        finish=finish,
+        onProgress=onProgress,
+        onFinished=onFinished,
+    )
 
 
 @dataclasses.dataclass
@@ -90,15 +105,18 @@ class PackageSetup:
                 self._end("restart")
                 self.restart()
             else:
-                self._fail("The PyTorch extension could not be installed from the Extension Manager. Install it "
-                           "there by hand (View > Extension Manager, search 'PyTorch'), restart Slicer and try again.")
+                self._fail(
+                    "The PyTorch extension could not be installed from the Extension Manager. Install it "
+                    "there by hand (View > Extension Manager, search 'PyTorch'), restart Slicer and try again."
+                )
             return None
         if not self.confirm(plan.message()):
             return self._end("declined")
         if plan.torch_via_pytorch_utils:
             torch_only = dataclasses.replace(plan, pip_requirements=[])
-            return self.startTask(self.logic.installPackagesAsync(torch_only), "Installing PyTorch...",
-                                  self._after_torch)
+            return self.startTask(
+                self.logic.installPackagesAsync(torch_only), "Installing PyTorch...", self._after_torch
+            )
         return self._preview()
 
     # ------------------------------------------------------------------ steps
@@ -110,8 +128,11 @@ class PackageSetup:
     def _preview(self) -> None:
         if not self.plan.pip_requirements:
             return self._finish_install()
-        self.startTask(preview_pip_changes_async(self.logic, self.plan), "Working out what pip would install...",
-                       self._after_preview)
+        self.startTask(
+            preview_pip_changes_async(self.logic, self.plan),
+            "Working out what pip would install...",
+            self._after_preview,
+        )
 
     def _after_preview(self, handle: RunHandle) -> None:
         if self._ended_badly(handle, "pip could not work out what to install (nothing was installed)."):
@@ -124,11 +145,12 @@ class PackageSetup:
             return self._finish_install()
         if not self.confirm(text):
             return self._end("declined")
-        self.plan = dataclasses.replace(self.plan.with_changes(changes), torch_via_pytorch_utils=False,
-                                        restart_needed=self.plan.restart_needed
-                                        or dependencies.restart_needed_for(changes))
-        self.startTask(self.logic.installPackagesAsync(self.plan), "Installing Python packages...",
-                       self._after_install)
+        self.plan = dataclasses.replace(
+            self.plan.with_changes(changes),
+            torch_via_pytorch_utils=False,
+            restart_needed=self.plan.restart_needed or dependencies.restart_needed_for(changes),
+        )
+        self.startTask(self.logic.installPackagesAsync(self.plan), "Installing Python packages...", self._after_install)
 
     def _after_install(self, handle: RunHandle) -> None:
         if self._ended_badly(handle, "Installing the packages failed."):

@@ -12,14 +12,15 @@ analysed (stored on the segmentation), else the whole volume.
 Like the command line, nothing is resampled: a segmentation whose labelmap lies on another voxel lattice
 than the CT is refused (Slicer would otherwise resample it silently). MRML and VTK only, no Qt.
 """
+
 from __future__ import annotations
 
+from ..core.errors import InputError
+from ..core.tissues import TISSUE_KEYS
+from ..evaluation.metrics import ScanAgreement, compare_labels
 from . import frames
 from . import scene as slicer_io
-from ..core.errors import InputError
-from ..evaluation.metrics import ScanAgreement, compare_labels
 from .tables import ROLE_ATTRIBUTE, _add_number_column, _add_string_column, _reset
-from ..core.tissues import TISSUE_KEYS
 
 REFERENCE_ATTRIBUTE = "LegSegNet.Reference"
 COMPARISON_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
@@ -36,22 +37,26 @@ COMPARISON_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-def compare_with_reference(segmentationNode, referenceNode, volumeNode, tableNode=None,
-                           slice_range: tuple[int, int] | None = None) -> tuple[object, ScanAgreement]:
+def compare_with_reference(
+    segmentationNode, referenceNode, volumeNode, tableNode=None, slice_range: tuple[int, int] | None = None
+) -> tuple[object, ScanAgreement]:
     """Fill (or add) a table comparing the two segmentations on `volumeNode`'s grid; see the module docstring."""
     _check_nodes(segmentationNode, referenceNode, volumeNode)
     n_slices = slicer_io.slice_count(volumeNode)
     first, last = slice_range if slice_range is not None else (0, n_slices - 1)
     slicer_io.check_range(first, last, n_slices)
     volume = slicer_io.ct_volume_from_node(volumeNode)
-    pred = slicer_io.labels_slab(volume, slicer_io.labels_from_segmentation(segmentationNode, volumeNode, False),
-                                 first, last)
-    ref = slicer_io.labels_slab(volume, slicer_io.labels_from_segmentation(referenceNode, volumeNode, False),
-                                first, last)
+    pred = slicer_io.labels_slab(
+        volume, slicer_io.labels_from_segmentation(segmentationNode, volumeNode, False), first, last
+    )
+    ref = slicer_io.labels_slab(
+        volume, slicer_io.labels_from_segmentation(referenceNode, volumeNode, False), first, last
+    )
     agreement = compare_labels(pred, ref, volume.slab_spacing, hu=volume.slab(first, last))
     if tableNode is None:
         tableNode = volumeNode.GetScene().AddNewNodeByClass(
-            "vtkMRMLTableNode", f"{segmentationNode.GetName()} vs {referenceNode.GetName()}")
+            "vtkMRMLTableNode", f"{segmentationNode.GetName()} vs {referenceNode.GetName()}"
+        )
     fill_comparison_table(tableNode, agreement)
     tableNode.SetAttribute(REFERENCE_ATTRIBUTE, referenceNode.GetName())
     tableNode.SetAttribute("LegSegNet.Slices", f"{first}:{last}")

@@ -15,6 +15,7 @@ checkpoint), "succeeded", "failed", "cancelled". Two ways to end a run early:
 the whole run when `stageSpan` gives each stage's share, else of the current stage) and `elapsed` (s).
 The run's temporary folder is removed once the run has ended, after `finish` has read the outputs.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,9 @@ import shutil
 import sys
 import time
 import weakref
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable
 
 from ..core.errors import CancelledError, InputError, LegSegNetError
 from ..worker.launcher import WorkerEvent, WorkerProcess, make_workdir
@@ -34,12 +36,20 @@ Callback = Callable[["RunHandle"], None]
 
 
 class RunHandle:
-    def __init__(self, worker: WorkerProcess, *, what: str = "worker",
-                 finish: Callable[[WorkerProcess], object] | None = None,
-                 onProgress: Callback | None = None, onFinished: Callback | None = None,
-                 stageSpan: Mapping[str, tuple[float, float]] | None = None,
-                 stopGraceSeconds: float = STOP_GRACE_S, cancelMessage: str | None = None,
-                 stopMessage: str | None = None, textAsNotes: bool = False) -> None:
+    def __init__(
+        self,
+        worker: WorkerProcess,
+        *,
+        what: str = "worker",
+        finish: Callable[[WorkerProcess], object] | None = None,
+        onProgress: Callback | None = None,
+        onFinished: Callback | None = None,
+        stageSpan: Mapping[str, tuple[float, float]] | None = None,
+        stopGraceSeconds: float = STOP_GRACE_S,
+        cancelMessage: str | None = None,
+        stopMessage: str | None = None,
+        textAsNotes: bool = False,
+    ) -> None:
         self.worker = worker
         self.what = what
         self._finish = finish
@@ -148,8 +158,10 @@ class RunHandle:
             if node is None:
                 handle.cancel()
             elif node.GetID() in watched:
-                handle.cancel(f"{watched[node.GetID()]} was removed from the scene, so the {handle.what} was "
-                              "cancelled and the scene left as it was")
+                handle.cancel(
+                    f"{watched[node.GetID()]} was removed from the scene, so the {handle.what} was "
+                    "cancelled and the scene left as it was"
+                )
 
         self._observe(scene, scene.StartCloseEvent, on_close)
         on_removed.CallDataType = vtk.VTK_OBJECT  # receive the removed node
@@ -192,9 +204,14 @@ class RunHandle:
                 fraction = max(previous, low + (high - low) * within)
             else:
                 fraction = within
-            self.progress = {"stage": "stopping" if self.state == "stopping" else stage, "done": done,
-                             "total": total, "seconds_left": data.get("seconds_left"), "fraction": fraction,
-                             "elapsed": time.monotonic() - self.started}
+            self.progress = {
+                "stage": "stopping" if self.state == "stopping" else stage,
+                "done": done,
+                "total": total,
+                "seconds_left": data.get("seconds_left"),
+                "fraction": fraction,
+                "elapsed": time.monotonic() - self.started,
+            }
         elif event.event == "note":
             self.notes.append(str(event.data.get("text", "")))
         elif event.event == "text" and self.textAsNotes and event.text:
@@ -237,8 +254,12 @@ class RunHandle:
             self.onFinished(self)
 
 
-def start_run(launch: Callable[[Sequence[str], Path], WorkerProcess], command: Sequence[str],
-              workdir: Path | None = None, **handleOptions) -> RunHandle:
+def start_run(
+    launch: Callable[[Sequence[str], Path], WorkerProcess],
+    command: Sequence[str],
+    workdir: Path | None = None,
+    **handleOptions,
+) -> RunHandle:
     """Launch `command` in `workdir` (a new temporary folder when None) and return its handle at once; the
     folder is removed if the launch fails."""
     workdir = workdir if workdir is not None else make_workdir()

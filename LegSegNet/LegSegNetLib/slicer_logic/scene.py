@@ -7,6 +7,7 @@ in both worlds, which is why a label array can go back and forth without resampl
 
 Only MRML and VTK are used here (no Qt), so all of it runs with the `slicer-core` wheel.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,10 @@ import SimpleITK as sitk
 import vtk
 from vtk.util import numpy_support
 
-from ..scan.ct_volume import CTVolume, find_axial_axis
 from ..core.errors import InputError
 from ..core.terminology import TERMINOLOGY_FILE  # noqa: F401 - also imported from here by LegSegNet.py
 from ..core.tissues import TISSUE_BY_KEY, TISSUE_KEYS, TISSUES
+from ..scan.ct_volume import CTVolume, find_axial_axis
 
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -249,7 +250,7 @@ def _ijk_to_ras_matrix(volumeNode) -> vtk.vtkMatrix4x4:
     return matrix
 
 
-def oriented_labels(volumeNode, labels_kji: np.ndarray, first: int) -> "vtk.vtkObject":
+def oriented_labels(volumeNode, labels_kji: np.ndarray, first: int) -> vtk.vtkObject:
     """A vtkOrientedImageData on the volume's grid that covers only the slab (extent starts at `first`).
 
     `labels_kji` is the slab in the node's (k, j, i) array order; keeping the extent to the slab avoids
@@ -285,8 +286,10 @@ def ensure_segmentation_converters() -> None:
 
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
     present = {rule.GetClassName() for rule in factory.GetConverterRules()}
-    for rule_class in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
-                       slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule):
+    for rule_class in (
+        slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
+        slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule,
+    ):
         if rule_class.__name__ not in present:
             factory.RegisterConverterRule(rule_class())
 

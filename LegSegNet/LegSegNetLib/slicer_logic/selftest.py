@@ -6,6 +6,7 @@ checks cover segments, geometry, tables, the plot, an edit followed by `quantify
 that must leave the scene untouched. Every check raises AssertionError with a message (not `assert`,
 which `python -O` would drop).
 """
+
 from __future__ import annotations
 
 import math
@@ -14,11 +15,11 @@ from typing import Callable
 
 import numpy as np
 
+from ..core.errors import InputError
+from ..core.tissues import TISSUE_BY_KEY, TISSUE_KEYS, TISSUES
 from . import scene as slicer_io
 from . import tables as slicer_tables
-from ..core.errors import InputError
 from .logic import LegSegNetLogic
-from ..core.tissues import TISSUES, TISSUE_BY_KEY, TISSUE_KEYS
 
 PHANTOM_SHAPE = (14, 112, 144)  # small: the whole self-test takes a few seconds
 RANGE = (2, 11)
@@ -75,23 +76,27 @@ def run_selftest(scene=None, log: Callable[[str], None] = print, logic: LegSegNe
         _check(colour == TISSUE_BY_KEY[key].rgb, f"segment {key} colour {colour} != {TISSUE_BY_KEY[key].rgb}")
         tag = slicer_io.segment_terminology(segment)
         _check(tag == entries[key], f"segment {key} terminology {tag!r} != {entries[key]!r}")
-    _check(segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole()) is volume_node,
-           "the segmentation's reference geometry is not the input volume")
+    _check(
+        segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole()) is volume_node,
+        "the segmentation's reference geometry is not the input volume",
+    )
 
     # --- labels: on the volume's grid, only inside the range, close to the phantom's truth
     labels_kji = slicer_io.labels_from_segmentation(segmentation, volume_node)
     truth = _phantom_labels_kji(volume_node, phantom)
     volume = slicer_io.ct_volume_from_node(volume_node)
     slab_labels = slicer_io.labels_slab(volume, labels_kji)
-    outside = np.concatenate([slab_labels[:first], slab_labels[last + 1:]])
+    outside = np.concatenate([slab_labels[:first], slab_labels[last + 1 :]])
     _check(not outside.any(), "labels found outside the chosen slice range")
     dices = {}
     for tissue in TISSUES:
-        got = slab_labels[first:last + 1] == tissue.value
+        got = slab_labels[first : last + 1] == tissue.value
         expected = slicer_io.labels_slab(volume, truth, first, last) == tissue.value
         dices[tissue.key] = dice(got, expected)
-        _check(dices[tissue.key] >= MIN_DICE[tissue.key],
-               f"{tissue.key} Dice {dices[tissue.key]:.3f} vs the phantom is below {MIN_DICE[tissue.key]}")
+        _check(
+            dices[tissue.key] >= MIN_DICE[tissue.key],
+            f"{tissue.key} Dice {dices[tissue.key]:.3f} vs the phantom is below {MIN_DICE[tissue.key]}",
+        )
 
     # --- tissue table: columns and values recounted from the labels
     rows = slicer_tables.table_rows(table)
@@ -101,28 +106,36 @@ def run_selftest(scene=None, log: Callable[[str], None] = print, logic: LegSegNe
     voxel_cm3 = float(np.prod(volume.image.GetSpacing())) / 1000.0
     hu = volume.slab(first, last).astype(np.float64)
     for row, tissue in zip(rows, TISSUES):
-        mask = slab_labels[first:last + 1] == tissue.value
+        mask = slab_labels[first : last + 1] == tissue.value
         n = int(mask.sum())
         _check(int(row["Voxels"]) == n, f"{tissue.key}: table says {row['Voxels']} voxels, labels hold {n}")
-        _check(math.isclose(row["Volume (cm3)"], n * voxel_cm3, rel_tol=1e-9, abs_tol=1e-12),
-               f"{tissue.key}: volume {row['Volume (cm3)']} != {n * voxel_cm3}")
+        _check(
+            math.isclose(row["Volume (cm3)"], n * voxel_cm3, rel_tol=1e-9, abs_tol=1e-12),
+            f"{tissue.key}: volume {row['Volume (cm3)']} != {n * voxel_cm3}",
+        )
         if n:
-            _check(math.isclose(row["Mean (HU)"], float(hu[mask].mean()), rel_tol=1e-9, abs_tol=1e-9),
-                   f"{tissue.key}: mean HU {row['Mean (HU)']} != {hu[mask].mean()}")
+            _check(
+                math.isclose(row["Mean (HU)"], float(hu[mask].mean()), rel_tol=1e-9, abs_tol=1e-9),
+                f"{tissue.key}: mean HU {row['Mean (HU)']} != {hu[mask].mean()}",
+            )
 
     # --- derived table, profile table, plot
     derived = {r["Metric"]: r["Value"] for r in slicer_tables.table_rows(result.derivedTable)}
     v = {r["Tissue"]: r["Volume (cm3)"] for r in rows}
     _check(math.isclose(derived["V_Fat_cm3"], v["SAT"] + v["IAT"], rel_tol=1e-9), "V_Fat != V_SAT + V_IAT")
     profile = slicer_tables.table_rows(result.profileTable)
-    _check([int(r["slice_index"]) for r in profile] == list(range(first, last + 1)),
-           "profile rows are not one per analysed slice")
+    _check(
+        [int(r["slice_index"]) for r in profile] == list(range(first, last + 1)),
+        "profile rows are not one per analysed slice",
+    )
     chart = result.chart
     _check(chart.GetNumberOfPlotSeriesNodes() == len(TISSUE_KEYS), "the profile chart does not hold 4 series")
     for i in range(chart.GetNumberOfPlotSeriesNodes()):
         series = chart.GetNthPlotSeriesNode(i)
-        _check(series.GetTableNode() is result.profileTable and series.GetXColumnName() == "z_mm",
-               f"plot series {series.GetName()} is not drawn from the profile table")
+        _check(
+            series.GetTableNode() is result.profileTable and series.GetXColumnName() == "z_mm",
+            f"plot series {series.GetName()} is not drawn from the profile table",
+        )
 
     # --- edit: turn a block of SM into IAT, then quantify must move exactly those voxels
     log("editing a segment and measuring again")
@@ -146,8 +159,10 @@ def run_selftest(scene=None, log: Callable[[str], None] = print, logic: LegSegNe
         logic.process(not_ct, engine="threshold", device="cpu")
     except InputError as exc:
         message = str(exc)
-        _check("\n" not in message and "Traceback" not in message and len(message) > 20,
-               f"the error should be the worker's one-line message, got {message!r}")
+        _check(
+            "\n" not in message and "Traceback" not in message and len(message) > 20,
+            f"the error should be the worker's one-line message, got {message!r}",
+        )
     else:
         raise AssertionError("process() accepted a volume that is not CT")
     _check(scene.GetNumberOfNodes() == nodes_now, "a failed run left nodes in the scene")

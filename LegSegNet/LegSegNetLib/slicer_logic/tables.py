@@ -3,12 +3,13 @@
 Everything is filled from the metrics dictionary that `metrics.json` holds (quantify's `to_dict()`),
 so the numbers in Slicer are the numbers the command line writes. Only MRML/VTK; no Qt.
 """
+
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import vtk
 
@@ -19,8 +20,10 @@ SIDES = (("left", "Left"), ("right", "Right"))
 
 # How overlapping segments are measured (Segment Editor allows overlaps; a label map does not). Shown as the
 # tissue table's description and the tooltips of its columns, and stated in the README.
-OVERLAP_RULE = ("Where segments overlap, a voxel is counted once, for the later tissue in the order "
-                "SAT < SM < IAT < Bone (e.g. a voxel in both SM and Bone counts as Bone).")
+OVERLAP_RULE = (
+    "Where segments overlap, a voxel is counted once, for the later tissue in the order "
+    "SAT < SM < IAT < Bone (e.g. a voxel in both SM and Bone counts as Bone)."
+)
 TISSUE_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     # (column name, metrics.json key, unit, description); per-leg columns are "<Left|Right> <name>"
     ("Volume (cm3)", "volume_cm3", "cm3", "voxels x voxel volume over the measured slices. " + OVERLAP_RULE),
@@ -89,8 +92,9 @@ def fill_tissue_table(tableNode, metrics: Mapping) -> None:
             leg_tissues = _leg_part(legs.get(side) or {}, "tissues")
             for name, key, unit, description in TISSUE_COLUMNS:
                 values = [(leg_tissues.get(k) or {}).get(key) for k in TISSUE_KEYS]
-                _add_number_column(tableNode, f"{title} {name}", values, unit,
-                                   f"patient's {title.lower()} leg: {description}")
+                _add_number_column(
+                    tableNode, f"{title} {name}", values, unit, f"patient's {title.lower()} leg: {description}"
+                )
         tableNode.SetDescription("LegSegNet tissue measurements. " + OVERLAP_RULE)
         tableNode.SetAttribute(ROLE_ATTRIBUTE, "tissues")
         _set_run_attributes(tableNode, metrics)

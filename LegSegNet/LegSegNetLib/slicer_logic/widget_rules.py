@@ -10,14 +10,16 @@
 - `register_terminology`: the segments' terminology loaded into Slicer once (at startup and on demand);
 - `forget_library_modules`: what the module's Reload needs so the library package is read again.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import sys
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
-from typing import Callable, MutableMapping, Sequence
+from typing import Callable
 
 from ..core.terminology import TERMINOLOGY_FILE
 
@@ -51,8 +53,14 @@ class SliceRangeSync:
         self.volume_id: str | None = None
         self._updating = False
 
-    def update(self, volume_id: str, n_slices: int, stored: tuple[int, int], spin_boxes: Sequence,
-               write_range: Callable[[int, int], None]) -> tuple[int, int] | None:
+    def update(
+        self,
+        volume_id: str,
+        n_slices: int,
+        stored: tuple[int, int],
+        spin_boxes: Sequence,
+        write_range: Callable[[int, int], None],
+    ) -> tuple[int, int] | None:
         """Set the boxes' maxima to the last slice and write the range to keep (when it differs from
         `stored`). Returns that range, or None for a nested call."""
         if self._updating:
@@ -120,8 +128,14 @@ def safe_folder_name(name: str) -> str:
     return cleaned or "scan"
 
 
-def export_folder(chosen: str, volume_name: str, scene_url: str = "", documents: str = "",
-                  home: str | None = None, working_directory: str | None = None) -> Path:
+def export_folder(
+    chosen: str,
+    volume_name: str,
+    scene_url: str = "",
+    documents: str = "",
+    home: str | None = None,
+    working_directory: str | None = None,
+) -> Path:
     """Where Export writes: the folder the user chose, else `<volume> LegSegNet` beside the saved scene,
     else `Documents/LegSegNet/<volume>` (the home folder when there is no Documents folder)."""
     if not is_unset_folder(chosen, working_directory):
@@ -151,8 +165,9 @@ def register_terminology(terminologies, path: Path = TERMINOLOGY_FILE) -> str:
     return name
 
 
-def forget_library_modules(package: str = "LegSegNetLib",
-                           modules: MutableMapping[str, object] | None = None) -> list[str]:
+def forget_library_modules(
+    package: str = "LegSegNetLib", modules: MutableMapping[str, object] | None = None
+) -> list[str]:
     """Drop `package` and its submodules from the import cache, so that the next import (the module file,
     re-run by Slicer's Reload) reads the library's files again. Slicer's own reload re-reads only the module
     file. Returns the names dropped."""

@@ -1,4 +1,5 @@
 """`python -m LegSegNetLib.worker ...`: the worker process (see main.py)."""
+
 import sys
 
 from .main import main

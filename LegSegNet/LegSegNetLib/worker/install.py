@@ -8,6 +8,7 @@ its output lines passed on as notes. The first failing step ends the run with it
 A step with a `"report"` file (pip's `--dry-run --report`: what pip would install, nothing installed)
 has that report in the result, under `reports`, for the Slicer side to list exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,15 @@ def run_steps(steps_file: str | Path, progress: Progress) -> dict:
         label = str(step.get("label") or step["module"])
         progress.note(label)
         command = [sys.executable, "-m", str(step["module"]), *[str(a) for a in step.get("arguments", [])]]
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 text=True, errors="replace", **NO_WINDOW)
+        child = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            **NO_WINDOW,
+        )
         last, telling = "", []
         try:
             assert child.stdout is not None

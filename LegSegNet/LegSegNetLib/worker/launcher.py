@@ -16,6 +16,7 @@ Stopping, in two kinds:
 
 Nothing here imports Qt or MRML.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -29,9 +30,10 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 LIB_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds LegSegNetLib/
 TERMINATE_GRACE_S = 3.0
@@ -203,7 +205,7 @@ class WorkerProcess:
         self.command = [str(c) for c in command]
         self.workdir = Path(workdir) if workdir is not None else None
         self.keep_workdir = keep_workdir
-        self.events: "queue.Queue[WorkerEvent | None]" = queue.Queue()
+        self.events: queue.Queue[WorkerEvent | None] = queue.Queue()
         self.log: list[str] = []  # every line, for the error log
         self.error_message: str | None = None
         self.error_exit_code: int | None = None
@@ -235,8 +237,9 @@ class WorkerProcess:
         )
         # the reader holds the pipe and the queue, not this object: a worker nobody refers to any more is
         # collected (and ended by __del__) even while its reader still runs
-        self._reader = threading.Thread(target=_read_lines, args=(self.process.stdout, self.events),
-                                        name="legsegnet-worker-reader", daemon=True)
+        self._reader = threading.Thread(
+            target=_read_lines, args=(self.process.stdout, self.events), name="legsegnet-worker-reader", daemon=True
+        )
         self._finished = False
         self._eof = False
         self._exited_at: float | None = None
@@ -393,7 +396,7 @@ class WorkerProcess:
             pass
 
 
-def _read_lines(stream, events: "queue.Queue[WorkerEvent | None]") -> None:
+def _read_lines(stream, events: queue.Queue[WorkerEvent | None]) -> None:
     """The reader thread: every line of the worker's output as an event, then None for the end."""
     for line in stream:
         events.put(parse_line(line))
@@ -402,7 +405,7 @@ def _read_lines(stream, events: "queue.Queue[WorkerEvent | None]") -> None:
 
 # Every worker not yet ended. A script that starts a run and exits without waiting for it (or Slicer closing)
 # must not leave the worker running, or its run folder behind: at interpreter exit each is cancelled.
-_LIVE_WORKERS: "weakref.WeakSet[WorkerProcess]" = weakref.WeakSet()
+_LIVE_WORKERS: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
 
 
 @atexit.register
@@ -425,9 +428,18 @@ def worker_command(python: Sequence[str], *arguments) -> list[str]:
     return [*python, "-m", "LegSegNetLib.worker", *(str(a) for a in arguments)]
 
 
-def train_command(python: Sequence[str], dataset: str | Path, *, from_model: str | None = None,
-                  epochs: int | None = None, device: str = "auto", name: str | None = None,
-                  iterations: int | None = None, resume: bool = False, batch_size: int | None = None) -> list[str]:
+def train_command(
+    python: Sequence[str],
+    dataset: str | Path,
+    *,
+    from_model: str | None = None,
+    epochs: int | None = None,
+    device: str = "auto",
+    name: str | None = None,
+    iterations: int | None = None,
+    resume: bool = False,
+    batch_size: int | None = None,
+) -> list[str]:
     """The worker's command line for `train` (same options as `legsegnet train`)."""
     command = worker_command(python, "train", dataset, "--device", device)
     if from_model:

@@ -22,6 +22,7 @@ a closed output pipe (nobody reads any more) stop it the same way.
 Two commands exist only here, for the Slicer module: `devices` (engines.devices.probe of this
 interpreter's PyTorch) and `install-packages STEPS.json` (worker/install.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,16 +30,15 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..cli import build_parser, join_option_values, run_command
-from ..core.errors import error_exit_code
+from ..core.errors import CancelledError, error_exit_code
 from ..core.errors import one_line as _one_line
-from ..engines import use_passive_openmp_threads
-from ..core.errors import CancelledError
-from ..core.signals import signal_name, stop_signals_raise
 from ..core.progress import JsonLinesProgress
+from ..core.signals import signal_name, stop_signals_raise
+from ..engines import use_passive_openmp_threads
 from .launcher import STOP_FILE_ENV
 
 PARENT_POLL_S = 1.0
