@@ -103,7 +103,7 @@ def _local(args, engine: str) -> Connection:
             threads_per_worker=1,
             processes=True,
             memory_limit=memory,
-            dashboard_address=":0" if dashboard_available() else None,
+            dashboard_address=":0",  # a free port: never clash with another cluster on 8787 (its HTTP server runs without bokeh too)
             silence_logs=logging.CRITICAL,
             env=env,
             resources=SCAN_RESOURCE,
