@@ -68,23 +68,8 @@ def segment(
     progress.note(f"engine: {chosen.name}")
     labels = segment_slab(chosen, volume, first, last, progress)
     checked = _check_labels(labels, volume, first, progress, getattr(chosen, "label_check", None))
-    progress.stage("measuring")
-    measurements = quantify.quantify(volume, labels, first, last)
-    run_info = {"input": str(input_path), **chosen.info(), **checked, "notes": list(progress.notes)}
-    metrics = report.write_outputs(
-        outdir,
-        volume,
-        labels,
-        first,
-        last,
-        measurements,
-        run_info,
-        progress,
-        inputs=[input_path],
-        extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
-    )
-    progress.finish()
-    return metrics
+    run_about = {"input": str(input_path), **chosen.info(), **checked}
+    return _measure_and_write(outdir, volume, labels, first, last, run_about, [input_path], dicom, progress)
 
 
 def segment_slab(chosen: Engine, volume, first: int, last: int, progress: Progress):
@@ -128,16 +113,18 @@ def quantify_files(
         first, last = axial_range.parse_slices(slices, volume.n_slices)
     labels = volume.slab_from_image(labels_image, first, last)
     checked = _check_labels(labels, volume, first, progress)
+    run_about = {"input": str(ct_path), "labels": str(labels_path), "engine": "external", "model": None, **checked}
+    return _measure_and_write(outdir, volume, labels, first, last, run_about, [ct_path, labels_path], dicom, progress)
+
+
+def _measure_and_write(
+    outdir, volume, labels, first: int, last: int, run_about: dict, inputs: list, dicom: bool, progress: Progress
+) -> dict:
+    """The common end of `segment` and `quantify_files`: measure, then write the output set (with seg.dcm and
+    sr.dcm when `dicom`). `run_about` is what metrics.json records of the run; the run's notes are added here."""
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
-    run_info = {
-        "input": str(ct_path),
-        "labels": str(labels_path),
-        "engine": "external",
-        "model": None,
-        **checked,
-        "notes": list(progress.notes),
-    }
+    run_info = {**run_about, "notes": list(progress.notes)}
     metrics = report.write_outputs(
         outdir,
         volume,
@@ -147,7 +134,7 @@ def quantify_files(
         measurements,
         run_info,
         progress,
-        inputs=[ct_path, labels_path],
+        inputs=inputs,
         extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
     )
     progress.finish()
