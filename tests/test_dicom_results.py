@@ -369,12 +369,13 @@ def test_quantify_maps_a_seg_from_another_writer_by_its_codes(whole_run, phantom
     assert json.loads((tmp_path / "q" / "metrics.json").read_text())["slices"] == [first, last]
 
 
-def test_nnunet_model_name_and_round_identify_the_algorithm(phantom_series, tmp_path):
+def test_nnunet_model_name_and_round_identify_the_algorithm(phantom_series, tmp_path, monkeypatch):
     """A real (tiny, cached) nnU-Net model installed as annotation round 3 in the test's private model store."""
     import nnunet_fixtures
 
     from LegSegNetLib.models.store import ModelStore
 
+    monkeypatch.setenv("LEGSEGNET_MODELS_DIR", str(tmp_path / "store"))  # the CLI subprocess inherits it
     ModelStore().install(nnunet_fixtures.get_model("png"), name="tiny-round3", training_round=3)
     out = tmp_path / "out"
     _run_dicom(phantom_series, out, "--engine", "nnunet", "--model", "tiny-round3", "--device", "cpu", "--folds", "0")
