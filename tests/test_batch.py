@@ -124,6 +124,54 @@ def test_every_dicom_series_is_found_once_from_headers_alone(tmp_path):
     assert [(s.id, s.fingerprint) for s in again.scans] == [(s.id, s.fingerprint) for s in found.scans[:3]]
 
 
+# ---------------------------------------------------------------------------------------------- --dicom
+def test_dicom_option_writes_seg_and_sr_for_the_dicom_scans_only(tmp_path):
+    """A DICOM series gets segment's seg.dcm and sr.dcm, an image file is measured without them (and says so),
+    and a series `segment --dicom` refuses is an error row that does not stop the others."""
+    import pydicom
+    from test_dicom_results import assert_seg_equals_labels_file, source_headers
+
+    ct, _ = phantom_image()
+    write_dicom_series(ct, tmp_path / "data" / "P01", shuffle_names=True)
+    write_phantom(tmp_path / "data" / "P02.nii.gz", seed=2, shape=(8, 96, 128))
+    damaged = write_dicom_series(ct, tmp_path / "data" / "P03")
+    copy = pydicom.dcmread(damaged[5])  # two images of the series under one SOP Instance UID
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = pydicom.dcmread(damaged[4]).SOPInstanceUID
+    copy.save_as(damaged[5])
+    out = tmp_path / "out"
+
+    done = batch(tmp_path / "data", "-o", out, "--engine", "threshold", "--workers", "1", "--dicom", "--quiet")
+    assert done.returncode == 1, done.stderr  # one scan failed
+    rows = cohort(out)
+    assert {k: rows[k]["status"] for k in rows} == {"P01": "ok", "P02": "ok", "P03": "error"}, rows
+
+    dicom_scan = out / "scans" / "P01"
+    assert {p.name for p in dicom_scan.iterdir()} == {*SEGMENT_FILES, "status.json", "seg.dcm", "sr.dcm"}
+    assert rows["P01"]["dicom_files"] == "seg.dcm;sr.dcm"
+    metrics = json.loads((dicom_scan / "metrics.json").read_text())
+    first, last = metrics["slices"]
+    headers = source_headers(tmp_path / "data" / "P01")
+    assert_seg_equals_labels_file(dicom_scan / "seg.dcm", dicom_scan / "labels.nii.gz", headers, first, last)
+    assert pydicom.dcmread(dicom_scan / "sr.dcm").StudyInstanceUID == headers[0].StudyInstanceUID
+
+    image_scan = out / "scans" / "P02"
+    assert {p.name for p in image_scan.iterdir()} == {*SEGMENT_FILES, "status.json"}
+    assert rows["P02"]["dicom_files"] == ""
+    assert any("no seg.dcm or sr.dcm" in note for note in status(out, "P02")["notes"])
+
+    assert "SOP Instance UID" in rows["P03"]["error"] and "repeated" in rows["P03"]["error"], rows["P03"]["error"]
+    assert {p.name for p in (out / "scans" / "P03").iterdir()} == {"status.json"}
+
+    finished = status(out, "P01")["run_id"]
+    again = batch(tmp_path / "data", "-o", out, "--engine", "threshold", "--workers", "1", "--dicom", "--quiet")
+    assert again.returncode == 1 and status(out, "P01")["run_id"] == finished  # resumed: nothing redone
+    without = batch(tmp_path / "data", "-o", out, "--engine", "threshold", "--workers", "1", "--quiet")
+    assert without.returncode == 0, without.stderr  # repeated instance UIDs matter only to DICOM objects
+    assert status(out, "P01")["run_id"] != finished  # other settings: redone, now without the DICOM files
+    assert {p.name for p in dicom_scan.iterdir()} == {*SEGMENT_FILES, "status.json"}
+    assert cohort(out)["P01"]["dicom_files"] == ""
+
+
 # ---------------------------------------------------------------------------------------------- a mixed tree
 @pytest.mark.slow
 def test_mixed_tree_gives_one_row_per_scan_with_its_status(tmp_path, visible_human_head_dir, mr_series_dir):

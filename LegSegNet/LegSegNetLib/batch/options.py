@@ -23,6 +23,12 @@ def add_batch_options(batch: argparse.ArgumentParser, positive_int) -> None:
         metavar="FILE.csv",
         help="CSV with a 'scan' column (path) and optional id, patient, slices (FIRST:LAST), series_uid",
     )
+    batch.add_argument(
+        "--dicom",
+        action="store_true",
+        help="also write seg.dcm (DICOM SEG) and sr.dcm (TID 1500 report) for every DICOM scan "
+        "(image files get none; cohort.csv's dicom_files column says which scans have them)",
+    )
     batch.add_argument("--retry-failed", action="store_true", help="rerun scans that failed in an earlier run")
     where = batch.add_argument_group("where the scans run (default: a local Dask cluster on this machine)")
     where.add_argument(

@@ -45,6 +45,7 @@ RUN_COLUMNS = (
     "worker_peak_mb",
     "finished_at",
     "legsegnet_version",
+    "dicom_files",
 )
 COLUMNS = IDENTITY_COLUMNS + RANGE_COLUMNS + METRIC_COLUMNS + RUN_COLUMNS
 
@@ -135,6 +136,7 @@ def cohort_row(status: dict, metrics: dict | None) -> dict:
     ):
         row[key] = status.get(key)
     row["qc_flags"] = ";".join(status.get("qc_flags") or [])
+    row["dicom_files"] = ";".join(status.get("dicom_files") or [])
     row.update({k: v for k, v in (status.get("qc") or {}).items() if k in VALUE_COLUMNS})
     if metrics:
         row["engine"] = metrics.get("engine", row["engine"])

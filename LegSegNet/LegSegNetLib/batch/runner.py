@@ -52,7 +52,15 @@ def run_batch(args) -> int:
             cluster.close()
         return 0
     settings = resolve(
-        args.engine, args.model, args.device, args.folds, args.tta, args.batch_size, args.slices, args.auto_range
+        args.engine,
+        args.model,
+        args.device,
+        args.folds,
+        args.tta,
+        args.batch_size,
+        args.slices,
+        args.auto_range,
+        dicom=args.dicom,
     )
     outdir = Path(args.outdir).expanduser().absolute()
     if outdir.exists() and not outdir.is_dir():

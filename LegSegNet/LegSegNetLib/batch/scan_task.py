@@ -23,6 +23,7 @@ from .. import __version__, pipeline
 from ..anatomy import axial_range
 from ..core.errors import InputError
 from ..core.progress import Progress
+from ..measurement import dicom_results
 from ..scan import volume_io
 from . import qc, results
 from .settings import BatchSettings
@@ -63,6 +64,7 @@ def run_scan(spec: dict, settings: dict, outdir: str, run_id: str) -> dict:
         try:
             flags, values, notes, engine_event = _segment(spec, batch_settings, slices, auto_range, work)
             status.update(status="ok", error="", qc_flags=flags, qc=values, notes=notes, engine_cache=engine_event)
+            status["dicom_files"] = sorted(p.name for p in work.glob("*.dcm"))
         except Exception as exc:  # noqa: BLE001 - every failure of one scan is that scan's error row
             from ..core.errors import error_exit_code
             from ..core.errors import one_line as _one_line
@@ -100,6 +102,9 @@ def _segment(spec: dict, settings: BatchSettings, slices: str | None, auto_range
             axial_range.detect_leg_range(volume)
         return volume
 
+    dicom = settings.dicom and dicom_results.may_be_dicom(spec["source"])
+    if settings.dicom and not dicom:
+        progress.note("--dicom: not a DICOM series, so no seg.dcm or sr.dcm for this scan")
     metrics = pipeline.segment(
         spec["source"],
         work,
@@ -108,6 +113,7 @@ def _segment(spec: dict, settings: BatchSettings, slices: str | None, auto_range
         progress=progress,
         engine_factory=lambda *_a, **_k: recorder,
         reader=read,
+        dicom=dicom,
     )
     try:
         flags, values = qc.assess(

@@ -4,7 +4,7 @@
 and a model name becomes its folder, so every worker loads the same model and a bad model is refused (exit 2)
 before any scan is submitted. What counts for resume is `key(slices)`: the resolved engine, the model's
 identity (its folder and the size and modification time of plans.json, dataset.json and each checkpoint), the
-device, folds, test-time augmentation and the scan's slice range or --auto-range. --batch-size, the number of
+device, folds, test-time augmentation, the scan's slice range or --auto-range, and --dicom. --batch-size, the number of
 workers and where they run do not change results and are not part of it.
 """
 
@@ -31,6 +31,7 @@ class BatchSettings:
     batch_size: int | None = None
     slices: str | None = None  # applies to scans without their own (manifest) range
     auto_range: bool = False
+    dicom: bool = False  # seg.dcm and sr.dcm for the DICOM scans
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +62,8 @@ class BatchSettings:
             "slices": slices,
             "auto_range": auto,
         }
+        if self.dicom:  # only then: batches run before --dicom existed keep their keys
+            relevant["dicom"] = True
         text = json.dumps(relevant, sort_keys=True)
         return "v1:" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -80,18 +83,25 @@ class BatchSettings:
         )
 
 
-def resolve(engine: str, model: str | None, device: str, folds, tta, batch_size, slices, auto_range) -> BatchSettings:
-    """The batch's settings with `auto` and the model resolved; InputError (exit 2) for a bad model."""
+def resolve(
+    engine: str, model: str | None, device: str, folds, tta, batch_size, slices, auto_range, dicom: bool = False
+) -> BatchSettings:
+    """The batch's settings with `auto` and the model resolved; InputError (exit 2) for a bad model or, with
+    `dicom`, when highdicom is missing."""
     from ..core.errors import InputError
     from ..core.progress import Progress
     from ..engines import _installed_model_available
 
     if slices is not None and auto_range:
         raise InputError("give either --slices FIRST:LAST or --auto-range, not both")
+    if dicom:
+        from ..measurement.dicom_results import require_highdicom
+
+        require_highdicom()
     if engine == "auto":
         engine = "nnunet" if model or _installed_model_available(None, Progress()) else "threshold"
     if engine == "threshold":
-        return BatchSettings(engine="threshold", device=device, slices=slices, auto_range=auto_range)
+        return BatchSettings(engine="threshold", device=device, slices=slices, auto_range=auto_range, dicom=dicom)
     from ..models.store import resolve_model
 
     folder = resolve_model(model)
@@ -109,6 +119,7 @@ def resolve(engine: str, model: str | None, device: str, folds, tta, batch_size,
         batch_size=batch_size,
         slices=slices,
         auto_range=auto_range,
+        dicom=dicom,
     )
 
 

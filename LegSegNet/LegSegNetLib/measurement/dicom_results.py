@@ -95,22 +95,29 @@ class Provenance:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def check_input_path(path: str | Path) -> None:
-    """Refuse `--dicom` for an input that cannot be DICOM, before anything is read."""
+def may_be_dicom(path: str | Path) -> bool:
+    """False for an input file the reader would not read as DICOM (a folder is a DICOM series to the reader;
+    an empty or unreadable file is left to the reader's own error)."""
     from ..scan.volume_io import file_kind  # the reader's own decision on file types
 
-    require_highdicom()
     path = Path(path).expanduser()
     if path.is_file() and path.name.upper() != "DICOMDIR" and path.stat().st_size > 0:
         try:
-            kind = file_kind(path)
+            return file_kind(path) == "dicom"
         except InputError:
-            kind = "unknown"
-        if kind != "dicom":
-            raise InputError(
-                f"--dicom writes DICOM objects that reference the source images, but '{path.name}' is not DICOM; "
-                "give the folder of the DICOM CT series, or leave out --dicom"
-            )
+            return False
+    return True
+
+
+def check_input_path(path: str | Path) -> None:
+    """Refuse `--dicom` for an input that cannot be DICOM, before anything is read."""
+    require_highdicom()
+    path = Path(path).expanduser()
+    if not may_be_dicom(path):
+        raise InputError(
+            f"--dicom writes DICOM objects that reference the source images, but '{path.name}' is not DICOM; "
+            "give the folder of the DICOM CT series, or leave out --dicom"
+        )
 
 
 def check_exportable(volume: CTVolume) -> None:
