@@ -5,6 +5,7 @@
     legsegnet batch INPUT... -o OUTDIR [--manifest FILE.csv] [--workers N | --scheduler ADDR | --slurm] [engine options]
     legsegnet models list | install SOURCE [--name NAME] [--sha256 HEX] | remove NAME | default NAME
     legsegnet dataset add CT LABELS --dataset DIR --slices LIST [--patient ID] [--round N] [--format png|hu]
+    legsegnet review RESULTS [--mode stratified|uncertain] [--slices-per-scan K] [--seed N] [--min-gap G]
     legsegnet train DATASET [--from MODEL] [--epochs N] [--device ...] [--name NAME] [--folds 0] [--resume]
     legsegnet evaluate PRED REF [--ct CT] -o OUTDIR | --pairs FILE.csv -o OUTDIR | PRED_DIR REF_DIR -o OUTDIR
 
@@ -86,6 +87,7 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     _add_dataset_parser(commands)
     _add_train_parser(commands)
     _add_evaluate_parser(commands)
+    _add_review_parser(commands)
     return parser
 
 
@@ -241,6 +243,39 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_review_parser(commands) -> None:
+    from .annotation import review
+
+    rev = commands.add_parser(
+        "review", help="which slices of a segmentation to review and correct (stratified random or most uncertain)"
+    )
+    rev.set_defaults(quiet=True)  # its stdout is the result; nothing to show progress of
+    rev.add_argument("results", metavar="RESULTS", help="the OUTDIR of 'legsegnet segment' (its profile.csv)")
+    rev.add_argument(
+        "--mode",
+        default=review.MODE_STRATIFIED,
+        choices=review.MODES,
+        help="stratified: one random slice in each of K equal parts of the range (default); uncertain: the K "
+        "slices where nnU-Net was least sure (profile.csv's uncertainty column), --min-gap apart",
+    )
+    rev.add_argument(
+        "--slices-per-scan",
+        type=_positive_int,
+        default=review.DEFAULT_SLICES_PER_SCAN,
+        metavar="K",
+        help=f"slices to review (default {review.DEFAULT_SLICES_PER_SCAN})",
+    )
+    rev.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the stratified sample (default 0)")
+    rev.add_argument(
+        "--min-gap",
+        type=_positive_int,
+        default=review.DEFAULT_MIN_GAP,
+        metavar="G",
+        help=f"uncertain mode: sampled slices at least G slices apart (default {review.DEFAULT_MIN_GAP})",
+    )
+    rev.add_argument("--json", action="store_true", help="print the sample as JSON")
+
+
 def _add_models_parser(commands) -> None:
     models = commands.add_parser("models", help="list, install and remove nnU-Net models (the per-user model store)")
     # `models` prints its own results: quiet=True keeps main() from printing a segmentation summary.
@@ -366,6 +401,8 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
         return _run_train(args, progress)
     if args.command == "evaluate":
         return _run_evaluate(args, progress)
+    if args.command == "review":
+        return _run_review(args, progress)
     if args.command == "batch":
         raise InputError("'batch' runs from the command line (legsegnet batch ...), not in the worker process")
     from . import pipeline
@@ -504,6 +541,28 @@ def _run_train(args: argparse.Namespace, progress: Progress) -> dict:
     return result.to_dict()
 
 
+def _run_review(args: argparse.Namespace, progress: Progress) -> dict:
+    """`legsegnet review`: the slices to review, one line (or JSON) on stdout; nothing is written."""
+    from .annotation import review
+
+    first, last, uncertainty = review.read_results_profile(args.results)
+    state = review.ReviewState.start(first, last, args.slices_per_scan, args.seed, args.mode, uncertainty, args.min_gap)
+    result = {
+        "command": "review",
+        "results": str(args.results),
+        "mode": state.mode,
+        "range": [first, last],
+        "slices": list(state.slices),
+        "uncertainty": {str(s): uncertainty.get(s) for s in state.slices} if uncertainty else None,
+    }
+    if _for_people(progress):
+        if args.json:
+            print(json.dumps(result, indent=2, allow_nan=False, default=str))
+        else:
+            print(",".join(map(str, state.slices)))
+    return result
+
+
 def _run_evaluate(args: argparse.Namespace, progress: Progress) -> dict:
     """`legsegnet evaluate`: writes OUTDIR; a per-tissue line of the cohort's main numbers for people."""
     from .evaluation.run import evaluate
@@ -616,8 +675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _stdout_is_the_result(args: argparse.Namespace) -> bool:
-    """`models list` prints what was asked for; every other command's results are files, stdout a summary."""
-    return args.command == "models" and args.models_command == "list"
+    """`models list` and `review` print what was asked for; every other command's results are files, stdout a
+    summary."""
+    return (args.command == "models" and args.models_command == "list") or args.command == "review"
 
 
 class _SummaryStdout:
