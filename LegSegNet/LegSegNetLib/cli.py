@@ -32,6 +32,7 @@ from .core.errors import one_line as _one_line
 from .core.progress import Progress, for_stream
 from .core.signals import stop_signals_raise
 from .core.text import format_duration
+from .core.tissues import TISSUES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -232,6 +233,15 @@ def _add_train_parser(commands) -> None:
         "--batch-size", type=_positive_int, default=None, help="slices per iteration (default: the plans')"
     )
     train.add_argument(
+        "--holdout",
+        dest="holdout_fraction",
+        type=_fraction,
+        default=None,
+        metavar="FRACTION",
+        help="share of patients held out from training and scored on (default 0.2; decided once per patient and "
+        "kept in DATASET/legsegnet-holdout.json; 0 holds out no new patient)",
+    )
+    train.add_argument(
         "--resume", action="store_true", help="continue the interrupted run --name from its last checkpoint"
     )
     train.add_argument(
@@ -320,6 +330,16 @@ def _parse_train_folds(text: str) -> list[int] | str:
     if text.strip().lower() == "all":
         return "all"
     return _parse_folds(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"wants a number from 0 up to (not including) 1, not '{text}'")
+    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -435,7 +455,11 @@ def _run_models(args: argparse.Namespace, progress: Progress) -> dict:
     action = args.models_command
     if action == "list":
         infos = store.list()
-        listed = [info.to_dict() for info in infos]
+        # with each trained model's held-out scores (annotation/holdout.py), which the table shows too
+        listed = [
+            {**info.to_dict(), "held_out": ((info.metadata or {}).get("training") or {}).get("held_out")}
+            for info in infos
+        ]
         if args.json and for_people:
             print(json.dumps({"store": str(store.root), "models": listed}, indent=2))
         elif not infos:
@@ -528,6 +552,8 @@ def _run_train(args: argparse.Namespace, progress: Progress) -> dict:
         make_default=args.make_default,
         workdir=args.workdir,
     )
+    if args.holdout_fraction is not None:
+        options.holdout_fraction = args.holdout_fraction
     if args.iterations:
         options.iterations_per_epoch = args.iterations
         options.val_iterations_per_epoch = max(1, min(training.DEFAULT_VAL_ITERATIONS, args.iterations // 5))
@@ -597,8 +623,22 @@ def _number(value, digits: int) -> str:
 
 
 def _print_model_table(infos, say) -> None:
-    rows = [("NAME", "DEFAULT", "INPUT", "ROUND", "FOLDS", "INSTALLED", "LICENCE", "SOURCE")]
+    rows = [
+        (
+            "NAME",
+            "DEFAULT",
+            "INPUT",
+            "ROUND",
+            "FOLDS",
+            "INSTALLED",
+            "LICENCE",
+            "HELD-OUT DICE SAT/SM/IAT/BONE",
+            "CHANGE FROM --from MODEL",
+            "SOURCE",
+        )
+    ]
     for info in infos:
+        dice, change = _held_out_cells(info.metadata)
         rows.append(
             (
                 info.name,
@@ -608,12 +648,29 @@ def _print_model_table(infos, say) -> None:
                 ",".join(map(str, info.folds)),
                 info.installed_at[:19].replace("T", " "),
                 info.licence or "-",
+                dice,
+                change,
                 info.source,
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+
+
+def _held_out_cells(metadata: dict) -> tuple[str, str]:
+    """`models list`'s held-out cells of a trained model: its Dice per tissue on the training set's held-out
+    slices, and the change from the model it was fine-tuned from on the same slices ('-' where there is none)."""
+    held = ((metadata or {}).get("training") or {}).get("held_out") or {}
+    dice = (held.get("model") or {}).get("dice")
+    if not dice:
+        return "-", "-"
+    keys = [t.key for t in TISSUES]
+    text = "/".join("-" if dice.get(k) is None else f"{dice[k]:.3f}" for k in keys)
+    change = held.get("change")
+    if not change:
+        return text, "-"
+    return text, "/".join("-" if change.get(k) is None else f"{change[k]:+.3f}" for k in keys)
 
 
 def join_option_values(argv: list[str], options=("--slices",)) -> list[str]:
