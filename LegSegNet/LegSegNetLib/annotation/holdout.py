@@ -131,9 +131,11 @@ def _score(dataset_dir: Path, entries: list[dict], slice_axes: str, model, devic
 
     swap = engine.slice_axes != slice_axes  # the model learnt the slices the other way round
     counts = np.zeros((len(TISSUES), 3))  # both, predicted, reference
+    reader = None
     for entry in entries:
         image_path, label_path = str(dataset_dir / entry["image"]), str(dataset_dir / entry["label"])
-        reader = determine_reader_writer_from_dataset_json(engine.dataset_json, image_path)()
+        if reader is None:
+            reader = determine_reader_writer_from_dataset_json(engine.dataset_json, image_path, verbose=False)()
         data, props = reader.read_images([image_path])
         reference, _ = reader.read_seg(label_path)
         reference = np.asarray(reference[0, 0])
