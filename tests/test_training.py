@@ -100,6 +100,30 @@ def test_a_split_needs_as_many_patients_as_folds():
     assert number_of_splits(3) == 3 and number_of_splits(40) == 5
 
 
+def test_held_out_patients_are_decided_once_and_never_after_training_on_them(tmp_path):
+    from LegSegNetLib.annotation import holdout
+
+    assert holdout.decide(tmp_path, ["A", "B"]) == set()  # too few patients: none held out
+    held = holdout.decide(tmp_path, ["A", "B", "C"])
+    assert len(held) == 1 and held <= {"C"}  # A and B were decided (trained) already
+    more = holdout.decide(tmp_path, [f"P{i}" for i in range(20)] + ["A", "B", "C"])
+    assert held <= more and not more & {"A", "B"}
+    assert len(more) == 5  # 23 decided patients at most 20% (rounded half up) held out: 5
+    again = holdout.decide(tmp_path, ["C", "P3", "A"])
+    assert again == more & {"C", "P3", "A"}  # the decisions stand
+    saved = json.loads((tmp_path / holdout.HOLDOUT_FILE).read_text())
+    assert set(saved["held_out"]) == more and len(saved["train"]) == 18
+    # patients a --from model was trained on are never held out; a fraction of 0 holds out no new patient
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    names = [f"Q{i}" for i in range(10)]
+    assert not holdout.decide(fresh, names, trained_before=names, write=False)
+    assert not holdout.decide(fresh, names, fraction=0.0, write=False)
+    (tmp_path / holdout.HOLDOUT_FILE).write_text("{")
+    with pytest.raises(InputError, match="damaged"):
+        holdout.decide(tmp_path, ["A"])
+
+
 def test_training_time_estimate_scales_with_the_network():
     tiny = {
         "patch_size": [112, 256],
