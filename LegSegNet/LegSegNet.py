@@ -93,6 +93,7 @@ class LegSegNetParameterNode:
     outputSegmentation - segmentation to overwrite (None: a new one named after the volume).
     referenceSegmentation - a reference segmentation of the same CT for "Compare with reference".
     reviewSlicesPerScan/reviewSeed - slices sampled per scan for review (1-50) and the sampling seed.
+    reviewMode/reviewMinGap - stratified random or the most uncertain slices (nnU-Net), and their minimum gap.
     datasetFolder/patientId/annotationRound - where reviewed slices go, whose they are, which round.
     trainEpochs/trainModelName - settings of "Train next round".
     """
@@ -114,6 +115,8 @@ class LegSegNetParameterNode:
     referenceSegmentation: vtkMRMLSegmentationNode
     reviewSlicesPerScan: Annotated[int, Minimum(1), Maximum(50)] = 3
     reviewSeed: Annotated[int, Minimum(0), Maximum(999999)] = 0
+    reviewMode: Annotated[str, Choice(["stratified", "uncertain"])] = "stratified"
+    reviewMinGap: Annotated[int, Minimum(1), Maximum(1000)] = 3
     datasetFolder: str = ""
     patientId: str = ""
     annotationRound: Annotated[int, Minimum(0), Maximum(999)] = 1
@@ -630,8 +633,9 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSampleSlices(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not sample the slices."), waitCursor=True):
+            sampling = {"mode": p.reviewMode, "minGap": p.reviewMinGap}
             atStake = self.annotationLogic.progressAStartWouldDrop(
-                p.outputSegmentation, p.inputVolume, p.reviewSlicesPerScan, p.reviewSeed
+                p.outputSegmentation, p.inputVolume, p.reviewSlicesPerScan, p.reviewSeed, **sampling
             )
             if atStake is not None and not slicer.util.confirmOkCancelDisplay(
                 _(
@@ -641,7 +645,12 @@ class LegSegNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ):
                 return
             state = self.annotationLogic.startReview(
-                p.outputSegmentation, p.inputVolume, p.reviewSlicesPerScan, p.reviewSeed, replace=atStake is not None
+                p.outputSegmentation,
+                p.inputVolume,
+                p.reviewSlicesPerScan,
+                p.reviewSeed,
+                replace=atStake is not None,
+                **sampling,
             )
             if state.slices:
                 self._jumpTo(state.slices[0])

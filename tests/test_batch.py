@@ -580,6 +580,11 @@ def test_nnunet_batch_loads_the_model_once_per_worker_and_reports_confidence(tmp
     for row in rows.values():
         assert row["engine"] == "nnunet" and row["model"] == model_name
         assert 0.2 <= float(row["qc_confidence_mean"]) <= 1.0 and 0.0 <= float(row["qc_uncertain_fraction"]) <= 1.0
+    profiles = sorted((out / "scans").glob("*/profile.csv"))
+    assert len(profiles) == 3
+    for profile in profiles:  # each scan's per-slice uncertainty, as `segment` writes it
+        values = [r["uncertainty"] for r in csv.DictReader(profile.open())]
+        assert len(values) == 6 and all(0.0 < float(v) < 1.0 for v in values), (profile, values)
 
 
 # ---------------------------------------------------------------------------------------------- bad arguments

@@ -236,3 +236,47 @@ def test_training_needs_a_training_set_and_reports_interrupted_runs(tmp_path):
         logic.trainAsync(tmp_path / "missing")
     assert logic.interruptedRuns("") == [] and logic.interruptedRuns(tmp_path) == []
     assert logic.expectedTrainingSeconds(None) is None  # from scratch: unknown until nnU-Net has planned
+
+
+def test_an_nnunet_run_leaves_its_slice_uncertainty_on_the_segmentation_for_the_uncertain_review(tmp_path):
+    """Real worker runs (the suite's tiny nnU-Net model, then the threshold engine) into one segmentation: the
+    nnU-Net run's profile.csv uncertainty becomes the node's attribute, the uncertain review samples from it, and
+    a run without probabilities clears it."""
+    pytest.importorskip("nnunetv2")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import nnunet_fixtures
+
+    from LegSegNetLib.annotation.review import read_results_profile
+    from LegSegNetLib.slicer_logic.logic import LegSegNetLogic
+
+    scene = slicer.vtkMRMLScene()
+    phantom = make_leg_phantom(shape=(12, 192, 256), seed=4)
+    volume, _ = phantom.to_volume()
+    volume_node = slicer_io.node_volume_from_image(scene, volume.image, "calf")
+    logic, annotation = LegSegNetLogic(), AnnotationLogic(python=["unused"])
+    outdir = tmp_path / "worker"
+    segmentation, _ = logic.process(
+        volume_node,
+        2,
+        11,
+        engine="nnunet",
+        device="cpu",
+        model=str(nnunet_fixtures.get_model("png")),
+        folds=[0],
+        outputFolder=outdir,
+    )
+    values = annotation.sliceUncertainty(segmentation)
+    _, _, from_profile = read_results_profile(outdir)  # the worker's slab counts from 0, the volume from 2
+    assert sorted(values) == list(range(2, 12))
+    assert all(values[k + 2] == pytest.approx(v, rel=1e-5) for k, v in from_profile.items())
+    state = annotation.startReview(segmentation, volume_node, slicesPerScan=3, mode="uncertain", minGap=2)
+    assert list(state.slices) == review.most_uncertain_slices(values, 2, 11, 3, 2)
+    assert annotation.reviewState(segmentation).mode == "uncertain"
+    # the same request again keeps the review; a threshold run replaces the labels and clears the uncertainty
+    assert annotation.startReview(segmentation, volume_node, slicesPerScan=3, mode="uncertain", minGap=2) == state
+    logic.process(volume_node, 2, 11, engine="threshold", device="cpu", segmentation=segmentation)
+    assert annotation.sliceUncertainty(segmentation) == {}
+    with pytest.raises(InputError, match="nnU-Net runs only"):
+        annotation.startReview(segmentation, volume_node, mode="uncertain", replace=True)

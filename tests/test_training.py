@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from processes import DrainedProcess  # noqa: E402
 
 PHANTOM_SHAPE = (12, 192, 256)  # slices, rows, columns: a 300 mm calf field of view
-TRAIN_SEEDS = (21, 22, 23, 24)  # one patient each
+TRAIN_SEEDS = (21, 22, 23, 24, 25)  # one patient each; one of the five is held out (annotation/holdout.py)
 HELD_OUT_SEEDS = (31, 32, 33)
 SLICES_PER_SCAN = 4
 
@@ -98,6 +98,30 @@ def test_a_split_needs_as_many_patients_as_folds():
     with pytest.raises(InputError, match="2 patient"):
         make_patient_splits(_cases({"A": 3, "B": 3}), 5)
     assert number_of_splits(3) == 3 and number_of_splits(40) == 5
+
+
+def test_held_out_patients_are_decided_once_and_never_after_training_on_them(tmp_path):
+    from LegSegNetLib.annotation import holdout
+
+    assert holdout.decide(tmp_path, ["A", "B"]) == set()  # too few patients: none held out
+    held = holdout.decide(tmp_path, ["A", "B", "C"])
+    assert len(held) == 1 and held <= {"C"}  # A and B were decided (trained) already
+    more = holdout.decide(tmp_path, [f"P{i}" for i in range(20)] + ["A", "B", "C"])
+    assert held <= more and not more & {"A", "B"}
+    assert len(more) == 5  # 23 decided patients at most 20% (rounded half up) held out: 5
+    again = holdout.decide(tmp_path, ["C", "P3", "A"])
+    assert again == more & {"C", "P3", "A"}  # the decisions stand
+    saved = json.loads((tmp_path / holdout.HOLDOUT_FILE).read_text())
+    assert set(saved["held_out"]) == more and len(saved["train"]) == 18
+    # patients a --from model was trained on are never held out; a fraction of 0 holds out no new patient
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    names = [f"Q{i}" for i in range(10)]
+    assert not holdout.decide(fresh, names, trained_before=names, write=False)
+    assert not holdout.decide(fresh, names, fraction=0.0, write=False)
+    (tmp_path / holdout.HOLDOUT_FILE).write_text("{")
+    with pytest.raises(InputError, match="damaged"):
+        holdout.decide(tmp_path, ["A"])
 
 
 def test_training_time_estimate_scales_with_the_network():
@@ -286,7 +310,7 @@ def test_one_annotation_round_fine_tunes_a_better_model_and_survives_an_interrup
         assert added.returncode == 0, added.stderr
     assert max(corrected_dice) < 0.95  # there was something to correct
     manifest = manifest_module.load_dataset(data)
-    assert len(manifest.entries) == len(TRAIN_SEEDS) * SLICES_PER_SCAN and len(manifest.patients()) == 4
+    assert len(manifest.entries) == len(TRAIN_SEEDS) * SLICES_PER_SCAN and len(manifest.patients()) == 5
 
     # training, interrupted by SIGTERM in the middle of an epoch
     command = [
@@ -339,8 +363,29 @@ def test_one_annotation_round_fine_tunes_a_better_model_and_survives_an_interrup
     info = store.get("round1")
     assert info.round == 1 and info.input_format == "png" and info.metadata["training"]["cases"] == 16
     assert info.metadata["training"]["from_model"]["name"] == "round0"
+    # one patient held out: never trained on, decided once and kept in the dataset folder
+    decided = json.loads((data / "legsegnet-holdout.json").read_text())
+    assert len(decided["held_out"]) == 1 and len(decided["train"]) == 4
+    (held_patient,) = decided["held_out"]
     trained_on = json.loads((info.path / "training-manifest.json").read_text())["entries"]
-    assert sorted(e["case"] for e in trained_on) == sorted(e["case"] for e in manifest.entries)
+    assert sorted(e["case"] for e in trained_on) == sorted(
+        e["case"] for e in manifest.entries if e["patient"] != held_patient
+    )
+    # the round's held-out Dice of both models, in training.json and in `models list`
+    held_out = json.loads((info.path / "training.json").read_text())["held_out"]
+    assert held_out["patients"] == [held_patient] and held_out["cases"] == SLICES_PER_SCAN
+    new, old = held_out["model"]["dice"], held_out["from_model"]["dice"]
+    assert set(new) == set(old) == {"SAT", "SM", "IAT", "Bone"}
+    assert held_out["change"] == {k: round(new[k] - old[k], 4) for k in new}
+    print(f"\nheld-out slices of {held_patient}: round 0 Dice {old}, round 1 Dice {new}")
+    assert held_out["model"]["mean_dice"] > held_out["from_model"]["mean_dice"]
+    listing = _cli("models", "list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    row = next(line for line in listing.stdout.splitlines() if line.startswith("round1 "))
+    assert "/".join(f"{new[k]:.3f}" for k in ("SAT", "SM", "IAT", "Bone")) in row
+    assert "/".join(f"{held_out['change'][k]:+.3f}" for k in ("SAT", "SM", "IAT", "Bone")) in row
+    listed = json.loads(_cli("models", "list", "--json", env=env).stdout)["models"]
+    assert next(m for m in listed if m["name"] == "round1")["held_out"] == held_out
     splits = json.loads((info.path / "training-splits.json").read_text())
     patient_of = {e["case"]: e["patient"] for e in trained_on}
     for split in splits:

@@ -5,6 +5,7 @@
     legsegnet batch INPUT... -o OUTDIR [--manifest FILE.csv] [--workers N | --scheduler ADDR | --slurm] [engine options]
     legsegnet models list | install SOURCE [--name NAME] [--sha256 HEX] | remove NAME | default NAME
     legsegnet dataset add CT LABELS --dataset DIR --slices LIST [--patient ID] [--round N] [--format png|hu]
+    legsegnet review RESULTS [--mode stratified|uncertain] [--slices-per-scan K] [--seed N] [--min-gap G]
     legsegnet train DATASET [--from MODEL] [--epochs N] [--device ...] [--name NAME] [--folds 0] [--resume]
     legsegnet evaluate PRED REF [--ct CT] -o OUTDIR | --pairs FILE.csv -o OUTDIR | PRED_DIR REF_DIR -o OUTDIR
 
@@ -31,6 +32,7 @@ from .core.errors import one_line as _one_line
 from .core.progress import Progress, for_stream
 from .core.signals import stop_signals_raise
 from .core.text import format_duration
+from .core.tissues import TISSUES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,6 +88,7 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     _add_dataset_parser(commands)
     _add_train_parser(commands)
     _add_evaluate_parser(commands)
+    _add_review_parser(commands)
     return parser
 
 
@@ -230,6 +233,15 @@ def _add_train_parser(commands) -> None:
         "--batch-size", type=_positive_int, default=None, help="slices per iteration (default: the plans')"
     )
     train.add_argument(
+        "--holdout",
+        dest="holdout_fraction",
+        type=_fraction,
+        default=None,
+        metavar="FRACTION",
+        help="share of patients held out from training and scored on (default 0.2; decided once per patient and "
+        "kept in DATASET/legsegnet-holdout.json; 0 holds out no new patient)",
+    )
+    train.add_argument(
         "--resume", action="store_true", help="continue the interrupted run --name from its last checkpoint"
     )
     train.add_argument(
@@ -239,6 +251,39 @@ def _add_train_parser(commands) -> None:
         "--workdir", default=None, metavar="DIR", help="run folder (default: DATASET/training-runs/NAME)"
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_review_parser(commands) -> None:
+    from .annotation import review
+
+    rev = commands.add_parser(
+        "review", help="which slices of a segmentation to review and correct (stratified random or most uncertain)"
+    )
+    rev.set_defaults(quiet=True)  # its stdout is the result; nothing to show progress of
+    rev.add_argument("results", metavar="RESULTS", help="the OUTDIR of 'legsegnet segment' (its profile.csv)")
+    rev.add_argument(
+        "--mode",
+        default=review.MODE_STRATIFIED,
+        choices=review.MODES,
+        help="stratified: one random slice in each of K equal parts of the range (default); uncertain: the K "
+        "slices where nnU-Net was least sure (profile.csv's uncertainty column), --min-gap apart",
+    )
+    rev.add_argument(
+        "--slices-per-scan",
+        type=_positive_int,
+        default=review.DEFAULT_SLICES_PER_SCAN,
+        metavar="K",
+        help=f"slices to review (default {review.DEFAULT_SLICES_PER_SCAN})",
+    )
+    rev.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the stratified sample (default 0)")
+    rev.add_argument(
+        "--min-gap",
+        type=_positive_int,
+        default=review.DEFAULT_MIN_GAP,
+        metavar="G",
+        help=f"uncertain mode: sampled slices at least G slices apart (default {review.DEFAULT_MIN_GAP})",
+    )
+    rev.add_argument("--json", action="store_true", help="print the sample as JSON")
 
 
 def _add_models_parser(commands) -> None:
@@ -285,6 +330,16 @@ def _parse_train_folds(text: str) -> list[int] | str:
     if text.strip().lower() == "all":
         return "all"
     return _parse_folds(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"wants a number from 0 up to (not including) 1, not '{text}'")
+    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -366,6 +421,8 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
         return _run_train(args, progress)
     if args.command == "evaluate":
         return _run_evaluate(args, progress)
+    if args.command == "review":
+        return _run_review(args, progress)
     if args.command == "batch":
         raise InputError("'batch' runs from the command line (legsegnet batch ...), not in the worker process")
     from . import pipeline
@@ -398,7 +455,11 @@ def _run_models(args: argparse.Namespace, progress: Progress) -> dict:
     action = args.models_command
     if action == "list":
         infos = store.list()
-        listed = [info.to_dict() for info in infos]
+        # with each trained model's held-out scores (annotation/holdout.py), which the table shows too
+        listed = [
+            {**info.to_dict(), "held_out": ((info.metadata or {}).get("training") or {}).get("held_out")}
+            for info in infos
+        ]
         if args.json and for_people:
             print(json.dumps({"store": str(store.root), "models": listed}, indent=2))
         elif not infos:
@@ -491,6 +552,8 @@ def _run_train(args: argparse.Namespace, progress: Progress) -> dict:
         make_default=args.make_default,
         workdir=args.workdir,
     )
+    if args.holdout_fraction is not None:
+        options.holdout_fraction = args.holdout_fraction
     if args.iterations:
         options.iterations_per_epoch = args.iterations
         options.val_iterations_per_epoch = max(1, min(training.DEFAULT_VAL_ITERATIONS, args.iterations // 5))
@@ -502,6 +565,28 @@ def _run_train(args: argparse.Namespace, progress: Progress) -> dict:
             f"{format_duration(result.seconds)} and installed; use it with --model {result.model_name}"
         )
     return result.to_dict()
+
+
+def _run_review(args: argparse.Namespace, progress: Progress) -> dict:
+    """`legsegnet review`: the slices to review, one line (or JSON) on stdout; nothing is written."""
+    from .annotation import review
+
+    first, last, uncertainty = review.read_results_profile(args.results)
+    state = review.ReviewState.start(first, last, args.slices_per_scan, args.seed, args.mode, uncertainty, args.min_gap)
+    result = {
+        "command": "review",
+        "results": str(args.results),
+        "mode": state.mode,
+        "range": [first, last],
+        "slices": list(state.slices),
+        "uncertainty": {str(s): uncertainty.get(s) for s in state.slices} if uncertainty else None,
+    }
+    if _for_people(progress):
+        if args.json:
+            print(json.dumps(result, indent=2, allow_nan=False, default=str))
+        else:
+            print(",".join(map(str, state.slices)))
+    return result
 
 
 def _run_evaluate(args: argparse.Namespace, progress: Progress) -> dict:
@@ -538,8 +623,22 @@ def _number(value, digits: int) -> str:
 
 
 def _print_model_table(infos, say) -> None:
-    rows = [("NAME", "DEFAULT", "INPUT", "ROUND", "FOLDS", "INSTALLED", "LICENCE", "SOURCE")]
+    rows = [
+        (
+            "NAME",
+            "DEFAULT",
+            "INPUT",
+            "ROUND",
+            "FOLDS",
+            "INSTALLED",
+            "LICENCE",
+            "HELD-OUT DICE SAT/SM/IAT/BONE",
+            "CHANGE FROM --from MODEL",
+            "SOURCE",
+        )
+    ]
     for info in infos:
+        dice, change = _held_out_cells(info.metadata)
         rows.append(
             (
                 info.name,
@@ -549,12 +648,29 @@ def _print_model_table(infos, say) -> None:
                 ",".join(map(str, info.folds)),
                 info.installed_at[:19].replace("T", " "),
                 info.licence or "-",
+                dice,
+                change,
                 info.source,
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         say("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+
+
+def _held_out_cells(metadata: dict) -> tuple[str, str]:
+    """`models list`'s held-out cells of a trained model: its Dice per tissue on the training set's held-out
+    slices, and the change from the model it was fine-tuned from on the same slices ('-' where there is none)."""
+    held = ((metadata or {}).get("training") or {}).get("held_out") or {}
+    dice = (held.get("model") or {}).get("dice")
+    if not dice:
+        return "-", "-"
+    keys = [t.key for t in TISSUES]
+    text = "/".join("-" if dice.get(k) is None else f"{dice[k]:.3f}" for k in keys)
+    change = held.get("change")
+    if not change:
+        return text, "-"
+    return text, "/".join("-" if change.get(k) is None else f"{change[k]:+.3f}" for k in keys)
 
 
 def join_option_values(argv: list[str], options=("--slices",)) -> list[str]:
@@ -616,8 +732,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _stdout_is_the_result(args: argparse.Namespace) -> bool:
-    """`models list` prints what was asked for; every other command's results are files, stdout a summary."""
-    return args.command == "models" and args.models_command == "list"
+    """`models list` and `review` print what was asked for; every other command's results are files, stdout a
+    summary."""
+    return (args.command == "models" and args.models_command == "list") or args.command == "review"
 
 
 class _SummaryStdout:

@@ -67,9 +67,13 @@ def segment(
     )
     progress.note(f"engine: {chosen.name}")
     labels = segment_slab(chosen, volume, first, last, progress)
+    # per-slice uncertainty (engines/uncertainty.py), from engines with class probabilities (nnU-Net) only
+    uncertainty = getattr(chosen, "slice_uncertainty", None)
     checked = _check_labels(labels, volume, first, progress, getattr(chosen, "label_check", None))
     run_about = {"input": str(input_path), **chosen.info(), **checked}
-    return _measure_and_write(outdir, volume, labels, first, last, run_about, [input_path], dicom, progress)
+    return _measure_and_write(
+        outdir, volume, labels, first, last, run_about, [input_path], dicom, progress, slice_uncertainty=uncertainty
+    )
 
 
 def segment_slab(chosen: Engine, volume, first: int, last: int, progress: Progress):
@@ -118,10 +122,20 @@ def quantify_files(
 
 
 def _measure_and_write(
-    outdir, volume, labels, first: int, last: int, run_about: dict, inputs: list, dicom: bool, progress: Progress
+    outdir,
+    volume,
+    labels,
+    first: int,
+    last: int,
+    run_about: dict,
+    inputs: list,
+    dicom: bool,
+    progress: Progress,
+    slice_uncertainty=None,
 ) -> dict:
     """The common end of `segment` and `quantify_files`: measure, then write the output set (with seg.dcm and
-    sr.dcm when `dicom`). `run_about` is what metrics.json records of the run; the run's notes are added here."""
+    sr.dcm when `dicom`). `run_about` is what metrics.json records of the run; the run's notes are added here.
+    `slice_uncertainty` (one value per slab slice, or None) becomes profile.csv's `uncertainty` column."""
     progress.stage("measuring")
     measurements = quantify.quantify(volume, labels, first, last)
     run_info = {**run_about, "notes": list(progress.notes)}
@@ -136,6 +150,7 @@ def _measure_and_write(
         progress,
         inputs=inputs,
         extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
+        slice_uncertainty=slice_uncertainty,
     )
     progress.finish()
     return metrics

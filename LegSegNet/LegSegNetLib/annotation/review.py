@@ -6,6 +6,12 @@ one slice is drawn uniformly at random inside each stratum, with a seeded genera
 K slices spread along the leg (a purely random draw often puts two slices next to each other and leaves
 the knee or the ankle end unseen), and the seed makes a review reproducible.
 
+`most_uncertain_slices` is the other mode ("uncertain"): the K slices where the nnU-Net model was least sure
+(the per-slice uncertainty of engines/uncertainty.py, profile.csv's `uncertainty` column), taken greedily from
+the most uncertain down, skipping any slice closer than a minimum gap (in slices) to one already taken, so
+that the sample is not K neighbours of one bad spot. Ties go to the lower slice index; slices without an
+uncertainty (no body) are never taken; if the gap leaves fewer than K slices, fewer are returned.
+
 `ReviewState` is plain data (no MRML): the range, K, seed, the sampled slices, the ones marked reviewed and
 the ones already added to a training set. It converts to and from string attributes, which the Slicer
 logic (annotation_logic.py) keeps on the segmentation node, so the state is saved with the scene.
@@ -13,8 +19,11 @@ logic (annotation_logic.py) keeps on the segmentation node, so the state is save
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import csv
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -25,8 +34,16 @@ DEFAULT_SLICES_PER_SCAN = 3  # the paper's median
 MIN_SLICES_PER_SCAN = 1
 MAX_SLICES_PER_SCAN = 50  # the paper's maximum
 
+MODE_STRATIFIED = "stratified"  # stratified random (the paper's way)
+MODE_UNCERTAIN = "uncertain"  # the most uncertain slices, a minimum gap apart
+MODES = (MODE_STRATIFIED, MODE_UNCERTAIN)
+DEFAULT_MIN_GAP = 3  # slices: a sampled slice's neighbours 1 and 2 slices away are not sampled too
+MAX_MIN_GAP = 1000
+
 ATTRIBUTE_PREFIX = "LegSegNet.Review."
-ATTRIBUTE_KEYS = ("Range", "SlicesPerScan", "Seed", "Slices", "Reviewed", "Exported", "ExportedTo")
+ATTRIBUTE_KEYS = ("Range", "SlicesPerScan", "Seed", "Slices", "Reviewed", "Exported", "ExportedTo", "Mode", "MinGap")
+# the per-slice uncertainty of the run that filled a segmentation: "slice:value,..." (volume slice indices)
+UNCERTAINTY_ATTRIBUTE = "LegSegNet.SliceUncertainty"
 
 
 def check_slices_per_scan(k: int) -> int:
@@ -64,6 +81,99 @@ def sample_slices(first: int, last: int, k: int = DEFAULT_SLICES_PER_SCAN, seed:
     return [first + int(o) for o in offsets]
 
 
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise InputError(f"unknown review sampling mode '{mode}'; choose one of {', '.join(MODES)}")
+    return mode
+
+
+def check_min_gap(gap: int) -> int:
+    message = f"the minimum gap between sampled slices must be a whole number between 1 and {MAX_MIN_GAP}, not {gap!r}"
+    try:
+        value = int(gap)
+    except (TypeError, ValueError):
+        raise InputError(message) from None
+    if value != gap or not 1 <= value <= MAX_MIN_GAP:
+        raise InputError(message)
+    return value
+
+
+def most_uncertain_slices(
+    uncertainty: Mapping[int, float],
+    first: int,
+    last: int,
+    k: int = DEFAULT_SLICES_PER_SCAN,
+    min_gap: int = DEFAULT_MIN_GAP,
+) -> list[int]:
+    """Up to K slices of first..last with the highest uncertainty, no two fewer than `min_gap` slices apart
+    (sorted). `uncertainty` maps slice index -> value; NaN or missing slices are never taken."""
+    k, min_gap = check_slices_per_scan(k), check_min_gap(min_gap)
+    first, last = int(first), int(last)
+    if first < 0 or last < first:
+        raise InputError(f"slice range {first}:{last} is empty or reversed; choose the analysed range first")
+    candidates = sorted(
+        ((float(v), int(s)) for s, v in uncertainty.items() if first <= int(s) <= last and not math.isnan(float(v))),
+        key=lambda vs: (-vs[0], vs[1]),
+    )
+    if not candidates:
+        raise InputError(
+            f"no slice of {first}:{last} has an uncertainty: it comes with nnU-Net runs only (profile.csv's "
+            "'uncertainty' column); segment with nnU-Net, or sample stratified random slices"
+        )
+    chosen: list[int] = []
+    for _, s in candidates:
+        if all(abs(s - t) >= min_gap for t in chosen):
+            chosen.append(s)
+            if len(chosen) == k:
+                break
+    return sorted(chosen)
+
+
+def encode_uncertainty(uncertainty: Mapping[int, float]) -> str:
+    """The uncertainty attribute's text: "slice:value,..." for the slices that have a value."""
+    return ",".join(f"{int(s)}:{float(v):.6g}" for s, v in sorted(uncertainty.items()) if not math.isnan(float(v)))
+
+
+def decode_uncertainty(text: str | None) -> dict[int, float]:
+    """The attribute's text back as {slice: value}; InputError when it is damaged."""
+    out: dict[int, float] = {}
+    try:
+        for item in (text or "").split(","):
+            if item.strip():
+                s, v = item.split(":")
+                out[int(s)] = float(v)
+    except ValueError:
+        raise InputError(
+            "the per-slice uncertainty saved on this segmentation is damaged; segment again with nnU-Net"
+        ) from None
+    return out
+
+
+def read_results_profile(results_dir: str | Path) -> tuple[int, int, dict[int, float]]:
+    """(first, last, {slice: uncertainty}) of a `legsegnet segment` OUTDIR, from its profile.csv (the analysed
+    slices, and the `uncertainty` column of nnU-Net runs; empty for other engines)."""
+    path = Path(results_dir).expanduser() / "profile.csv"
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist; give the OUTDIR of 'legsegnet segment'") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path} ({exc})") from None
+    try:
+        slices = [int(r["slice_index"]) for r in rows]
+        uncertainty = {
+            int(r["slice_index"]): float(r["uncertainty"]) if r["uncertainty"] else math.nan
+            for r in rows
+            if "uncertainty" in r
+        }
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{path} is not a LegSegNet profile.csv (damaged or from another tool)") from None
+    if not slices:
+        raise InputError(f"{path} lists no slices")
+    return min(slices), max(slices), uncertainty
+
+
 @dataclass(frozen=True)
 class ReviewState:
     """One scan's review: sampled slices (sorted), those marked reviewed, those already exported."""
@@ -76,12 +186,36 @@ class ReviewState:
     reviewed: tuple[int, ...] = ()
     exported: tuple[int, ...] = ()
     exported_to: str = ""  # the training set (dataset folder) the exported slices went to
+    mode: str = MODE_STRATIFIED
+    min_gap: int = DEFAULT_MIN_GAP  # used by the uncertain mode
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def start(cls, first: int, last: int, slices_per_scan: int = DEFAULT_SLICES_PER_SCAN, seed: int = 0) -> ReviewState:
-        slices = sample_slices(first, last, slices_per_scan, seed)
-        return cls(int(first), int(last), check_slices_per_scan(slices_per_scan), int(seed), tuple(sorted(slices)))
+    def start(
+        cls,
+        first: int,
+        last: int,
+        slices_per_scan: int = DEFAULT_SLICES_PER_SCAN,
+        seed: int = 0,
+        mode: str = MODE_STRATIFIED,
+        uncertainty: Mapping[int, float] | None = None,
+        min_gap: int = DEFAULT_MIN_GAP,
+    ) -> ReviewState:
+        """A new review: stratified random slices, or (mode "uncertain") the most uncertain ones of
+        `uncertainty` ({slice: value}) at least `min_gap` slices apart."""
+        if check_mode(mode) == MODE_UNCERTAIN:
+            slices = most_uncertain_slices(uncertainty or {}, first, last, slices_per_scan, min_gap)
+        else:
+            slices = sample_slices(first, last, slices_per_scan, seed)
+        return cls(
+            int(first),
+            int(last),
+            check_slices_per_scan(slices_per_scan),
+            int(seed),
+            tuple(sorted(slices)),
+            mode=mode,
+            min_gap=check_min_gap(min_gap),
+        )
 
     # ---------------------------------------------------------------- queries
     @property
@@ -151,6 +285,8 @@ class ReviewState:
             ATTRIBUTE_PREFIX + "Reviewed": _join(self.reviewed),
             ATTRIBUTE_PREFIX + "Exported": _join(self.exported),
             ATTRIBUTE_PREFIX + "ExportedTo": self.exported_to,
+            ATTRIBUTE_PREFIX + "Mode": self.mode,
+            ATTRIBUTE_PREFIX + "MinGap": str(self.min_gap),
         }
 
     @classmethod
@@ -167,6 +303,10 @@ class ReviewState:
             slices = _split(get(ATTRIBUTE_PREFIX + "Slices"))
             reviewed = _split(get(ATTRIBUTE_PREFIX + "Reviewed"))
             exported = _split(get(ATTRIBUTE_PREFIX + "Exported"))
+            mode = get(ATTRIBUTE_PREFIX + "Mode") or MODE_STRATIFIED  # reviews saved before the modes existed
+            min_gap = int(get(ATTRIBUTE_PREFIX + "MinGap") or DEFAULT_MIN_GAP)
+            if mode not in MODES:
+                raise ValueError
         except ValueError:
             raise InputError(
                 "the review state saved on this segmentation is damaged; start a new review (Sample slices)"
@@ -185,6 +325,8 @@ class ReviewState:
             tuple(sorted(reviewed)),
             tuple(sorted(exported)),
             get(ATTRIBUTE_PREFIX + "ExportedTo") or "",
+            mode,
+            min_gap,
         )
 
 

@@ -48,7 +48,9 @@ from pathlib import Path
 from ..core.errors import InputError
 from ..core.progress import Progress
 from ..core.text import format_duration
+from . import holdout
 from . import manifest as manifest_module
+from .holdout import DEFAULT_FRACTION as DEFAULT_HOLDOUT_FRACTION
 from .nnunet_trainer import CONFIGURATION, TRAINER_NAME, check_fine_tunable, environment, nnunet_environment, train_fold
 from .preparation import nnunet_dataset_name, prepare
 from .splits import number_of_splits
@@ -96,6 +98,8 @@ class TrainOptions:
     # Python API only: updates of the plans' 2D configuration for a from-scratch run (e.g. a tiny network in
     # tests): {"batch_size": 4, "architecture": {"arch_kwargs": {...}}}; nested dicts are merged.
     configuration_overrides: dict | None = None
+    # share of patients held out from training (holdout.py): never trained on, the round's models are scored on them
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,6 +162,16 @@ def train(
     base = _resolve_base_model(options.from_model, store, manifest)
     _note_axes_change(base, manifest, progress)
     training_round = _choose_round(options.training_round, base, manifest)
+    all_patients = sorted(manifest.patients())
+    if run is None:  # decided now (saved with the run below); a resumed run keeps its own
+        held_patients = holdout.decide(
+            folder, all_patients, options.holdout_fraction, holdout.trained_patients(base), write=False
+        )
+    else:
+        held_patients = set(run.get("held_out_patients") or [])
+    manifest, held_entries = holdout.split_manifest(manifest, held_patients)
+    if run is not None and "held_out_entries" in run:
+        held_entries = run["held_out_entries"]
     name = options.name or _default_name(folder, training_round)
     if not _NAME_RE.match(name):
         raise InputError(f"--name '{name}' is not a valid model name: use 1-64 letters, digits, '.', '_' or '-'")
@@ -177,6 +191,15 @@ def train(
     if run is None:
         options.name = name
         run_dir, run = new_run(folder, options, name, training_round, epochs, folds, _describe_model(base))
+        holdout.decide(folder, all_patients, options.holdout_fraction, holdout.trained_patients(base))
+        run["held_out_patients"] = sorted(held_patients)
+        run["held_out_entries"] = held_entries
+        write_json(run_dir / RUN_FILE, run)
+        if held_patients:
+            progress.note(
+                f"{len(held_entries)} slice(s) of patient(s) {', '.join(sorted(held_patients))} are held out: never "
+                "trained on, the new model and the one it started from are scored on them"
+            )
 
     device = _select_device(options.device, progress)
     if device.type == "cpu":
@@ -190,6 +213,7 @@ def train(
         run["training_seconds"] = round(run.get("training_seconds", 0.0) + time.monotonic() - started, 1)
         write_json(run_dir / RUN_FILE, run)
 
+    held_out = _score_held_out(folder, held_entries, manifest.slice_axes, results, base, device, progress)
     progress.stage("registering")
     record = training_record(
         run,
@@ -201,6 +225,7 @@ def train(
         device=str(device),
         fine_tuned=base is not None,
     )
+    record["held_out"] = {"patients": sorted(held_patients), "fraction": options.holdout_fraction, **held_out}
     info = store.install(
         str(results), name=name, progress=progress, training_round=training_round, make_default=options.make_default
     )
@@ -213,6 +238,31 @@ def train(
     return TrainResult(
         info.name, info.path, training_round, run_dir, folds, run["training_seconds"], list(progress.notes), record
     )
+
+
+def _score_held_out(folder: Path, entries: list, slice_axes: str, results: Path, base, device, progress) -> dict:
+    """Held-out Dice per tissue of the new model and of the --from model (holdout.score_models), and the change."""
+    if not entries:
+        return {"cases": 0, "note": "no patient is held out (too few patients, or --holdout 0)"}
+    progress.stage("scoring held-out slices")
+    models = {"model": results, **({"from_model": base} if base is not None else {})}
+    scores = holdout.score_models(folder, entries, slice_axes, models, device.type)
+    out = {"cases": len(entries), "metric": "Dice per tissue, pooled over the held-out slices", **scores}
+    if base is not None:
+        new, old = scores["model"]["dice"], scores["from_model"]["dice"]
+        out["change"] = {k: None if new[k] is None or old[k] is None else round(new[k] - old[k], 4) for k in new}
+    progress.note(
+        "held-out Dice (SAT/SM/IAT/Bone): "
+        + "/".join("-" if v is None else f"{v:.3f}" for v in scores["model"]["dice"].values())
+        + (
+            " (the --from model's: "
+            + "/".join("-" if v is None else f"{v:.3f}" for v in scores["from_model"]["dice"].values())
+            + ")"
+            if base is not None
+            else ""
+        )
+    )
+    return out
 
 
 def _open_run(folder: Path, options: TrainOptions, resume: bool, progress: Progress):

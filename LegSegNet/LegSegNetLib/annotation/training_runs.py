@@ -157,6 +157,8 @@ def record_training(model_dir: Path, record: dict, manifest_file: Path, splits_f
             "folds",
         )
     }
+    if "held_out" in record:  # what `models list` shows: the held-out Dice of this model and of its --from model
+        metadata["training"]["held_out"] = record["held_out"]
     metadata["training"]["manifest"] = "training-manifest.json"
     # the folder it was installed from is the run's, removed after installation; say where it came from instead
     metadata["source"] = f"trained on {record['dataset']} (run {record['name']})"

@@ -146,6 +146,9 @@ class _RecordingEngine:
         self.name = engine.name
         self.slab = self.labels = self.spacing = None
         self.confidence = qc.ConfidenceSummary() if hasattr(engine, "probability_observer") else None
+        # the pipeline turns the slab for an engine that wants the standard orientation (pipeline.segment_slab)
+        self.standard_orientation = getattr(engine, "standard_orientation", False)
+        self.slice_uncertainty = None  # the engine's per-slice uncertainty of the last segment (profile.csv)
 
     def info(self) -> dict:
         return self._engine.info()
@@ -159,6 +162,7 @@ class _RecordingEngine:
             if self.confidence is not None:
                 self._engine.probability_observer = None
         self.slab, self.labels, self.spacing = slab, labels, spacing
+        self.slice_uncertainty = getattr(self._engine, "slice_uncertainty", None)
         return labels
 
     def release(self) -> None:

@@ -42,7 +42,7 @@ from ..core.text import first_line
 from ..models.checkpoints import import_torch_for_nnunet as _import_torch
 from ..models.folder import CONFIGURATION
 from . import published_preprocessing as published
-from . import slice_axes
+from . import slice_axes, uncertainty
 
 if TYPE_CHECKING:
     from ..models.folder import ModelFolder
@@ -181,6 +181,7 @@ class NnUNetEngine:
         # called with each chunk's class probabilities (k, C, rows, cols) on the device, before the argmax
         # (the batch's confidence summary); None: nobody is watching
         self.probability_observer = None
+        self.slice_uncertainty = None  # per slab slice, set by each segment call (uncertainty.py)
         self.slice_axes, axes_note = slice_axes.for_model(self.model)
         if axes_note and progress is not None:
             progress.note(axes_note)
@@ -353,7 +354,18 @@ class NnUNetEngine:
         return out
 
     def segment(self, slab: np.ndarray, spacing: tuple[float, float, float], progress: Progress) -> np.ndarray:
-        """uint8 labels of slab.shape: 0 background, 1-4 tissues (see tissues.py)."""
+        """uint8 labels of slab.shape: 0 background, 1-4 tissues (see tissues.py). Afterwards
+        `slice_uncertainty` holds one value per slab slice (uncertainty.py; NaN for slices without body)."""
+        recorder = uncertainty.SliceUncertainty(slab, BODY_HU, chain=self.probability_observer)
+        watching, self.probability_observer = self.probability_observer, recorder
+        try:
+            labels = self._segment_labels(slab, spacing, progress)
+        finally:
+            self.probability_observer = watching
+        self.slice_uncertainty = recorder.values
+        return labels
+
+    def _segment_labels(self, slab: np.ndarray, spacing: tuple[float, float, float], progress: Progress) -> np.ndarray:
         if slab.ndim != 3:
             raise ValueError(f"slab must be (slices, rows, cols), not {slab.shape}")
         n = slab.shape[0]

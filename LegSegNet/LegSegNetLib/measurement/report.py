@@ -32,6 +32,7 @@ from ..scan.ct_volume import CTVolume
 from .quantify import PROFILE_COLUMNS, Measurements
 
 OUTPUT_FILES = ("labels.nii.gz", "metrics.json", "metrics.csv", "profile.csv", "overlay.png", "profile.png")
+UNCERTAINTY_COLUMN = "uncertainty"  # profile.csv's column of nnU-Net runs (engines/uncertainty.py)
 OPTIONAL_OUTPUT_FILES = ("seg.dcm", "sr.dcm")  # written with --dicom; part of the set either way
 SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)  # level 40, width 400
 OVERLAY_ALPHA = 0.45
@@ -50,11 +51,14 @@ def write_outputs(
     progress: Progress | None = None,
     inputs: Sequence[str | Path] = (),
     extra_files: Mapping[str, bytes] | None = None,
+    slice_uncertainty: Sequence[float] | np.ndarray | None = None,
 ) -> dict:
     """Write the contract's output files to OUTDIR as one set (core/output_set.py); return metrics.json's content.
 
     `inputs`: the files the results were made from; an output file that is one of them is refused.
     `extra_files` (name -> content, e.g. seg.dcm and sr.dcm from dicom_results) join the same set.
+    `slice_uncertainty`: one value per slab slice (engines/uncertainty.py; NaN: none), written as profile.csv's
+    last column `uncertainty`; without it (engines without class probabilities) the column is absent.
     """
     progress = progress or Progress()
     if labels_slab.shape[0] != last - first + 1 or (measurements.first, measurements.last) != (first, last):
@@ -69,7 +73,7 @@ def write_outputs(
         ("labels.nii.gz", lambda p: _write_labels(p, volume, labels_slab, first)),
         ("metrics.json", lambda p: _write_text(p, json.dumps(metrics, indent=2, allow_nan=False) + "\n")),
         ("metrics.csv", lambda p: _write_csv(p, [_csv_run_info(run_info) | measurements.csv_row()])),
-        ("profile.csv", lambda p: _write_csv(p, measurements.profile_rows(), PROFILE_COLUMNS)),
+        ("profile.csv", lambda p: _write_csv(p, *profile_table(measurements, slice_uncertainty))),
     ]
     if _have_matplotlib():
         writers += [
@@ -82,6 +86,21 @@ def write_outputs(
     # every name belongs to the set: figures or DICOM objects of an earlier run do not stay beside new numbers
     OutputSet(outdir, OUTPUT_FILES + OPTIONAL_OUTPUT_FILES, inputs).write(writers, progress)
     return metrics
+
+
+def profile_table(
+    measurements: Measurements, slice_uncertainty: Sequence[float] | np.ndarray | None = None
+) -> tuple[list[dict], tuple[str, ...]]:
+    """profile.csv's rows and columns: PROFILE_COLUMNS, then `uncertainty` when the engine gave one per slice."""
+    rows = measurements.profile_rows()
+    if slice_uncertainty is None:
+        return rows, PROFILE_COLUMNS
+    values = np.asarray(slice_uncertainty, dtype=float)
+    if values.shape != (len(rows),):
+        raise ValueError(f"{values.size} uncertainty values for {len(rows)} profile rows")
+    for row, value in zip(rows, values):
+        row[UNCERTAINTY_COLUMN] = float(value)  # NaN (no body on the slice) is written as an empty cell
+    return rows, PROFILE_COLUMNS + (UNCERTAINTY_COLUMN,)
 
 
 def write_file_set(

@@ -70,13 +70,19 @@ class AnnotationLogic:
         firstSlice: int | None = None,
         lastSlice: int | None = None,
         replace: bool = False,
+        mode: str = review.MODE_STRATIFIED,
+        minGap: int = review.DEFAULT_MIN_GAP,
     ) -> ReviewState:
-        """Sample the slices to review (stratified random, see review.sample_slices) and store the new state.
+        """Sample the slices to review and store the new state: stratified random (review.sample_slices), or with
+        mode "uncertain" the most uncertain slices at least `minGap` apart (review.most_uncertain_slices, from the
+        per-slice uncertainty the nnU-Net run left on the segmentation: `sliceUncertainty`).
 
         Asking again for the sample already stored changes nothing. A different sample would drop the review's
         progress (slices marked reviewed or added to a training set): refused unless `replace` is True.
         """
-        state = self._new_review(segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice)
+        state = self._new_review(
+            segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice, mode, minGap
+        )
         current = self.reviewState(segmentationNode)
         if not replace and _has_progress(current):
             if _same_sample(current, state):
@@ -97,14 +103,27 @@ class AnnotationLogic:
         seed: int = 0,
         firstSlice: int | None = None,
         lastSlice: int | None = None,
+        mode: str = review.MODE_STRATIFIED,
+        minGap: int = review.DEFAULT_MIN_GAP,
     ) -> ReviewState | None:
         """The review in progress that `startReview` with these settings would replace (None: nothing would be
         lost), so the module can ask first."""
-        state = self._new_review(segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice)
+        state = self._new_review(
+            segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice, mode, minGap
+        )
         current = self.reviewState(segmentationNode)
         return current if _has_progress(current) and not _same_sample(current, state) else None
 
-    def _new_review(self, segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice) -> ReviewState:
+    def sliceUncertainty(self, segmentationNode) -> dict[int, float]:
+        """{volume slice: uncertainty} of the nnU-Net run that filled the segmentation (engines/uncertainty.py),
+        saved on it as the attribute review.UNCERTAINTY_ATTRIBUTE; empty for other engines and edited results."""
+        if segmentationNode is None:
+            return {}
+        return review.decode_uncertainty(segmentationNode.GetAttribute(review.UNCERTAINTY_ATTRIBUTE))
+
+    def _new_review(
+        self, segmentationNode, inputVolume, slicesPerScan, seed, firstSlice, lastSlice, mode, minGap
+    ) -> ReviewState:
         self._require(segmentationNode, inputVolume)
         stored_first, stored_last = self.reviewRange(segmentationNode, inputVolume)
         first, last = checks.slice_range(
@@ -112,7 +131,17 @@ class AnnotationLogic:
             stored_first if firstSlice is None else firstSlice,
             stored_last if lastSlice is None else lastSlice,
         )
-        return ReviewState.start(first, last, review.check_slices_per_scan(slicesPerScan), checks.seed(seed))
+        review.check_mode(mode)
+        uncertainty = self.sliceUncertainty(segmentationNode) if mode == review.MODE_UNCERTAIN else None
+        return ReviewState.start(
+            first,
+            last,
+            review.check_slices_per_scan(slicesPerScan),
+            checks.seed(seed),
+            mode,
+            uncertainty,
+            review.check_min_gap(minGap),
+        )
 
     def reviewState(self, segmentationNode) -> ReviewState | None:
         if segmentationNode is None:
@@ -358,7 +387,10 @@ def _has_progress(state: ReviewState | None) -> bool:
 
 
 def _same_sample(a: ReviewState, b: ReviewState) -> bool:
-    return (a.first, a.last, a.slices_per_scan, a.seed) == (b.first, b.last, b.slices_per_scan, b.seed)
+    """The same request: range, K and mode, and the seed (stratified) or the minimum gap (uncertain)."""
+    setting = b.seed if b.mode == review.MODE_STRATIFIED else b.min_gap
+    mine = a.seed if a.mode == review.MODE_STRATIFIED else a.min_gap
+    return (a.first, a.last, a.slices_per_scan, a.mode, mine) == (b.first, b.last, b.slices_per_scan, b.mode, setting)
 
 
 __all__ = ["AnnotationLogic", "TrainingHandle"]

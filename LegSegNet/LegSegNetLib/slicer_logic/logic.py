@@ -29,9 +29,11 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
+from ..annotation import review
 from ..core.errors import CancelledError, InputError
 from ..core.text import json_safe
 from ..core.tissues import TISSUE_KEYS
+from ..measurement.report import UNCERTAINTY_COLUMN
 from ..scan.ct_volume import check_same_grid
 from ..worker import launcher
 from ..worker.launcher import WorkerProcess, make_workdir, segment_command, worker_environment
@@ -380,6 +382,8 @@ class LegSegNetLogic:
                 slicer_io.fill_segmentation(segmentation, inputVolume, labels_kji, labels_first)
                 segmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())  # the volume's frame
                 segmentation.SetAttribute(SLICES_ATTRIBUTE, f"{first}:{last}")
+                # the run's per-slice uncertainty (nnU-Net; none for other engines, so an older one is cleared)
+                segmentation.SetAttribute(review.UNCERTAINTY_ATTRIBUTE, _uncertainty_text(profile))
                 if kept:  # the worker measured its own labels; measure what the segmentation holds now
                     measurements, _, _, _ = self._measure(segmentation, inputVolume)
                     metrics = {
@@ -706,6 +710,13 @@ class SceneChanges:
             self.scene.RemoveNode(node)
         for node, copy in self._saved:
             node.Copy(copy)
+
+
+def _uncertainty_text(profile: Sequence[dict]) -> str:
+    """The uncertainty attribute's value from profile rows (volume slice indices): their `uncertainty` column,
+    which only nnU-Net runs have (empty text otherwise)."""
+    column = UNCERTAINTY_COLUMN
+    return review.encode_uncertainty({int(r["slice_index"]): float(r[column]) for r in profile if column in r})
 
 
 def _along(axis: int, index) -> tuple:
