@@ -281,6 +281,28 @@ def test_morphology_acts_per_slice_and_in_millimetres():
     assert anatomy.fill_holes(holes)[:, 4, 4].all()
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 1, 7), (3, 5, 4), (2, 30, 31)])
+@pytest.mark.parametrize("half", [(0, 1), (1, 1), (2, 3), (6, 6), (15, 2)])
+def test_rectangle_filters_equal_scipys(shape, half):
+    """The engine's fast in-plane max/min filters give scipy.ndimage's results exactly, borders included (windows
+    larger than the slice, too), on masks and on HU."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(sum(shape) + 7 * sum(half))
+    size = (1, 2 * half[0] + 1, 2 * half[1] + 1)
+    for fraction in (0.1, 0.5, 0.9):
+        mask = rng.random(shape) < fraction
+        assert np.array_equal(anatomy.rect_max(mask, half), ndi.maximum_filter(mask, size=size))
+        assert np.array_equal(
+            anatomy.rect_min(mask, half), ndi.minimum_filter(mask, size=size, mode="constant", cval=False)
+        )
+    hu = rng.integers(-1024, 3000, shape).astype(np.float32)
+    assert np.array_equal(anatomy.rect_max(hu, half), ndi.maximum_filter(hu, size=size))
+    assert np.array_equal(
+        anatomy.rect_max(hu.astype(np.int16), half), ndi.maximum_filter(hu.astype(np.int16), size=size)
+    )
+
+
 # ------------------------------------------------------------------------------------------- real CT
 @pytest.fixture(scope="module")
 def real_calves(visible_human_dir):
