@@ -34,7 +34,7 @@ from ..core.tissues import MAX_LABEL, TISSUES
 from ..scan.ct_volume import CTVolume
 
 RATIO_EPSILON_CM3 = 1e-9  # the paper's epsilon in equations 5 and 6, added to volumes in cm^3
-CHUNK_VOXELS = 4_000_000  # slices per chunk are chosen so a chunk holds about this many voxels
+CHUNK_VOXELS = 1_000_000  # slices per chunk are chosen so a chunk (of the labelled box) holds about this many voxels
 SIDES = ("left", "right")  # the patient's left and right (LPS +x is the patient's left)
 DERIVED_KEYS = ("V_Fat_cm3", "R_IAT_SAT", "R_SM_Fat", "mu_SM_hu", "mu_Fat_hu")
 PROFILE_COLUMNS = ("slice_index", "z_mm") + tuple(f"A_{t.key}_cm2" for t in TISSUES)
