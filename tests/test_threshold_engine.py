@@ -136,6 +136,17 @@ def test_strided_view_input():
     )
 
 
+@pytest.mark.parametrize("chunk_slices", [1, 3, 24])
+def test_masks_made_ahead_on_threads_give_the_same_labels(chunk_slices):
+    """Worker threads making the chunks' masks ahead change nothing: labels and the label check are those of one
+    thread, for chunks smaller than, and as large as, the bone's support distance."""
+    phantom = make_leg_phantom(shape=(14, 96, 128), spacing=(2.0, 2.4, 2.4), seed=3)
+    one, many = ThresholdEngine(chunk_slices, threads=1), ThresholdEngine(chunk_slices, threads=3)
+    assert np.array_equal(one.segment(phantom.hu, phantom.spacing), many.segment(phantom.hu, phantom.spacing))
+    assert one.label_check.to_dict() == many.label_check.to_dict()
+    assert np.array_equal(one.label_check.bone_cm2, many.label_check.bone_cm2)
+
+
 # ------------------------------------------------------------------------------------------- building blocks
 def _disk(shape, centre, radius):
     rr, cc = np.indices(shape)
