@@ -123,20 +123,22 @@ def _measure_and_write(
     """The common end of `segment` and `quantify_files`: measure, then write the output set (with seg.dcm and
     sr.dcm when `dicom`). `run_about` is what metrics.json records of the run; the run's notes are added here."""
     progress.stage("measuring")
-    measurements = quantify.quantify(volume, labels, first, last)
-    run_info = {**run_about, "notes": list(progress.notes)}
-    metrics = report.write_outputs(
-        outdir,
-        volume,
-        labels,
-        first,
-        last,
-        measurements,
-        run_info,
-        progress,
-        inputs=inputs,
-        extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
-    )
+    with report.OverlayAhead(volume, labels, first) as overlay:  # drawn on a worker thread while this one measures
+        measurements = quantify.quantify(volume, labels, first, last)
+        run_info = {**run_about, "notes": list(progress.notes)}
+        metrics = report.write_outputs(
+            outdir,
+            volume,
+            labels,
+            first,
+            last,
+            measurements,
+            run_info,
+            progress,
+            inputs=inputs,
+            extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
+            overlay=overlay,
+        )
     progress.finish()
     return metrics
 

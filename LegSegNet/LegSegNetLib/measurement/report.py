@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import math
 import os
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -51,11 +53,13 @@ def write_outputs(
     progress: Progress | None = None,
     inputs: Sequence[str | Path] = (),
     extra_files: Mapping[str, bytes] | None = None,
+    overlay: OverlayAhead | None = None,
 ) -> dict:
     """Write the contract's output files to OUTDIR as one set (core/output_set.py); return metrics.json's content.
 
     `inputs`: the files the results were made from; an output file that is one of them is refused.
     `extra_files` (name -> content, e.g. seg.dcm and sr.dcm from dicom_results) join the same set.
+    `overlay`: overlay.png already being drawn for these labels (`OverlayAhead`); drawn here without it.
     """
     progress = progress or Progress()
     if labels_slab.shape[0] != last - first + 1 or (measurements.first, measurements.last) != (first, last):
@@ -74,7 +78,12 @@ def write_outputs(
     ]
     if _have_matplotlib():
         writers += [
-            ("overlay.png", lambda p: write_overlay_png(p, volume, labels_slab, first, measurements.z_mm)),
+            (
+                "overlay.png",
+                (lambda p: p.write_bytes(overlay.png()))
+                if overlay is not None and overlay.drawing
+                else (lambda p: write_overlay_png(p, volume, labels_slab, first, measurements.z_mm)),
+            ),
             ("profile.png", lambda p: write_profile_png(p, measurements)),
         ]
     else:  # Slicer does not ship matplotlib; the numbers matter more than the pictures there
@@ -197,12 +206,54 @@ def _have_matplotlib() -> bool:
     return True
 
 
+class OverlayAhead:
+    """overlay.png drawn on a worker thread from the CT and the labels while the caller goes on (measures): the
+    figure needs nothing else. Use as a context manager (leaving it waits for the drawing) and hand it to
+    `write_outputs`, which takes the PNG from it. Without matplotlib it draws nothing."""
+
+    def __init__(self, volume: CTVolume, labels_slab: np.ndarray, first: int) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._png: Future | None = None
+        if _have_matplotlib():
+            z_mm = volume.slice_z_mm(first, first + labels_slab.shape[0] - 1)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legsegnet-overlay")
+            self._png = self._pool.submit(_overlay_png_bytes, volume, labels_slab, first, z_mm)
+
+    @property
+    def drawing(self) -> bool:
+        return self._png is not None
+
+    def png(self) -> bytes:
+        """The PNG's bytes (waits for the drawing; raises what the drawing raised)."""
+        if self._png is None:
+            raise RuntimeError("matplotlib is not installed: no overlay was drawn")
+        return self._png.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> OverlayAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _overlay_png_bytes(volume: CTVolume, labels_slab: np.ndarray, first: int, z_mm: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    write_overlay_png(buffer, volume, labels_slab, first, z_mm)
+    return buffer.getvalue()
+
+
 def overlay_slices(n_slices: int, count: int = OVERLAY_SLICES) -> np.ndarray:
     """Up to `count` slab indices spread evenly from the first to the last slice."""
     return np.unique(np.round(np.linspace(0, n_slices - 1, min(count, n_slices))).astype(int))
 
 
-def write_overlay_png(path: Path, volume: CTVolume, labels_slab: np.ndarray, first: int, z_mm: np.ndarray) -> None:
+def write_overlay_png(
+    path: Path | BinaryIO, volume: CTVolume, labels_slab: np.ndarray, first: int, z_mm: np.ndarray
+) -> None:
     """A grid of axial slices, labels semi-transparent over the CT in a soft-tissue window, with a legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
