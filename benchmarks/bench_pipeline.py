@@ -27,15 +27,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "LegSegNet"))
 
 READ_ALONE = "import sys; from LegSegNetLib.scan import volume_io; volume_io.read_ct(sys.argv[1])"
 
 
-def run_process(cmd: list[str]) -> tuple[float, float, float]:
+def run_process(cmd: list[str], code: Path) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of one process, from its own rusage."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     assert proc.stderr is not None
     stderr = proc.stderr.read()  # to its end: the process has finished writing, but is not reaped yet
     proc.stderr.close()
@@ -55,13 +55,13 @@ def cli_cmd(input_path: Path, engine: str, out: str) -> list[str]:
     return [sys.executable, "-m", "LegSegNetLib.cli", "segment", str(input_path), "-o", out, "--engine", engine]
 
 
-def whole_processes(input_path: Path, engine: str, repeat: int) -> dict:
+def whole_processes(input_path: Path, engine: str, repeat: int, code: Path) -> dict:
     """Read-alone and CLI processes in turn (a warm-up pair first, not counted)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeat + 1):
-            read = run_process(read_alone_cmd(input_path))
-            cli = run_process(cli_cmd(input_path, engine, str(Path(tmp) / f"out{i}")) + ["--quiet"])
+            read = run_process(read_alone_cmd(input_path), code)
+            cli = run_process(cli_cmd(input_path, engine, str(Path(tmp) / f"out{i}")) + ["--quiet"], code)
             if i:
                 rows.append((read, cli))
     med = statistics.median
@@ -138,11 +138,18 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="counted pairs of whole processes")
     parser.add_argument("--stage-repeat", type=int, default=3, help="in-process runs for the stage breakdown")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=ROOT / "LegSegNet",
+        help="the LegSegNet folder whose library is measured (default: this checkout's; another checkout's to compare)",
+    )
     args = parser.parse_args()
+    sys.path.insert(0, str(args.code))
     input_path = args.input or fetch_visible_human.fetch()
 
-    result: dict = {"input": str(input_path), "engine": args.engine, "cpus": os.cpu_count()}
-    result.update(whole_processes(input_path, args.engine, args.repeat))
+    result: dict = {"input": str(input_path), "engine": args.engine, "code": str(args.code), "cpus": os.cpu_count()}
+    result.update(whole_processes(input_path, args.engine, args.repeat, args.code))
     runs = [stage_breakdown(input_path, args.engine) for _ in range(max(1, args.stage_repeat))]
     result["stages_s_median"] = {k: round(statistics.median(r.get(k, 0.0) for r in runs), 3) for k in runs[0]}
     result["goal"] = {"ratio_cli_to_read": 3.0}

@@ -103,9 +103,10 @@ class CTVolume:
         axes = self._numpy_axes()
         if tuple(shape[a] for a in axes[1:]) != slab_labels.shape[1:]:
             raise ValueError(f"label slab {slab_labels.shape} does not fit the volume's slab {shape}")
-        if first == 0 and n == shape[axes[0]] and slab_labels.dtype == np.uint8:
-            # every slice: the slab turned back to SimpleITK's order is a view, copied once into the image
-            full = np.transpose(slab_labels, np.argsort(axes))
+        if first == 0 and n == shape[axes[0]]:
+            # every slice: the slab turned back to SimpleITK's order, copied by numpy (SimpleITK copies a strided
+            # view element by element, several times slower)
+            full = np.ascontiguousarray(np.transpose(slab_labels, np.argsort(axes)), dtype=np.uint8)
         else:
             full = np.zeros(shape, dtype=np.uint8)
             np.transpose(full, axes)[first : first + n] = slab_labels
