@@ -7,12 +7,13 @@ engine factory, the progress reporter) are passed in so tests can use real ones 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .anatomy import axial_range, label_checks
 from .core.output_set import check_outputs
 from .core.progress import Progress
 from .core.text import json_safe
@@ -20,6 +21,14 @@ from .engines import Engine, make_engine
 from .measurement import dicom_results, quantify, report
 from .scan import orientation, volume_io
 from .scan.ct_volume import CTVolume
+
+if TYPE_CHECKING:
+    from .anatomy.label_checks import LabelCheck
+
+# What the steps after reading import (scipy for the anatomy), loaded on a worker thread while the scan is read: the
+# reader's native parts release the GIL. The steps import them as usual; one that fails is left to them to report.
+# (matplotlib is left to the overlay's thread: loaded during the read, it would add to the read's peak memory.)
+PRELOADED = (f"{__package__}.anatomy.axial_range", f"{__package__}.anatomy.label_checks")
 
 
 def segment(
@@ -47,29 +56,35 @@ def segment(
     """
     progress = progress or Progress()
     check_before_reading(outdir, [input_path], dicom=dicom)
-    progress.stage("reading")
-    volume = reader(input_path)
-    _report_notes(volume, progress)
-    if dicom:
-        dicom_results.check_exportable(volume)
-    first, last = axial_range.choose_range(volume, slices=slices, auto=auto_range)
-    if auto_range:
-        progress.note(f"legs found on slices {first}:{last}")
-    chosen = engine_factory(
-        engine,
-        model=model,
-        device=device,
-        folds=folds,
-        tta=tta,
-        batch_size=batch_size,
-        checkpoint=checkpoint,
-        progress=progress,
-    )
-    progress.note(f"engine: {chosen.name}")
-    labels = segment_slab(chosen, volume, first, last, progress)
-    checked = _check_labels(labels, volume, first, progress, getattr(chosen, "label_check", None))
-    run_about = {"input": str(input_path), **chosen.info(), **checked}
-    return _measure_and_write(outdir, volume, labels, first, last, run_about, [input_path], dicom, progress)
+    preloading = _preload(PRELOADED)
+    try:
+        progress.stage("reading")
+        volume = reader(input_path)
+        _report_notes(volume, progress)
+        if dicom:
+            dicom_results.check_exportable(volume)
+        from .anatomy import axial_range
+
+        first, last = axial_range.choose_range(volume, slices=slices, auto=auto_range)
+        if auto_range:
+            progress.note(f"legs found on slices {first}:{last}")
+        chosen = engine_factory(
+            engine,
+            model=model,
+            device=device,
+            folds=folds,
+            tta=tta,
+            batch_size=batch_size,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+        progress.note(f"engine: {chosen.name}")
+        labels = segment_slab(chosen, volume, first, last, progress)
+        checked = _check_labels(labels, volume, first, progress, getattr(chosen, "label_check", None))
+        run_about = {"input": str(input_path), **chosen.info(), **checked}
+        return _measure_and_write(outdir, volume, labels, first, last, run_about, [input_path], dicom, progress)
+    finally:
+        preloading.join()  # no import is left running behind the result or an error
 
 
 def segment_slab(chosen: Engine, volume, first: int, last: int, progress: Progress):
@@ -107,6 +122,8 @@ def quantify_files(
     if dicom:
         dicom_results.check_exportable(volume)
     labels_image = volume_io.read_labels(labels_path, volume)
+    from .anatomy import axial_range
+
     if slices is None:
         first, last = axial_range.labelled_range(volume, labels_image)
     else:
@@ -159,10 +176,10 @@ def _dicom_files(volume, labels, first: int, measurements, run_info: dict, progr
     )
 
 
-def _check_labels(
-    labels, volume, first: int, progress: Progress, engine_check: label_checks.LabelCheck | None = None
-) -> dict:
+def _check_labels(labels, volume, first: int, progress: Progress, engine_check: LabelCheck | None = None) -> dict:
     """The label check (the engine's own, or run here), as notes and as metrics.json's `label_checks`."""
+    from .anatomy import label_checks
+
     if engine_check is not None and len(engine_check.bone_cm2) == labels.shape[0]:
         check = dataclasses.replace(engine_check, first=first)
     else:
@@ -171,6 +188,21 @@ def _check_labels(
     for note in check.notes():
         progress.note(note)
     return {"label_checks": check.to_dict()}
+
+
+def _preload(modules: tuple[str, ...]) -> threading.Thread:
+    """Import `modules` on a worker thread (see PRELOADED); join it before relying on its imports being done."""
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the code that needs the module imports it again and reports it
+                pass
+
+    thread = threading.Thread(target=run, name="legsegnet-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def _report_notes(volume, progress: Progress) -> None:
