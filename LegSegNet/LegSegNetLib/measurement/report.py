@@ -266,43 +266,50 @@ def write_overlay_png(
     shown_labels = [orient_for_display(np.asarray(labels_slab[k]), orientation) for k in picks]
     crop_v, crop_h = _crop_box(np.any(np.stack(shown_labels) > 0, axis=0))
 
-    colours = np.zeros((MAX_LABEL + 1, 4))
+    # One picture of all the panels, blended here (labels at OVERLAY_ALPHA over the windowed CT, as matplotlib
+    # would composite two layers) and shown by one image: per-panel axes cost most of the figure's time.
+    colours = np.zeros((MAX_LABEL + 1, 3), np.float32)
+    alpha = np.zeros(MAX_LABEL + 1, np.float32)
     for t in TISSUES:
-        colours[t.value] = (*t.rgb_float, OVERLAY_ALPHA)
-
+        colours[t.value], alpha[t.value] = t.rgb_float, OVERLAY_ALPHA
     n_cols = min(4, len(picks))
     n_rows = math.ceil(len(picks) / n_cols)
-    height_mm = (crop_v.stop - crop_v.start) * spacing_v
-    width_mm = (crop_h.stop - crop_h.start) * spacing_h
-    # The panels are placed by hand (inches): a layout engine would draw the figure several times to fit it
-    panel_w, title_h, pad = 3.2, 0.35, 0.05
-    image_h = float(np.clip(panel_w * height_mm / max(width_mm, 1e-6), 1.0, 6.0))
-    top_h, bottom_h = 0.35, 0.4  # the figure's title; the legend
-    fig_w, fig_h = max(n_cols * panel_w, 8.2), n_rows * (image_h + title_h) + top_h + bottom_h  # the legend's width
-    left = (fig_w - n_cols * panel_w) / 2  # fewer than four panels a row: centred
-    fig = Figure(figsize=(fig_w, fig_h), dpi=100)
-    FigureCanvasAgg(fig)
-    extent = (0.0, width_mm, height_mm, 0.0)  # in mm, so anisotropic pixels keep their true shape
+    h, w = crop_v.stop - crop_v.start, crop_h.stop - crop_h.start
+    row_aspect = spacing_v / spacing_h  # a row's height in column widths: pixels keep their true shape
+    panel_w, title_h, pad, max_panel_h = 3.2, 0.3, 0.05, 6.0  # inches
+    inch = min(panel_w / w, max_panel_h / (h * row_aspect))  # inches per column
+    gap = max(1, round(2 * pad / inch))  # columns between panels
+    band = max(1, round(title_h / (inch * row_aspect)))  # rows above each panel for its title
+    canvas = np.ones((n_rows * (h + band), n_cols * (w + gap), 3), np.float32)  # white between the panels
+    low, high = SOFT_TISSUE_WINDOW_HU
+    corners = []
     for i, k in enumerate(picks):
         row, col = divmod(i, n_cols)
-        bottom = fig_h - top_h - (row + 1) * (image_h + title_h)
-        box = (left + col * panel_w + pad, bottom + pad, panel_w - 2 * pad, image_h - 2 * pad)
-        ax = fig.add_axes((box[0] / fig_w, box[1] / fig_h, box[2] / fig_w, box[3] / fig_h))
+        y0, x0 = row * (h + band) + band, col * (w + gap) + gap // 2
         ct = orient_for_display(np.asarray(hu[k]), orientation)[crop_v, crop_h]
-        ax.imshow(ct, cmap="gray", vmin=SOFT_TISSUE_WINDOW_HU[0], vmax=SOFT_TISSUE_WINDOW_HU[1], extent=extent)
-        ax.imshow(colours[shown_labels[i][crop_v, crop_h]], interpolation="nearest", extent=extent)
-        ax.set_title(f"slice {first + k}   z {z_mm[k]:.1f} mm", fontsize=9)
-        ax.set_axis_off()
-        for x, y, letter in ((0.02, 0.5, "R"), (0.98, 0.5, "L"), (0.5, 0.97, "A"), (0.5, 0.03, "P")):
-            ax.text(x, y, letter, transform=ax.transAxes, color="yellow", fontsize=8, ha="center", va="center")
+        grey = np.clip((ct.astype(np.float32) - low) / (high - low), 0.0, 1.0)[..., None]
+        shown = shown_labels[i][crop_v, crop_h]
+        a = alpha[shown][..., None]
+        canvas[y0 : y0 + h, x0 : x0 + w] = grey * (1.0 - a) + colours[shown] * a
+        corners.append((y0, x0, k))
+
+    top_h, bottom_h = 0.35, 0.4  # the figure's title; the legend
+    canvas_w, canvas_h = canvas.shape[1] * inch, canvas.shape[0] * inch * row_aspect
+    fig_w, fig_h = max(canvas_w, 8.2), canvas_h + top_h + bottom_h  # at least the legend's width
+    fig = Figure(figsize=(fig_w, fig_h), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes(((fig_w - canvas_w) / 2 / fig_w, bottom_h / fig_h, canvas_w / fig_w, canvas_h / fig_h))
+    ax.imshow(canvas, aspect=row_aspect, interpolation="nearest")
+    ax.set_axis_off()
+    for y0, x0, k in corners:
+        ax.text(
+            x0 + w / 2, y0 - band / 2, f"slice {first + k}   z {z_mm[k]:.1f} mm", fontsize=9, ha="center", va="center"
+        )
+        for x, y, letter in ((0.02, 0.5, "R"), (0.98, 0.5, "L"), (0.5, 0.03, "A"), (0.5, 0.97, "P")):
+            ax.text(x0 + x * w, y0 + y * h, letter, color="yellow", fontsize=8, ha="center", va="center")
     handles = [Patch(facecolor=t.rgb_float, edgecolor="none", label=f"{t.key}: {t.name}") for t in TISSUES]
     fig.legend(
-        handles=handles,
-        loc="lower center",
-        bbox_to_anchor=(0.5, 0.0),
-        ncol=len(TISSUES),
-        fontsize=8,
-        frameon=False,
+        handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=len(TISSUES), fontsize=8, frameon=False
     )
     fig.suptitle(
         "LegSegNet labels (radiological view: patient's right on the left)", fontsize=10, y=1 - 0.08 / fig_h, va="top"
