@@ -5,12 +5,15 @@ series alone.
 Not a unit test: these 2-core machines are noisy, so quote ratios from one run. Reports
   - whole processes, alternating in one run: (a) a process that only reads the series through the product's
     reader (`volume_io.read_ct`, start-up and imports included) and (b) the whole CLI; wall seconds and peak
-    memory (max RSS, from the kernel's accounting of each finished process); the ratio CLI / read alone per pair;
-  - a per-stage breakdown of the CLI's own code path measured in-process (`pipeline.segment` with a progress
-    reporter that notes when each stage starts and each output file is done): the median of the runs.
+    memory (max RSS, from the kernel's accounting of each finished process); the ratio CLI / read alone within each
+    round; with --baseline, another checkout's CLI in the same rounds (and the ratio of the two CLIs);
+  - a per-stage breakdown of the CLI's own code path, each run in a fresh process (importing the pipeline, then
+    `pipeline.segment` with a progress reporter that notes when each stage starts and each output file is done):
+    the median of the runs. Work on worker threads shows up in the stage that waits for it.
 Goal: the CLI within 3x the read alone.
 
     python benchmarks/bench_pipeline.py [--input DIR] [--engine threshold] [--repeat 5] [--stage-repeat 3]
+        [--baseline OTHER_CHECKOUT/LegSegNet]   # e.g. the main branch's, in the same rounds
 """
 
 from __future__ import annotations
@@ -55,33 +58,47 @@ def cli_cmd(input_path: Path, engine: str, out: str) -> list[str]:
     return [sys.executable, "-m", "LegSegNetLib.cli", "segment", str(input_path), "-o", out, "--engine", engine]
 
 
-def whole_processes(input_path: Path, engine: str, repeat: int, code: Path) -> dict:
-    """Read-alone and CLI processes in turn (a warm-up pair first, not counted)."""
-    rows = []
+def whole_processes(input_path: Path, engine: str, repeat: int, codes: dict[str, Path]) -> dict:
+    """Rounds of: the read alone, then each checkout's CLI (their order turned every round); a first round is a
+    warm-up, not counted. Ratios are taken within a round, so a machine that changes speed between rounds cancels."""
+    rounds: list[dict[str, tuple[float, float, float]]] = []
+    names = list(codes)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeat + 1):
-            read = run_process(read_alone_cmd(input_path), code)
-            cli = run_process(cli_cmd(input_path, engine, str(Path(tmp) / f"out{i}")) + ["--quiet"], code)
+            row = {"read": run_process(read_alone_cmd(input_path), codes[names[0]])}
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                out = str(Path(tmp) / f"{name}{i}")
+                row[name] = run_process(cli_cmd(input_path, engine, out) + ["--quiet"], codes[name])
             if i:
-                rows.append((read, cli))
+                rounds.append(row)
     med = statistics.median
-    return {
-        "read_alone_wall_s": [round(r[0], 2) for r, _ in rows],
-        "cli_wall_s": [round(c[0], 2) for _, c in rows],
-        "ratio_cli_to_read": [round(c[0] / r[0], 2) for r, c in rows],
-        "median_ratio_cli_to_read": round(med(c[0] / r[0] for r, c in rows), 2),
-        "median_read_alone_s": round(med(r[0] for r, _ in rows), 2),
-        "median_cli_s": round(med(c[0] for _, c in rows), 2),
-        "median_cli_cpu_s": round(med(c[1] for _, c in rows), 2),
-        "read_alone_peak_mb": round(max(r[2] for r, _ in rows)),
-        "cli_peak_mb": [round(c[2]) for _, c in rows],
+    result: dict = {
+        "read_alone_wall_s": [round(r["read"][0], 2) for r in rounds],
+        "median_read_alone_s": round(med(r["read"][0] for r in rounds), 2),
+        "median_read_alone_cpu_s": round(med(r["read"][1] for r in rounds), 2),
+        "read_alone_peak_mb": round(max(r["read"][2] for r in rounds)),
     }
+    for name in names:
+        result[name] = {
+            "cli_wall_s": [round(r[name][0], 2) for r in rounds],
+            "ratio_cli_to_read": [round(r[name][0] / r["read"][0], 2) for r in rounds],
+            "median_ratio_cli_to_read": round(med(r[name][0] / r["read"][0] for r in rounds), 2),
+            "median_cli_s": round(med(r[name][0] for r in rounds), 2),
+            "median_cli_cpu_s": round(med(r[name][1] for r in rounds), 2),
+            "cli_peak_mb": [round(r[name][2]) for r in rounds],
+        }
+    if len(names) == 2:
+        result[f"ratio_{names[1]}_to_{names[0]}"] = round(med(r[names[1]][0] / r[names[0]][0] for r in rounds), 2)
+    return result
 
 
 def stage_breakdown(input_path: Path, engine: str) -> dict[str, float]:
-    """Seconds per stage of one `pipeline.segment` run, in this process (after its imports)."""
+    """Seconds per stage of one `pipeline.segment` run in this process, as in a CLI run: the imports first."""
+    started = time.perf_counter()
     from LegSegNetLib import pipeline
     from LegSegNetLib.core.progress import Progress
+
+    imports = time.perf_counter() - started
 
     class Timed(Progress):
         """Notes the time each stage starts and each output file is done."""
@@ -114,8 +131,8 @@ def stage_breakdown(input_path: Path, engine: str) -> dict[str, float]:
         else:
             label = "before reading" if name == "start" else name
         times[label] = times.get(label, 0.0) + (t1 - t0)
-    times["total"] = end - marks[0][1]
-    return times
+    times["total"] = end - marks[0][1] + imports
+    return {"import the pipeline": imports, **times}
 
 
 def _output_names() -> list[str]:
@@ -135,23 +152,39 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, default=None, help="default: the Visible Human calf CT")
     parser.add_argument("--engine", default="threshold")
-    parser.add_argument("--repeat", type=int, default=5, help="counted pairs of whole processes")
+    parser.add_argument("--repeat", type=int, default=5, help="counted rounds of whole processes")
     parser.add_argument("--stage-repeat", type=int, default=3, help="in-process runs for the stage breakdown")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
-        "--code",
+        "--baseline",
         type=Path,
-        default=ROOT / "LegSegNet",
-        help="the LegSegNet folder whose library is measured (default: this checkout's; another checkout's to compare)",
+        default=None,
+        help="another checkout's LegSegNet folder: its CLI runs in the same rounds, its stages are timed too",
     )
+    parser.add_argument("--stages-only", type=Path, default=None, help=argparse.SUPPRESS)  # (a LegSegNet folder)
     args = parser.parse_args()
-    sys.path.insert(0, str(args.code))
     input_path = args.input or fetch_visible_human.fetch()
+    if args.stages_only is not None:  # the stage breakdown of one run of one checkout, in a fresh process
+        sys.path.insert(0, str(args.stages_only))
+        print(json.dumps(stage_breakdown(input_path, args.engine)))
+        return 0
 
-    result: dict = {"input": str(input_path), "engine": args.engine, "code": str(args.code), "cpus": os.cpu_count()}
-    result.update(whole_processes(input_path, args.engine, args.repeat, args.code))
-    runs = [stage_breakdown(input_path, args.engine) for _ in range(max(1, args.stage_repeat))]
-    result["stages_s_median"] = {k: round(statistics.median(r.get(k, 0.0) for r in runs), 3) for k in runs[0]}
+    codes = {"this": ROOT / "LegSegNet"}
+    if args.baseline is not None:
+        codes["baseline"] = args.baseline.resolve()
+    result: dict = {"input": str(input_path), "engine": args.engine, "cpus": os.cpu_count()}
+    result["code"] = {name: str(code) for name, code in codes.items()}
+    result.update(whole_processes(input_path, args.engine, args.repeat, codes))
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in codes}
+    for _ in range(max(1, args.stage_repeat)):
+        for name, code in codes.items():
+            cmd = [sys.executable, __file__, "--input", str(input_path), "--engine", args.engine]
+            done = subprocess.run(cmd + ["--stages-only", str(code)], check=True, stdout=subprocess.PIPE, text=True)
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for name, stages in runs.items():
+        result[name]["stages_s_median"] = {
+            k: round(statistics.median(r.get(k, 0.0) for r in stages), 3) for k in stages[0]
+        }
     result["goal"] = {"ratio_cli_to_read": 3.0}
     print(json.dumps(result, indent=2))
     if args.json:
