@@ -20,6 +20,7 @@ from LegSegNetLib.core.progress import Progress
 from LegSegNetLib.measurement.quantify import quantify
 from LegSegNetLib.measurement.report import (
     OUTPUT_FILES,
+    OverlayAhead,
     display_orientation,
     orient_for_display,
     write_label_image,
@@ -207,6 +208,37 @@ def test_overlay_png_shows_the_patients_right_leg_on_the_left(tmp_path, directio
     bone_column, sm_column = mean_column((240, 210, 120)), mean_column((70, 105, 150))
     right_leg_is_bone = direction != FLIP_X  # low index i is the patient's right unless x is flipped
     assert (bone_column < sm_column) == right_leg_is_bone
+
+
+@needs_matplotlib
+def test_overlay_drawn_ahead_on_a_thread_is_the_overlay_drawn_in_place(tmp_path):
+    """The pipeline draws overlay.png on a worker thread while it measures: the file is the one drawn in place."""
+    volume, labels, first, last = _two_leg_scan()
+    measurements = quantify(volume, labels, first, last)
+    write_outputs(tmp_path / "in_place", volume, labels, first, last, measurements, RUN_INFO)
+    with OverlayAhead(volume, labels, first) as overlay:
+        assert overlay.drawing
+        write_outputs(tmp_path / "ahead", volume, labels, first, last, measurements, RUN_INFO, overlay=overlay)
+    for name in OUTPUT_FILES:
+        if name != "labels.nii.gz":  # (gzip stores a time)
+            assert (tmp_path / "ahead" / name).read_bytes() == (tmp_path / "in_place" / name).read_bytes(), name
+
+
+@needs_matplotlib
+def test_a_failed_overlay_drawing_fails_the_set(tmp_path, monkeypatch):
+    """What the overlay's thread raises is raised where the file is written, and no set is written (the drawing's
+    failure is simulated: matplotlib gives no real way to make it fail)."""
+    import LegSegNetLib.measurement.report as report
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no memory for the figure")
+
+    monkeypatch.setattr(report, "write_overlay_png", broken)
+    volume, labels, first, last = _two_leg_scan()
+    measurements = quantify(volume, labels, first, last)
+    with pytest.raises(MemoryError), OverlayAhead(volume, labels, first) as overlay:
+        write_outputs(tmp_path / "out", volume, labels, first, last, measurements, RUN_INFO, overlay=overlay)
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------- atomic writes

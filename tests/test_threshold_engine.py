@@ -136,6 +136,17 @@ def test_strided_view_input():
     )
 
 
+@pytest.mark.parametrize("chunk_slices", [1, 3, 24])
+def test_masks_made_ahead_on_threads_give_the_same_labels(chunk_slices):
+    """Worker threads making the chunks' masks ahead change nothing: labels and the label check are those of one
+    thread, for chunks smaller than, and as large as, the bone's support distance."""
+    phantom = make_leg_phantom(shape=(14, 96, 128), spacing=(2.0, 2.4, 2.4), seed=3)
+    one, many = ThresholdEngine(chunk_slices, threads=1), ThresholdEngine(chunk_slices, threads=3)
+    assert np.array_equal(one.segment(phantom.hu, phantom.spacing), many.segment(phantom.hu, phantom.spacing))
+    assert one.label_check.to_dict() == many.label_check.to_dict()
+    assert np.array_equal(one.label_check.bone_cm2, many.label_check.bone_cm2)
+
+
 # ------------------------------------------------------------------------------------------- building blocks
 def _disk(shape, centre, radius):
     rr, cc = np.indices(shape)
@@ -279,6 +290,28 @@ def test_morphology_acts_per_slice_and_in_millimetres():
     holes[:, 2:7, 2:7] = True
     holes[:, 4, 4] = False
     assert anatomy.fill_holes(holes)[:, 4, 4].all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 1, 7), (3, 5, 4), (2, 30, 31)])
+@pytest.mark.parametrize("half", [(0, 1), (1, 1), (2, 3), (6, 6), (15, 2)])
+def test_rectangle_filters_equal_scipys(shape, half):
+    """The engine's fast in-plane max/min filters give scipy.ndimage's results exactly, borders included (windows
+    larger than the slice, too), on masks and on HU."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(sum(shape) + 7 * sum(half))
+    size = (1, 2 * half[0] + 1, 2 * half[1] + 1)
+    for fraction in (0.1, 0.5, 0.9):
+        mask = rng.random(shape) < fraction
+        assert np.array_equal(anatomy.rect_max(mask, half), ndi.maximum_filter(mask, size=size))
+        assert np.array_equal(
+            anatomy.rect_min(mask, half), ndi.minimum_filter(mask, size=size, mode="constant", cval=False)
+        )
+    hu = rng.integers(-1024, 3000, shape).astype(np.float32)
+    assert np.array_equal(anatomy.rect_max(hu, half), ndi.maximum_filter(hu, size=size))
+    assert np.array_equal(
+        anatomy.rect_max(hu.astype(np.int16), half), ndi.maximum_filter(hu.astype(np.int16), size=size)
+    )
 
 
 # ------------------------------------------------------------------------------------------- real CT

@@ -7,12 +7,13 @@ engine factory, the progress reporter) are passed in so tests can use real ones 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .anatomy import axial_range, label_checks
 from .core.output_set import check_outputs
 from .core.progress import Progress
 from .core.text import json_safe
@@ -20,6 +21,14 @@ from .engines import Engine, make_engine
 from .measurement import dicom_results, quantify, report
 from .scan import orientation, volume_io
 from .scan.ct_volume import CTVolume
+
+if TYPE_CHECKING:
+    from .anatomy.label_checks import LabelCheck
+
+# What the steps after reading import (scipy for the anatomy), loaded on a worker thread while the scan is read: the
+# reader's native parts release the GIL. The steps import them as usual; one that fails is left to them to report.
+# (matplotlib is left to the overlay's thread: loaded during the read, it would add to the read's peak memory.)
+PRELOADED = (f"{__package__}.anatomy.axial_range", f"{__package__}.anatomy.label_checks")
 
 
 def segment(
@@ -47,33 +56,39 @@ def segment(
     """
     progress = progress or Progress()
     check_before_reading(outdir, [input_path], dicom=dicom)
-    progress.stage("reading")
-    volume = reader(input_path)
-    _report_notes(volume, progress)
-    if dicom:
-        dicom_results.check_exportable(volume)
-    first, last = axial_range.choose_range(volume, slices=slices, auto=auto_range)
-    if auto_range:
-        progress.note(f"legs found on slices {first}:{last}")
-    chosen = engine_factory(
-        engine,
-        model=model,
-        device=device,
-        folds=folds,
-        tta=tta,
-        batch_size=batch_size,
-        checkpoint=checkpoint,
-        progress=progress,
-    )
-    progress.note(f"engine: {chosen.name}")
-    labels = segment_slab(chosen, volume, first, last, progress)
-    # per-slice uncertainty (engines/uncertainty.py), from engines with class probabilities (nnU-Net) only
-    uncertainty = getattr(chosen, "slice_uncertainty", None)
-    checked = _check_labels(labels, volume, first, progress, getattr(chosen, "label_check", None))
-    run_about = {"input": str(input_path), **chosen.info(), **checked}
-    return _measure_and_write(
-        outdir, volume, labels, first, last, run_about, [input_path], dicom, progress, slice_uncertainty=uncertainty
-    )
+    preloading = _preload(PRELOADED)
+    try:
+        progress.stage("reading")
+        volume = reader(input_path)
+        _report_notes(volume, progress)
+        if dicom:
+            dicom_results.check_exportable(volume)
+        from .anatomy import axial_range
+
+        first, last = axial_range.choose_range(volume, slices=slices, auto=auto_range)
+        if auto_range:
+            progress.note(f"legs found on slices {first}:{last}")
+        chosen = engine_factory(
+            engine,
+            model=model,
+            device=device,
+            folds=folds,
+            tta=tta,
+            batch_size=batch_size,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+        progress.note(f"engine: {chosen.name}")
+        labels = segment_slab(chosen, volume, first, last, progress)
+        # per-slice uncertainty (engines/uncertainty.py), from engines with class probabilities (nnU-Net) only
+        uncertainty = getattr(chosen, "slice_uncertainty", None)
+        checked = _check_labels(labels, volume, first, progress, getattr(chosen, "label_check", None))
+        run_about = {"input": str(input_path), **chosen.info(), **checked}
+        return _measure_and_write(
+            outdir, volume, labels, first, last, run_about, [input_path], dicom, progress, slice_uncertainty=uncertainty
+        )
+    finally:
+        preloading.join()  # no import is left running behind the result or an error
 
 
 def segment_slab(chosen: Engine, volume, first: int, last: int, progress: Progress):
@@ -111,6 +126,8 @@ def quantify_files(
     if dicom:
         dicom_results.check_exportable(volume)
     labels_image = volume_io.read_labels(labels_path, volume)
+    from .anatomy import axial_range
+
     if slices is None:
         first, last = axial_range.labelled_range(volume, labels_image)
     else:
@@ -137,21 +154,23 @@ def _measure_and_write(
     sr.dcm when `dicom`). `run_about` is what metrics.json records of the run; the run's notes are added here.
     `slice_uncertainty` (one value per slab slice, or None) becomes profile.csv's `uncertainty` column."""
     progress.stage("measuring")
-    measurements = quantify.quantify(volume, labels, first, last)
-    run_info = {**run_about, "notes": list(progress.notes)}
-    metrics = report.write_outputs(
-        outdir,
-        volume,
-        labels,
-        first,
-        last,
-        measurements,
-        run_info,
-        progress,
-        inputs=inputs,
-        extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
-        slice_uncertainty=slice_uncertainty,
-    )
+    with report.OverlayAhead(volume, labels, first) as overlay:  # drawn on a worker thread while this one measures
+        measurements = quantify.quantify(volume, labels, first, last)
+        run_info = {**run_about, "notes": list(progress.notes)}
+        metrics = report.write_outputs(
+            outdir,
+            volume,
+            labels,
+            first,
+            last,
+            measurements,
+            run_info,
+            progress,
+            inputs=inputs,
+            extra_files=_dicom_files(volume, labels, first, measurements, run_info, progress) if dicom else None,
+            overlay=overlay,
+            slice_uncertainty=slice_uncertainty,
+        )
     progress.finish()
     return metrics
 
@@ -172,10 +191,10 @@ def _dicom_files(volume, labels, first: int, measurements, run_info: dict, progr
     )
 
 
-def _check_labels(
-    labels, volume, first: int, progress: Progress, engine_check: label_checks.LabelCheck | None = None
-) -> dict:
+def _check_labels(labels, volume, first: int, progress: Progress, engine_check: LabelCheck | None = None) -> dict:
     """The label check (the engine's own, or run here), as notes and as metrics.json's `label_checks`."""
+    from .anatomy import label_checks
+
     if engine_check is not None and len(engine_check.bone_cm2) == labels.shape[0]:
         check = dataclasses.replace(engine_check, first=first)
     else:
@@ -184,6 +203,21 @@ def _check_labels(
     for note in check.notes():
         progress.note(note)
     return {"label_checks": check.to_dict()}
+
+
+def _preload(modules: tuple[str, ...]) -> threading.Thread:
+    """Import `modules` on a worker thread (see PRELOADED); join it before relying on its imports being done."""
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the code that needs the module imports it again and reports it
+                pass
+
+    thread = threading.Thread(target=run, name="legsegnet-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def _report_notes(volume, progress: Progress) -> None:

@@ -19,7 +19,6 @@ the labels the whole slab gives, as long as each chunk sees `support_slices()` s
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from . import primitives as anatomy
 
@@ -44,9 +43,8 @@ def bone_hull(bone: np.ndarray, body: np.ndarray, spacing: tuple[float, float, f
     sub = (slice(None), box[0], box[1])
     # Hole filling between the dilation and the erosion: a closing alone never bridges a gap in a thin shell.
     # A square (not a disk) is enough here, and cheap: the neighbouring slices decide what of the hull is bone.
-    size = (1, 2 * half[0] + 1, 2 * half[1] + 1)
-    grown = anatomy.fill_holes(ndi.maximum_filter(bone[sub], size=size))
-    hull[sub] = ndi.minimum_filter(grown, size=size, mode="constant", cval=False) & body[sub]
+    grown = anatomy.fill_holes(anatomy.rect_max(bone[sub], half))
+    hull[sub] = anatomy.rect_min(grown, half) & body[sub]
     return hull
 
 

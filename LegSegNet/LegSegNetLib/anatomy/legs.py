@@ -46,7 +46,7 @@ def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: in
     out = np.zeros(body.shape, dtype=np.uint8)
     labels, n = anatomy.label_slices(body)
     pixel_area = spacing_rc[0] * spacing_rc[1]
-    area = np.bincount(labels.ravel(), minlength=n + 1) * pixel_area
+    area = _count_labels(labels, n) * pixel_area
     objects = ndi.find_objects(labels)
     components_of_slice: list[list[int]] = [[] for _ in range(body.shape[0])]
     for i, obj in enumerate(objects, start=1):
@@ -96,7 +96,7 @@ def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: in
         axis = 1 if order_axis is None else int(order_axis) - 1
 
     if k_legs == 1:
-        out[labels > 0] = 1
+        np.greater(labels, 0, out=out, casting="unsafe")
         return out
     # whole components take one leg id through a lookup table; only merged legs are cut pixel by pixel
     leg_of_component = np.zeros(n + 1, dtype=np.uint8)
@@ -122,11 +122,25 @@ def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: in
                 leg_of_component[i] = _nearest(np.array([centre[0]]), np.array([centre[1]]), legs, leg_ids, spacing_rc)[
                     0
                 ]
-    out[:] = leg_of_component[labels]
+    for z0, z1 in _slice_chunks(labels):  # numpy indexes with a (larger) intp copy of the index array: in pieces
+        out[z0:z1] = leg_of_component[labels[z0:z1]]
     for k, legs, leg_ids in merged_slices:
         rows, cols = np.nonzero(labels[k])
         out[k][rows, cols] = _nearest(rows, cols, legs, leg_ids, spacing_rc)
     return out
+
+
+def _slice_chunks(labels: np.ndarray, voxels: int = 1 << 20) -> list[tuple[int, int]]:
+    step = max(1, voxels // max(1, labels[0].size if labels.shape[0] else 1))
+    return [(z0, min(labels.shape[0], z0 + step)) for z0 in range(0, labels.shape[0], step)]
+
+
+def _count_labels(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxels per label 0..n, counted in pieces (bincount makes an intp copy of what it counts)."""
+    counts = np.zeros(n + 1, dtype=np.int64)
+    for z0, z1 in _slice_chunks(labels):
+        counts += np.bincount(labels[z0:z1].ravel(), minlength=n + 1)
+    return counts
 
 
 def _centroid(labels: np.ndarray, i: int, obj: tuple[slice, slice, slice]) -> tuple[float, float]:

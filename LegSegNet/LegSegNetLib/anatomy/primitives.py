@@ -79,7 +79,7 @@ def dilate(mask: np.ndarray, radius_mm: float, spacing_rc: tuple[float, float]) 
     half, diamond = _octagon(radius_mm, spacing_rc)
     out = mask
     if half != (0, 0):
-        out = ndi.maximum_filter(out, size=(1, 2 * half[0] + 1, 2 * half[1] + 1))
+        out = rect_max(out, half)
     if diamond > 0:
         out = _cross_steps(out, diamond, grow=True)
     return out.copy() if out is mask else out
@@ -90,10 +90,50 @@ def erode(mask: np.ndarray, radius_mm: float, spacing_rc: tuple[float, float]) -
     half, diamond = _octagon(radius_mm, spacing_rc)
     out = mask
     if half != (0, 0):
-        out = ndi.minimum_filter(out, size=(1, 2 * half[0] + 1, 2 * half[1] + 1), mode="constant", cval=False)
+        out = rect_min(out, half)
     if diamond > 0:
         out = _cross_steps(out, diamond, grow=False)
     return out.copy() if out is mask else out
+
+
+def rect_max(values: np.ndarray, half: tuple[int, int]) -> np.ndarray:
+    """Per slice, the maximum over the in-plane rectangle of half-sizes `half` (rows, cols) around each pixel; what
+    lies outside the slab is left out. The same as `ndimage.maximum_filter(values, size=(1, 2 * half[0] + 1,
+    2 * half[1] + 1))` (its mirrored border only repeats values inside the rectangle), several times faster."""
+    lowest = False if values.dtype == bool else np.iinfo(values.dtype).min if values.dtype.kind in "iu" else -np.inf
+    out = _running(values, half[0], 1, np.maximum, lowest)
+    return np.ascontiguousarray(_running(out, half[1], 2, np.maximum, lowest))
+
+
+def rect_min(mask: np.ndarray, half: tuple[int, int]) -> np.ndarray:
+    """Per slice, the erosion of a bool mask by the in-plane rectangle of half-sizes `half` (rows, cols); outside the
+    slab is background. The same as `ndimage.minimum_filter(mask, size=..., mode="constant", cval=False)`."""
+    out = _running(mask, half[0], 1, np.minimum, False)
+    return np.ascontiguousarray(_running(out, half[1], 2, np.minimum, False))
+
+
+def _running(values: np.ndarray, half: int, axis: int, ufunc: np.ufunc, fill) -> np.ndarray:
+    """`ufunc` (maximum or minimum) over the window of 2 half + 1 along `axis` centred on each element, `fill` beyond
+    the ends: on a copy padded with `fill`, windows are doubled in place (a window of w costs about log2(w) passes)."""
+    if half <= 0:
+        return values
+    n = values.shape[axis]
+    width, total = 2 * half + 1, values.shape[axis] + 2 * half
+
+    def along(start: int, stop: int) -> tuple[slice, ...]:
+        return (slice(None),) * axis + (slice(start, stop),)
+
+    shape = list(values.shape)
+    shape[axis] = total
+    padded = np.full(shape, fill, dtype=values.dtype)
+    padded[along(half, half + n)] = values
+    span = 1  # padded[i] holds the result over padded[i : i + span]
+    while span < width:
+        step = min(span, width - span)
+        head = padded[along(0, total - step)]
+        ufunc(head, padded[along(step, total)], out=head)  # numpy reads an overlapping input as it was before
+        span += step
+    return padded[along(0, n)]
 
 
 def _cross_steps(mask: np.ndarray, steps: int, grow: bool) -> np.ndarray:
@@ -212,8 +252,8 @@ def bone_mask(
     for _ in range(2):  # the point-spread function smears an edge over about two voxels
         if not bone.any():
             break
-        ring = bone & ~ndi.binary_erosion(bone, structure=INPLANE_4, border_value=0)
-        local_max = ndi.maximum_filter(np.where(bone, hu, -1024).astype(np.float32), size=(1, 3, 3))
+        ring = bone & ~_cross_steps(bone, 1, grow=False)  # binary_erosion by INPLANE_4, border 0
+        local_max = rect_max(np.where(bone, hu, -1024).astype(np.float32), (1, 1))
         bone &= ~(ring & (hu < 0.5 * (SOFT_TISSUE_HU + local_max)))
     out[sub] = bone
     return (out, unseeded) if return_unseeded else out

@@ -34,6 +34,8 @@ within 15 mm.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -51,6 +53,7 @@ CORE_OPEN_MM = 1.2  # opening of the soft tissue: cuts thin strands (the fascia 
 CORE_MIN_MM2 = 80.0  # smaller soft-tissue islands are not muscle groups (superficial veins, nodes, strands)
 COMPARTMENT_CLOSE_MM = 15.0  # closing that bridges inter-group fat up to ~30 mm wide
 FASCIA_MM = 1.0  # band outside the compartment where soft tissue is the fascia (SM)
+THREADS = 2  # at most this many threads make the masks of the chunks ahead while a chunk is labelled
 
 
 class ThresholdEngine:
@@ -58,8 +61,10 @@ class ThresholdEngine:
 
     name = "threshold"
 
-    def __init__(self, chunk_slices: int = CHUNK_SLICES) -> None:
+    def __init__(self, chunk_slices: int = CHUNK_SLICES, threads: int | None = None) -> None:
         self.chunk_slices = max(1, int(chunk_slices))
+        # threads making the masks of the chunks ahead (1: everything on the calling thread)
+        self.threads = max(1, int(threads)) if threads is not None else min(THREADS, os.cpu_count() or 1)
         self.label_check: label_checks.LabelCheck | None = None  # the last segment()'s check of its own labels
 
     def info(self) -> dict:
@@ -95,28 +100,53 @@ class ThresholdEngine:
         # bone sees the same neighbours whatever the chunk size.
         support = bone_3d.support_slices(spacing)
         starts = list(range(0, n, self.chunk_slices))
-        masks: dict[int, _SliceMasks] = {}
-        for k0 in starts:
-            k1 = min(n, k0 + self.chunk_slices)
+
+        def context_of(k0: int, k1: int) -> list[int]:  # the chunks whose masks chunk k0..k1 needs
             lo, hi = max(0, k0 - support), min(n, k1 + support)
-            for c0 in starts:
-                if c0 < hi and c0 + self.chunk_slices > lo and c0 not in masks:
-                    masks[c0] = _slice_masks(slab, c0, min(n, c0 + self.chunk_slices), box, spacing)
-            context = [masks[c0] for c0 in sorted(masks) if c0 < hi and c0 + self.chunk_slices > lo]
-            c_lo = min(c0 for c0 in masks if c0 < hi and c0 + self.chunk_slices > lo)
-            bone_ctx = np.concatenate([m.bone for m in context])[lo - c_lo : hi - c_lo]
-            hull_ctx = np.concatenate([m.hull for m in context])[lo - c_lo : hi - c_lo]
-            bone = bone_3d.complete_bone(bone_ctx, hull_ctx, k0 - lo, k1 - lo, support, lo == 0, hi == n)
-            own = masks[k0]
-            chunk = label_chunk(own.hu, own.body, bone, spacing)
-            labels[k0:k1, box[0], box[1]] = chunk
-            enclosed = label_checks.soft_tissue_in_bone(chunk, spacing, outline=own.hull)
-            check.enclosed_cm2[k0:k1] = enclosed.sum(axis=(1, 2)) * pixel_cm2
-            check.bone_cm2[k0:k1] = (chunk == BONE).sum(axis=(1, 2)) * pixel_cm2
-            for c0 in [c0 for c0 in masks if c0 + self.chunk_slices <= k1 - support]:
-                del masks[c0]  # no later chunk looks this far back
-            progress.advance(k1 - k0)
+            return [c0 for c0 in starts if c0 < hi and c0 + self.chunk_slices > lo]
+
+        # The per-slice masks of the chunks ahead are made on worker threads while this one labels a chunk (numpy
+        # and scipy.ndimage release the GIL in their loops): the same masks, made earlier.
+        workers = ThreadPoolExecutor(max_workers=self.threads) if self.threads > 1 else None
+        masks: dict[int, Future | _SliceMasks] = {}
+
+        def start(c0: int) -> None:
+            if c0 not in masks:
+                args = (slab, c0, min(n, c0 + self.chunk_slices), box, spacing)
+                masks[c0] = workers.submit(_slice_masks, *args) if workers else _slice_masks(*args)
+
+        try:
+            for i, k0 in enumerate(starts):
+                k1 = min(n, k0 + self.chunk_slices)
+                lo, hi = max(0, k0 - support), min(n, k1 + support)
+                needed = context_of(k0, k1)
+                for c0 in needed + (
+                    context_of(starts[i + 1], starts[i + 1] + self.chunk_slices)
+                    if workers and i + 1 < len(starts)
+                    else []
+                ):
+                    start(c0)
+                context = [_done(masks[c0]) for c0 in needed]
+                bone_ctx = np.concatenate([m.bone for m in context])[lo - needed[0] : hi - needed[0]]
+                hull_ctx = np.concatenate([m.hull for m in context])[lo - needed[0] : hi - needed[0]]
+                bone = bone_3d.complete_bone(bone_ctx, hull_ctx, k0 - lo, k1 - lo, support, lo == 0, hi == n)
+                own = _done(masks[k0])
+                chunk = label_chunk(own.hu, own.body, bone, spacing)
+                labels[k0:k1, box[0], box[1]] = chunk
+                enclosed = label_checks.soft_tissue_in_bone(chunk, spacing, outline=own.hull)
+                check.enclosed_cm2[k0:k1] = enclosed.sum(axis=(1, 2)) * pixel_cm2
+                check.bone_cm2[k0:k1] = (chunk == BONE).sum(axis=(1, 2)) * pixel_cm2
+                for c0 in [c0 for c0 in masks if c0 + self.chunk_slices <= k1 - support]:
+                    del masks[c0]  # no later chunk looks this far back
+                progress.advance(k1 - k0)
+        finally:
+            if workers is not None:
+                workers.shutdown(wait=True, cancel_futures=True)
         return labels
+
+
+def _done(masks: Future | _SliceMasks) -> _SliceMasks:
+    return masks.result() if isinstance(masks, Future) else masks
 
 
 class _SliceMasks(NamedTuple):

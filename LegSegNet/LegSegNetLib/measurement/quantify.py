@@ -34,7 +34,7 @@ from ..core.tissues import MAX_LABEL, TISSUES
 from ..scan.ct_volume import CTVolume
 
 RATIO_EPSILON_CM3 = 1e-9  # the paper's epsilon in equations 5 and 6, added to volumes in cm^3
-CHUNK_VOXELS = 4_000_000  # slices per chunk are chosen so a chunk holds about this many voxels
+CHUNK_VOXELS = 1_000_000  # slices per chunk are chosen so a chunk (of the labelled box) holds about this many voxels
 SIDES = ("left", "right")  # the patient's left and right (LPS +x is the patient's left)
 DERIVED_KEYS = ("V_Fat_cm3", "R_IAT_SAT", "R_SM_Fat", "mu_SM_hu", "mu_Fat_hu")
 PROFILE_COLUMNS = ("slice_index", "z_mm") + tuple(f"A_{t.key}_cm2" for t in TISSUES)
@@ -190,11 +190,17 @@ def quantify(volume: CTVolume, labels: np.ndarray, first: int, last: int) -> Mea
     hu = volume.slab(first, last)
     labels = _checked_labels(labels, hu.shape)
     slice_mm, row_mm, col_mm = volume.slab_spacing
+    slab_shape = hu.shape
     n_slices = hu.shape[0]
 
     from ..anatomy.legs import split_legs  # only measuring needs it; the result classes import without it
 
-    leg_ids = split_legs(labels > 0, volume.slab_spacing) if labels.any() else None
+    # Only the labelled voxels count, and they lie in a small in-plane box of the slab (the legs): everything below
+    # works on that box, so nothing slab-sized is made. The voxels are visited in the same order as over the whole
+    # slab, so the float sums are the same to the last bit.
+    rows, cols = _labelled_box(labels)
+    labels, hu = labels[:, rows, cols], hu[:, rows, cols]
+    leg_ids = split_legs(labels > 0, volume.slab_spacing) if labels.size else None
     n_legs = int(leg_ids.max()) if leg_ids is not None else 0
     n_groups = n_legs + 1  # group 0: labelled voxels outside any leg
 
@@ -203,25 +209,35 @@ def quantify(volume: CTVolume, labels: np.ndarray, first: int, last: int) -> Mea
     counts = np.zeros(shape, np.int64)
     hu_sums = np.zeros(shape)
     hu_squares = np.zeros(shape)
-    leg_voxel_sums = np.zeros((n_groups, 3))  # sums of (slice, row, column) index: leg centroids
+    leg_voxel_sums = np.zeros((n_groups, 3))  # sums of (slice, row, column) index: leg centroids (groups >= 1)
+    row_counts = np.zeros((n_groups, hu.shape[1]), np.int64)  # labelled voxels per group and row, all slices
+    col_counts = np.zeros((n_groups, hu.shape[2]), np.int64)
 
-    step = max(1, CHUNK_VOXELS // max(1, hu.shape[1] * hu.shape[2]))
+    plane = hu.shape[1] * hu.shape[2]
+    step = max(1, CHUNK_VOXELS // max(1, plane))
     for z0 in range(0, n_slices, step):
         z1 = min(n_slices, z0 + step)
         chunk_labels = labels[z0:z1]
         inside = chunk_labels > 0  # only labelled voxels are accumulated: the body is a small part of a CT
-        zz, rr, cc = np.nonzero(inside)
-        values = chunk_labels[inside].astype(np.intp)
-        groups = leg_ids[z0:z1][inside].astype(np.intp) if leg_ids is not None else np.zeros_like(values)
-        index = (zz * n_groups + groups) * _N_VALUES + values
+        at = np.flatnonzero(inside)  # in raster order
+        values = chunk_labels.ravel()[at].astype(np.intp)
+        groups = leg_ids[z0:z1].ravel()[at].astype(np.intp) if leg_ids is not None else np.zeros_like(values)
+        index = ((at // plane) * n_groups + groups) * _N_VALUES + values
         voxels_hu = hu[z0:z1][inside].astype(np.float64)
         size = (z1 - z0) * n_groups * _N_VALUES
         chunk_shape = (z1 - z0, n_groups, _N_VALUES)
         counts[z0:z1] = np.bincount(index, minlength=size).reshape(chunk_shape)
         hu_sums[z0:z1] = np.bincount(index, weights=voxels_hu, minlength=size).reshape(chunk_shape)
         hu_squares[z0:z1] = np.bincount(index, weights=voxels_hu * voxels_hu, minlength=size).reshape(chunk_shape)
-        for axis, coordinate in enumerate((zz + z0, rr, cc)):
-            leg_voxel_sums[:, axis] += np.bincount(groups, weights=coordinate, minlength=n_groups)
+        for leg in range(1, n_groups):  # leg ids are only given to labelled voxels
+            projection = (leg_ids[z0:z1] == leg).sum(axis=0)
+            row_counts[leg] += projection.sum(axis=1)
+            col_counts[leg] += projection.sum(axis=0)
+    # centroid sums as exact integer sums of the voxels' (slice, row, column) indices in the slab
+    leg_voxel_sums[:, 0] = counts.sum(axis=2).T @ np.arange(n_slices)
+    leg_voxel_sums[:, 1] = row_counts @ np.arange(rows.start, rows.start + hu.shape[1])
+    leg_voxel_sums[:, 2] = col_counts @ np.arange(cols.start, cols.start + hu.shape[2])
+    leg_voxel_sums[0] = 0.0  # group 0 is no leg
 
     dz_mm = np.full(n_slices, slice_mm)
     pixel_area_cm2 = row_mm * col_mm / 100.0
@@ -234,7 +250,7 @@ def quantify(volume: CTVolume, labels: np.ndarray, first: int, last: int) -> Mea
     whole = RegionStats.from_sums(
         per_group_counts.sum(0), per_group_sums.sum(0), per_group_squares.sum(0), volumes_cm3.sum(0)
     )
-    sides = _leg_sides(volume, first, leg_voxel_sums, per_group_counts.sum(1), hu.shape)
+    sides = _leg_sides(volume, first, leg_voxel_sums, per_group_counts.sum(1), slab_shape)
     legs = {}
     for side in SIDES:
         ids = [leg for leg, leg_side in sides.items() if leg_side == side]
@@ -258,6 +274,18 @@ def quantify(volume: CTVolume, labels: np.ndarray, first: int, last: int) -> Mea
         dz_mm=dz_mm,
         areas_cm2=areas.sum(axis=1)[:, [t.value for t in TISSUES]],
     )
+
+
+def _labelled_box(labels: np.ndarray) -> tuple[slice, slice]:
+    """The in-plane (rows, columns) bounding box of the labelled voxels over all slices (empty slices when there
+    are none), from the labels' maximum along the slices: one pass, nothing of the slab's size is made."""
+    if labels.size == 0:
+        return slice(0, 0), slice(0, 0)
+    projection = labels.max(axis=0) > 0
+    rows, cols = np.flatnonzero(projection.any(axis=1)), np.flatnonzero(projection.any(axis=0))
+    if rows.size == 0:
+        return slice(0, 0), slice(0, 0)
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def _checked_labels(labels: np.ndarray, slab_shape: tuple[int, ...]) -> np.ndarray:

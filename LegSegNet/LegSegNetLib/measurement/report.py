@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import math
 import os
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,6 +40,7 @@ SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)  # level 40, width 400
 OVERLAY_ALPHA = 0.45
 OVERLAY_SLICES = 12
 OVERLAY_MARGIN_VOXELS = 12  # around the labelled region the overlay is cropped to
+PNG_OPTIONS = {"compress_level": 1}  # zlib's fastest level: a few per cent larger files, a fifth of the time
 
 
 def write_outputs(
@@ -52,6 +55,7 @@ def write_outputs(
     inputs: Sequence[str | Path] = (),
     extra_files: Mapping[str, bytes] | None = None,
     slice_uncertainty: Sequence[float] | np.ndarray | None = None,
+    overlay: OverlayAhead | None = None,
 ) -> dict:
     """Write the contract's output files to OUTDIR as one set (core/output_set.py); return metrics.json's content.
 
@@ -59,6 +63,7 @@ def write_outputs(
     `extra_files` (name -> content, e.g. seg.dcm and sr.dcm from dicom_results) join the same set.
     `slice_uncertainty`: one value per slab slice (engines/uncertainty.py; NaN: none), written as profile.csv's
     last column `uncertainty`; without it (engines without class probabilities) the column is absent.
+    `overlay`: overlay.png already being drawn for these labels (`OverlayAhead`); drawn here without it.
     """
     progress = progress or Progress()
     if labels_slab.shape[0] != last - first + 1 or (measurements.first, measurements.last) != (first, last):
@@ -77,7 +82,12 @@ def write_outputs(
     ]
     if _have_matplotlib():
         writers += [
-            ("overlay.png", lambda p: write_overlay_png(p, volume, labels_slab, first, measurements.z_mm)),
+            (
+                "overlay.png",
+                (lambda p: p.write_bytes(overlay.png()))
+                if overlay is not None and overlay.drawing
+                else (lambda p: write_overlay_png(p, volume, labels_slab, first, measurements.z_mm)),
+            ),
             ("profile.png", lambda p: write_profile_png(p, measurements)),
         ]
     else:  # Slicer does not ship matplotlib; the numbers matter more than the pictures there
@@ -215,12 +225,54 @@ def _have_matplotlib() -> bool:
     return True
 
 
+class OverlayAhead:
+    """overlay.png drawn on a worker thread from the CT and the labels while the caller goes on (measures): the
+    figure needs nothing else. Use as a context manager (leaving it waits for the drawing) and hand it to
+    `write_outputs`, which takes the PNG from it. Without matplotlib it draws nothing."""
+
+    def __init__(self, volume: CTVolume, labels_slab: np.ndarray, first: int) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._png: Future | None = None
+        if _have_matplotlib():
+            z_mm = volume.slice_z_mm(first, first + labels_slab.shape[0] - 1)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legsegnet-overlay")
+            self._png = self._pool.submit(_overlay_png_bytes, volume, labels_slab, first, z_mm)
+
+    @property
+    def drawing(self) -> bool:
+        return self._png is not None
+
+    def png(self) -> bytes:
+        """The PNG's bytes (waits for the drawing; raises what the drawing raised)."""
+        if self._png is None:
+            raise RuntimeError("matplotlib is not installed: no overlay was drawn")
+        return self._png.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> OverlayAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _overlay_png_bytes(volume: CTVolume, labels_slab: np.ndarray, first: int, z_mm: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    write_overlay_png(buffer, volume, labels_slab, first, z_mm)
+    return buffer.getvalue()
+
+
 def overlay_slices(n_slices: int, count: int = OVERLAY_SLICES) -> np.ndarray:
     """Up to `count` slab indices spread evenly from the first to the last slice."""
     return np.unique(np.round(np.linspace(0, n_slices - 1, min(count, n_slices))).astype(int))
 
 
-def write_overlay_png(path: Path, volume: CTVolume, labels_slab: np.ndarray, first: int, z_mm: np.ndarray) -> None:
+def write_overlay_png(
+    path: Path | BinaryIO, volume: CTVolume, labels_slab: np.ndarray, first: int, z_mm: np.ndarray
+) -> None:
     """A grid of axial slices, labels semi-transparent over the CT in a soft-tissue window, with a legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -233,32 +285,55 @@ def write_overlay_png(path: Path, volume: CTVolume, labels_slab: np.ndarray, fir
     shown_labels = [orient_for_display(np.asarray(labels_slab[k]), orientation) for k in picks]
     crop_v, crop_h = _crop_box(np.any(np.stack(shown_labels) > 0, axis=0))
 
-    colours = np.zeros((MAX_LABEL + 1, 4))
+    # One picture of all the panels, blended here (labels at OVERLAY_ALPHA over the windowed CT, as matplotlib
+    # would composite two layers) and shown by one image: per-panel axes cost most of the figure's time.
+    colours = np.zeros((MAX_LABEL + 1, 3), np.float32)
+    alpha = np.zeros(MAX_LABEL + 1, np.float32)
     for t in TISSUES:
-        colours[t.value] = (*t.rgb_float, OVERLAY_ALPHA)
-
+        colours[t.value], alpha[t.value] = t.rgb_float, OVERLAY_ALPHA
     n_cols = min(4, len(picks))
     n_rows = math.ceil(len(picks) / n_cols)
-    height_mm = (crop_v.stop - crop_v.start) * spacing_v
-    width_mm = (crop_h.stop - crop_h.start) * spacing_h
-    panel_w = 3.2
-    panel_h = float(np.clip(panel_w * height_mm / max(width_mm, 1e-6), 1.0, 6.0)) + 0.35
-    fig = Figure(figsize=(n_cols * panel_w, n_rows * panel_h + 0.7), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    extent = (0.0, width_mm, height_mm, 0.0)  # in mm, so anisotropic pixels keep their true shape
+    h, w = crop_v.stop - crop_v.start, crop_h.stop - crop_h.start
+    row_aspect = spacing_v / spacing_h  # a row's height in column widths: pixels keep their true shape
+    panel_w, title_h, pad, max_panel_h = 3.2, 0.3, 0.05, 6.0  # inches
+    inch = min(panel_w / w, max_panel_h / (h * row_aspect))  # inches per column
+    gap = max(1, round(2 * pad / inch))  # columns between panels
+    band = max(1, round(title_h / (inch * row_aspect)))  # rows above each panel for its title
+    canvas = np.ones((n_rows * (h + band), n_cols * (w + gap), 3), np.float32)  # white between the panels
+    low, high = SOFT_TISSUE_WINDOW_HU
+    corners = []
     for i, k in enumerate(picks):
-        ax = fig.add_subplot(n_rows, n_cols, i + 1)
+        row, col = divmod(i, n_cols)
+        y0, x0 = row * (h + band) + band, col * (w + gap) + gap // 2
         ct = orient_for_display(np.asarray(hu[k]), orientation)[crop_v, crop_h]
-        ax.imshow(ct, cmap="gray", vmin=SOFT_TISSUE_WINDOW_HU[0], vmax=SOFT_TISSUE_WINDOW_HU[1], extent=extent)
-        ax.imshow(colours[shown_labels[i][crop_v, crop_h]], interpolation="nearest", extent=extent)
-        ax.set_title(f"slice {first + k}   z {z_mm[k]:.1f} mm", fontsize=9)
-        ax.set_axis_off()
-        for x, y, letter in ((0.02, 0.5, "R"), (0.98, 0.5, "L"), (0.5, 0.97, "A"), (0.5, 0.03, "P")):
-            ax.text(x, y, letter, transform=ax.transAxes, color="yellow", fontsize=8, ha="center", va="center")
+        grey = np.clip((ct.astype(np.float32) - low) / (high - low), 0.0, 1.0)[..., None]
+        shown = shown_labels[i][crop_v, crop_h]
+        a = alpha[shown][..., None]
+        canvas[y0 : y0 + h, x0 : x0 + w] = grey * (1.0 - a) + colours[shown] * a
+        corners.append((y0, x0, k))
+
+    top_h, bottom_h = 0.35, 0.4  # the figure's title; the legend
+    canvas_w, canvas_h = canvas.shape[1] * inch, canvas.shape[0] * inch * row_aspect
+    fig_w, fig_h = max(canvas_w, 8.2), canvas_h + top_h + bottom_h  # at least the legend's width
+    fig = Figure(figsize=(fig_w, fig_h), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes(((fig_w - canvas_w) / 2 / fig_w, bottom_h / fig_h, canvas_w / fig_w, canvas_h / fig_h))
+    ax.imshow(canvas, aspect=row_aspect, interpolation="nearest")
+    ax.set_axis_off()
+    for y0, x0, k in corners:
+        ax.text(
+            x0 + w / 2, y0 - band / 2, f"slice {first + k}   z {z_mm[k]:.1f} mm", fontsize=9, ha="center", va="center"
+        )
+        for x, y, letter in ((0.02, 0.5, "R"), (0.98, 0.5, "L"), (0.5, 0.03, "A"), (0.5, 0.97, "P")):
+            ax.text(x0 + x * w, y0 + y * h, letter, color="yellow", fontsize=8, ha="center", va="center")
     handles = [Patch(facecolor=t.rgb_float, edgecolor="none", label=f"{t.key}: {t.name}") for t in TISSUES]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(TISSUES), fontsize=8, frameon=False)
-    fig.suptitle("LegSegNet labels (radiological view: patient's right on the left)", fontsize=10)
-    fig.savefig(path, format="png")
+    fig.legend(
+        handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=len(TISSUES), fontsize=8, frameon=False
+    )
+    fig.suptitle(
+        "LegSegNet labels (radiological view: patient's right on the left)", fontsize=10, y=1 - 0.08 / fig_h, va="top"
+    )
+    fig.savefig(path, format="png", pil_kwargs=PNG_OPTIONS)
 
 
 def _crop_box(labelled: np.ndarray) -> tuple[slice, slice]:
@@ -278,8 +353,9 @@ def write_profile_png(path: Path, measurements: Measurements) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
+    fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.085, right=0.98, bottom=0.12, top=0.93)  # fixed margins: no layout passes
     ax = fig.add_subplot(1, 1, 1)
     few_points = measurements.z_mm.size <= 30
     for j, t in enumerate(TISSUES):
@@ -297,4 +373,4 @@ def write_profile_png(path: Path, measurements: Measurements) -> None:
     ax.set_title(f"Tissue area per slice, slices {measurements.first}-{measurements.last}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", pil_kwargs=PNG_OPTIONS)

@@ -99,11 +99,17 @@ class CTVolume:
     def labels_to_image(self, slab_labels: np.ndarray, first: int = 0) -> sitk.Image:
         """A uint8 label image in the input's exact grid; slices outside the slab are 0."""
         n = slab_labels.shape[0]
-        full = np.zeros(self.hu_array().shape, dtype=np.uint8)
-        view = np.transpose(full, self._numpy_axes())
-        if view.shape[1:] != slab_labels.shape[1:]:
-            raise ValueError(f"label slab {slab_labels.shape} does not fit the volume's slab {view.shape}")
-        view[first : first + n] = slab_labels
+        shape = self.hu_array().shape
+        axes = self._numpy_axes()
+        if tuple(shape[a] for a in axes[1:]) != slab_labels.shape[1:]:
+            raise ValueError(f"label slab {slab_labels.shape} does not fit the volume's slab {shape}")
+        if first == 0 and n == shape[axes[0]]:
+            # every slice: the slab turned back to SimpleITK's order, copied by numpy (SimpleITK copies a strided
+            # view element by element, several times slower)
+            full = np.ascontiguousarray(np.transpose(slab_labels, np.argsort(axes)), dtype=np.uint8)
+        else:
+            full = np.zeros(shape, dtype=np.uint8)
+            np.transpose(full, axes)[first : first + n] = slab_labels
         out = sitk.GetImageFromArray(full)
         out.CopyInformation(self.image)
         return out
