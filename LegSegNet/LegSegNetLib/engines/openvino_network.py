@@ -1,0 +1,117 @@
+"""The nnU-Net network on OpenVINO: the CPU runtime of the nnU-Net engine when OpenVINO is installed.
+
+On the CPU the network's forward pass is nearly all of the engine's time. OpenVINO ran the published-size
+2D U-Net (192 x 256 tile) about 1.4x faster than PyTorch's own CPU kernels in float32 on a 2-core AVX-512
+machine, and lost much less when other programs shared the cores (README: speed). Its numbers are
+PyTorch's up to float rounding (labels identical on >= 99.9 % of voxels, tests/test_nnunet_runtimes.py).
+
+The network is exported once per set of weights (torch.onnx, then OpenVINO's own format, weights kept in
+float32) into a per-user cache ($LEGSEGNET_CACHE_DIR, else the platform's cache folder), named by a hash of
+the weights, the architecture and the versions; later runs only compile it (a fraction of a second). A
+cache that cannot be written costs only the export on every run. Precision: "fp32" (default, OpenVINO
+would otherwise pick bf16 by itself on CPUs that have it) or "bf16", only when asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CACHE_ENV = "LEGSEGNET_CACHE_DIR"
+_FORMAT = "1"  # bump when the export changes
+
+
+def available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser() / "openvino"
+    from ..models.store import _platformdirs
+
+    return Path(_platformdirs().user_cache_dir("legsegnet", appauthor=False)) / "openvino"
+
+
+def _weights_key(network, tile_shape: tuple, extra: str) -> str:
+    import openvino
+    import torch
+
+    digest = hashlib.blake2b(digest_size=16)
+    for text in (_FORMAT, openvino.__version__, torch.__version__, repr(tile_shape), extra, repr(network)):
+        digest.update(text.encode())
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _export(network, tile_shape: tuple, folder: Path):
+    """The network as an OpenVINO model (float32 weights), via an ONNX file in `folder`."""
+    import warnings
+
+    import openvino as ov
+    import torch
+
+    onnx_file = folder / "network.onnx"
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's notes on instance norm in eval mode
+        torch.onnx.export(
+            network,
+            torch.zeros(tile_shape),
+            str(onnx_file),
+            dynamo=False,
+            input_names=["tiles"],
+            output_names=["logits"],
+            opset_version=17,
+        )
+    return ov.Core().read_model(str(onnx_file))
+
+
+class OpenVINONetwork:
+    """Callable like the torch network on CPU tile batches (n, C, p0, p1) → logits (n, classes, p0, p1).
+
+    Compiled for one tile at a time (a static shape: OpenVINO's fastest), its own threads doing the work."""
+
+    def __init__(self, network, tile_shape: tuple, threads: int, precision: str = "fp32", extra: str = "") -> None:
+        import openvino as ov
+
+        tile_shape = (1, *tuple(int(v) for v in tile_shape[1:]))
+        key = _weights_key(network, tile_shape, extra)
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": int(threads),
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        try:
+            folder = cache_dir()
+            model_file = folder / f"{key}.xml"
+            self.cached = model_file.is_file() and model_file.with_suffix(".bin").is_file()
+            if not self.cached:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
+                    model = _export(network, tile_shape, Path(tmp))
+                    staged = Path(tmp) / "model.xml"
+                    ov.save_model(model, str(staged), compress_to_fp16=False)
+                    os.replace(staged.with_suffix(".bin"), model_file.with_suffix(".bin"))
+                    os.replace(staged, model_file)
+            self.compiled = core.compile_model(str(model_file), "CPU", config)
+        except (OSError, RuntimeError):  # no writable cache (or a damaged file in it): export afresh, every run
+            with tempfile.TemporaryDirectory(prefix="legsegnet-openvino-") as tmp:
+                self.compiled = core.compile_model(_export(network, tile_shape, Path(tmp)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.version = ov.__version__
+
+    def __call__(self, batch):
+        import torch
+
+        tiles = batch.detach().cpu().float().numpy()
+        out = [np.array(self.request.infer({0: tiles[k : k + 1]})[0], copy=True) for k in range(len(tiles))]
+        return torch.from_numpy(np.concatenate(out))
