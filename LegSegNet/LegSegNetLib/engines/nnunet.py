@@ -206,8 +206,11 @@ class NnUNetEngine:
             from .openvino_network import OpenVINONetwork
 
             shape = (1, self.num_inputs, *self.patch_size)
-            for network in self.networks:
-                self._runners[id(network)] = OpenVINONetwork(network, shape, self.threads, self.precision)
+            for network, path in zip(self.networks, self.checkpoint_files):
+                stat = os.stat(path)
+                # the export cache's key: which weights (file, size, time), what network, which tile
+                identity = f"{os.path.realpath(path)} {stat.st_size} {stat.st_mtime_ns} {network!r}"
+                self._runners[id(network)] = OpenVINONetwork(network, shape, self.threads, self.precision, identity)
         elif self.runtime == "compile":
             torch = self._torch
             mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on a GPU
@@ -283,9 +286,15 @@ class NnUNetEngine:
                     f"{path} was trained for nnU-Net's '{config_name}' configuration, not '2d'; "
                     "give the 2D model's folder"
                 )
-            network = self._build_network(ckpt.get("trainer_name"), num_inputs, progress)
+            # built without memory or random initialisation (half a second for the published network), the
+            # checkpoint's tensors then taken as they are; a network with state the checkpoint lacks is rebuilt
+            with self._torch.device("meta"):
+                network = self._build_network(ckpt.get("trainer_name"), num_inputs, progress)
             try:
-                network.load_state_dict(ckpt["network_weights"])
+                network.load_state_dict(ckpt["network_weights"], assign=True)
+                if any(t.is_meta for t in itertools.chain(network.parameters(), network.buffers())):
+                    network = self._build_network(ckpt.get("trainer_name"), num_inputs, progress)
+                    network.load_state_dict(ckpt["network_weights"])
             except (RuntimeError, KeyError, TypeError) as exc:
                 raise InputError(
                     f"{path} does not fit the network that plans.json describes ({first_line(exc)}); "
@@ -340,7 +349,7 @@ class NnUNetEngine:
                     self.configuration.network_arch_init_kwargs_req_import,
                     num_inputs,
                     self.num_classes,
-                    allow_init=True,
+                    allow_init=False,  # the checkpoint's weights replace any initialisation
                     deep_supervision=False,
                 )
             if "plans_manager" in inspect.signature(builder).parameters:

@@ -7,7 +7,7 @@ PyTorch's up to float rounding (labels identical on >= 99.9 % of voxels, tests/t
 
 The network is exported once per set of weights (torch.onnx, then OpenVINO's own format, weights kept in
 float32) into a per-user cache ($LEGSEGNET_CACHE_DIR, else the platform's cache folder), named by a hash of
-the weights, the architecture and the versions; later runs only compile it (a fraction of a second). A
+the checkpoint file's identity (path, size, modification time), the architecture and the versions; later runs only compile it (a fraction of a second). A
 cache that cannot be written costs only the export on every run. Precision: "fp32" (default, OpenVINO
 would otherwise pick bf16 by itself on CPUs that have it) or "bf16", only when asked for.
 """
@@ -39,16 +39,16 @@ def cache_dir() -> Path:
     return Path(_platformdirs().user_cache_dir("legsegnet", appauthor=False)) / "openvino"
 
 
-def _weights_key(network, tile_shape: tuple, extra: str) -> str:
+def _key(tile_shape: tuple, identity: str) -> str:
+    """The cache file's name: the weights' identity (the engine's: checkpoint file, size, modification time,
+    the network's structure), the tile, and the versions that made the file."""
     import openvino
     import torch
 
     digest = hashlib.blake2b(digest_size=16)
-    for text in (_FORMAT, openvino.__version__, torch.__version__, repr(tile_shape), extra, repr(network)):
+    for text in (_FORMAT, openvino.__version__, torch.__version__, repr(tile_shape), identity):
         digest.update(text.encode())
-    for name, tensor in network.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(b"\0")
     return digest.hexdigest()
 
 
@@ -79,11 +79,11 @@ class OpenVINONetwork:
 
     Compiled for one tile at a time (a static shape: OpenVINO's fastest), its own threads doing the work."""
 
-    def __init__(self, network, tile_shape: tuple, threads: int, precision: str = "fp32", extra: str = "") -> None:
+    def __init__(self, network, tile_shape: tuple, threads: int, precision: str, identity: str) -> None:
         import openvino as ov
 
         tile_shape = (1, *tuple(int(v) for v in tile_shape[1:]))
-        key = _weights_key(network, tile_shape, extra)
+        key = _key(tile_shape, identity)
         core = ov.Core()
         config = {
             "INFERENCE_NUM_THREADS": int(threads),
