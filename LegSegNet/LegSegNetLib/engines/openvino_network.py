@@ -77,7 +77,7 @@ def _export(network, tile_shape: tuple, folder: Path):
 class OpenVINONetwork:
     """Callable like the torch network on CPU tile batches (n, C, p0, p1) → logits (n, classes, p0, p1).
 
-    Compiled for one tile at a time (a static shape: OpenVINO's fastest), its own threads doing the work."""
+    Compiled for one tile (a static shape: OpenVINO's fastest); the tiles of a batch run in parallel streams."""
 
     def __init__(self, network, tile_shape: tuple, threads: int, precision: str, identity: str) -> None:
         import openvino as ov
@@ -85,10 +85,14 @@ class OpenVINONetwork:
         tile_shape = (1, *tuple(int(v) for v in tile_shape[1:]))
         key = _key(tile_shape, identity)
         core = ov.Core()
+        # one stream (one tile at a time, one thread) per core, threads not pinned: as fast as one tile over all
+        # cores on an idle machine, and 1.3-1.7x faster when other programs share the cores (measured on 2 cores)
         config = {
             "INFERENCE_NUM_THREADS": int(threads),
+            "NUM_STREAMS": int(threads),
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "ENABLE_CPU_PINNING": False,
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            "PERFORMANCE_HINT": "LATENCY",
         }
         try:
             folder = cache_dir()
@@ -106,12 +110,20 @@ class OpenVINONetwork:
         except (OSError, RuntimeError):  # no writable cache (or a damaged file in it): export afresh, every run
             with tempfile.TemporaryDirectory(prefix="legsegnet-openvino-") as tmp:
                 self.compiled = core.compile_model(_export(network, tile_shape, Path(tmp)), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self.queue = ov.AsyncInferQueue(self.compiled, int(threads))
         self.version = ov.__version__
 
     def __call__(self, batch):
         import torch
 
         tiles = batch.detach().cpu().float().numpy()
-        out = [np.array(self.request.infer({0: tiles[k : k + 1]})[0], copy=True) for k in range(len(tiles))]
+        out: list = [None] * len(tiles)
+
+        def done(request, k: int) -> None:
+            out[k] = np.array(request.get_output_tensor(0).data, copy=True)
+
+        self.queue.set_callback(done)
+        for k in range(len(tiles)):
+            self.queue.start_async({0: np.ascontiguousarray(tiles[k : k + 1])}, k)
+        self.queue.wait_all()
         return torch.from_numpy(np.concatenate(out))
