@@ -100,14 +100,26 @@ def test_bf16_only_when_asked_for_and_recorded(tmp_path, calves):
     assert bf16.info()["precision"] == "bf16"
     measured = agreement(labelled(bf16, calves), labelled(fp32, calves))
     assert min(measured) >= AGREEMENT, measured
-    # through the CLI: asked for by the environment, written into metrics.json
-    env = {**os.environ, "LEGSEGNET_NNUNET_PRECISION": "bf16"}
-    command = [sys.executable, "-m", "LegSegNetLib.cli", "segment", str(phantom_file(tmp_path)), "-o"]
-    command += [str(tmp_path / "out"), "--engine", "nnunet", "--model", str(model), "--device", "cpu", "--quiet"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert (metrics["runtime"], metrics["precision"]) == ("openvino", "bf16")
+    # through the CLI: asked for by --precision or the environment, written into metrics.json; never by default
+    image = phantom_file(tmp_path)
+    command = [sys.executable, "-m", "LegSegNetLib.cli", "segment", str(image), "--engine", "nnunet"]
+    command += ["--model", str(model), "--device", "cpu", "--quiet", "-o"]
+    env = {k: v for k, v in os.environ.items() if k != "LEGSEGNET_NNUNET_PRECISION"}
+    for out, extra, extra_env, expected in [
+        ("flag", ["--precision", "bf16"], {}, "bf16"),
+        ("env", [], {"LEGSEGNET_NNUNET_PRECISION": "bf16"}, "bf16"),
+        ("default", [], {}, "fp32"),
+    ]:
+        done = subprocess.run(
+            [*command, str(tmp_path / out), *extra],
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        metrics = json.loads((tmp_path / out / "metrics.json").read_text())
+        assert (metrics["runtime"], metrics["precision"]) == ("openvino", expected)
 
 
 def phantom_file(tmp_path: Path) -> Path:

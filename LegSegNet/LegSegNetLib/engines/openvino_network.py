@@ -60,17 +60,13 @@ def _export(network, tile_shape: tuple, folder: Path):
     import torch
 
     onnx_file = folder / "network.onnx"
+    options = {"input_names": ["tiles"], "output_names": ["logits"], "opset_version": 17}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on instance norm in eval mode
-        torch.onnx.export(
-            network,
-            torch.zeros(tile_shape),
-            str(onnx_file),
-            dynamo=False,
-            input_names=["tiles"],
-            output_names=["logits"],
-            opset_version=17,
-        )
+        try:  # the TorchScript exporter: no onnxscript needed (PyTorch 2.5 and newer default to dynamo)
+            torch.onnx.export(network, torch.zeros(tile_shape), str(onnx_file), dynamo=False, **options)
+        except TypeError:  # PyTorch older than 2.5 has no `dynamo` argument and exports this way anyway
+            torch.onnx.export(network, torch.zeros(tile_shape), str(onnx_file), **options)
     return ov.Core().read_model(str(onnx_file))
 
 
