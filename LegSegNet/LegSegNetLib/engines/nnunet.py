@@ -13,7 +13,9 @@ per chunk of slices:
    SimpleITK reader makes of the scan stored LPS; then nnU-Net's own preprocessor (the plans' transpose,
    crop, normalisation and resampling).
 2. Sliding window exactly as nnU-Net's predictor does it (padding, tile positions, Gaussian weights,
-   optional mirroring, half-precision accumulation), but with the tiles of many slices in one batch.
+   optional mirroring, half-precision accumulation), but with the tiles of many slices in one batch. The
+   network runs on PyTorch, or on the CPU on OpenVINO when installed (openvino_network.py: same numbers to
+   float rounding, faster); bfloat16 only when asked for (`precision`).
 3. Folds: each fold's logits go through nnU-Net's own export (resampling back to the crop, softmax,
    crop reverted with background 1 outside); the folds' probabilities are averaged.
 4. Back to the scan: probabilities go back to the standard slab's axis order, then PNG-format
@@ -133,7 +135,8 @@ class NnUNetEngine:
     batch_size: slices per chunk and tiles per forward pass. checkpoint: "best", "final", or None for the
     model folder's default (final for an nnU-Net results folder, as nnUNetv2_predict; best for the published
     layout). Slabs must be in the standard in-plane orientation (`standard_orientation`, see the module
-    docstring).
+    docstring). runtime: one of RUNTIMES (None: $LEGSEGNET_NNUNET_RUNTIME, else auto); precision: one of
+    PRECISIONS (None: $LEGSEGNET_NNUNET_PRECISION, else fp32).
     """
 
     name = "nnunet"
