@@ -211,6 +211,10 @@ def main() -> int:
             "reference_over_ours_median": {
                 k: round(median["reference"] / v, 2) for k, v in median.items() if k != "reference"
             },
+            # each round's contenders ran back to back: the fairest pairing on a machine whose load drifts
+            "reference_over_ours_per_round": {
+                k: [round(r / o, 2) for r, o in zip(wall["reference"], v)] for k, v in wall.items() if k != "reference"
+            },
             "new_over_torch_best": {
                 k: round(best["ours-torch"] / v, 2) for k, v in best.items() if k not in ("reference", "ours-torch")
             },
