@@ -88,6 +88,16 @@ def test_openvino_gives_pytorch_fp32_labels(kind, calves):
     again = NnUNetEngine(model, device="cpu", folds=[0])
     assert again._runners[id(again.networks[0])].cached
     assert all(np.array_equal(x, y) for x, y in zip(labelled(again, calves), got))
+    if kind == "png":  # a damaged cache file: exported afresh, same labels, and the cache is whole again
+        from LegSegNetLib.engines.openvino_network import cache_dir
+
+        for path in cache_dir().glob("*.bin"):
+            path.write_bytes(b"not a network")
+        repaired = NnUNetEngine(model, device="cpu", folds=[0])
+        assert all(np.array_equal(x, y) for x, y in zip(labelled(repaired, calves), got))
+        for expected in (False, True):  # exported into the cache again, then used from it
+            engine = NnUNetEngine(model, device="cpu", folds=[0])
+            assert engine._runners[id(engine.networks[0])].cached is expected
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ would otherwise pick bf16 by itself on CPUs that have it) or "bf16", only when a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 CACHE_ENV = "LEGSEGNET_CACHE_DIR"
+CACHE_KEEP = 6  # exported networks kept (the most recently used; each is about as large as its checkpoint)
 _FORMAT = "1"  # bump when the export changes
 
 
@@ -70,6 +72,22 @@ def _export(network, tile_shape: tuple, folder: Path):
     return ov.Core().read_model(str(onnx_file))
 
 
+def _forget_old(folder: Path) -> None:
+    """Removes all but the CACHE_KEEP most recently used exports (a process still compiling a removed one
+    falls back to exporting afresh)."""
+
+    def last_used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # removed meanwhile by another process
+            return 0.0
+
+    entries = sorted(folder.glob("*.xml"), key=last_used, reverse=True)
+    for old in entries[CACHE_KEEP:]:
+        for path in (old, old.with_suffix(".bin")):
+            path.unlink(missing_ok=True)
+
+
 class OpenVINONetwork:
     """Callable like the torch network on CPU tile batches (n, C, p0, p1) → logits (n, classes, p0, p1).
 
@@ -90,11 +108,14 @@ class OpenVINONetwork:
             "ENABLE_CPU_PINNING": False,
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         }
+        model_file = None
         try:
             folder = cache_dir()
             model_file = folder / f"{key}.xml"
             self.cached = model_file.is_file() and model_file.with_suffix(".bin").is_file()
-            if not self.cached:
+            if self.cached:
+                os.utime(model_file)  # recently used: kept
+            else:
                 folder.mkdir(parents=True, exist_ok=True)
                 with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
                     model = _export(network, tile_shape, Path(tmp))
@@ -102,8 +123,13 @@ class OpenVINONetwork:
                     ov.save_model(model, str(staged), compress_to_fp16=False)
                     os.replace(staged.with_suffix(".bin"), model_file.with_suffix(".bin"))
                     os.replace(staged, model_file)
+                _forget_old(folder)
             self.compiled = core.compile_model(str(model_file), "CPU", config)
-        except (OSError, RuntimeError):  # no writable cache (or a damaged file in it): export afresh, every run
+        except (OSError, RuntimeError):  # no writable cache, or a damaged file in it: export afresh
+            if model_file is not None:
+                for path in (model_file, model_file.with_suffix(".bin")):  # the next run exports into the cache
+                    with contextlib.suppress(OSError):
+                        path.unlink()
             with tempfile.TemporaryDirectory(prefix="legsegnet-openvino-") as tmp:
                 self.compiled = core.compile_model(_export(network, tile_shape, Path(tmp)), "CPU", config)
         self.queue = ov.AsyncInferQueue(self.compiled, int(threads))
