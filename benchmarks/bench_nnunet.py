@@ -6,7 +6,8 @@ Not a unit test. In one process, on the same model and the same slices, it measu
   ours        NnUNetEngine on the slab: published preprocessing, nnU-Net preprocessing, batched sliding
               window, export; reported both at 256 x 256 (what the reference returns) and back on the
               native grid (what LegSegNet writes);
-  floor       the bare network forward on exactly the tiles ours sends (batched the same way);
+  floor       the bare PyTorch network forward on exactly the tiles ours sends (batched the same way; with
+              the OpenVINO runtime ours can beat it);
   reference   the published LegSegNet code's per-slice loop (`LegCTSegmenter.predict_volume` of its
               inference.py, which needs OpenCV), on a copy of the model folder (it rewrites plans.json).
 
@@ -209,6 +210,7 @@ def main() -> int:
     parser.add_argument(
         "--reference", type=Path, default=DEFAULT_REFERENCE, help="folder holding the reference inference.py"
     )
+    parser.add_argument("--runtime", default=None, help="the engine's runtime (auto, torch, openvino; default auto)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -227,7 +229,9 @@ def main() -> int:
         else:
             model = published_size_model(Path(tmp) / "published-size")
         slab, spacing, source = load_slices(args.slices)
-        engine = NnUNetEngine(model, device=args.device, folds=[0], tta=False, batch_size=args.batch_size)
+        engine = NnUNetEngine(
+            model, device=args.device, folds=[0], tta=False, batch_size=args.batch_size, runtime=args.runtime
+        )
         if args.threads:
             torch.set_num_threads(args.threads)  # the reference code keeps the process's setting
         n_params = sum(p.numel() for p in engine.networks[0].parameters())
@@ -260,6 +264,7 @@ def main() -> int:
         n = len(slab)
         result = {
             "device": str(engine.device),
+            "runtime": engine.runtime,
             "torch_threads": torch.get_num_threads(),
             "slices": n,
             "tiles": sum(len(b) for b in batches),

@@ -22,6 +22,8 @@ os.environ["LEGSEGNET_MODELS_DIR"] = str(SHARED_MODELS_DIR)
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="legsegnet-test-hf-home-")
 for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
     os.environ.pop(_name, None)
+# Nor the user's cache of exported networks (the nnU-Net engine's OpenVINO runtime): one for the session
+os.environ["LEGSEGNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="legsegnet-test-cache-")
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import fetch_visible_human  # noqa: E402

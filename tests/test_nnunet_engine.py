@@ -342,8 +342,9 @@ def test_fold_ensemble_averages_probabilities(png_model):
 def test_tta_is_the_mean_of_the_mirrored_predictions(png_model):
     from LegSegNetLib.engines.nnunet import NnUNetEngine
 
-    plain = NnUNetEngine(png_model, device="cpu", folds=[0], tta=False)
-    mirrored = NnUNetEngine(png_model, device="cpu", folds=[0], tta=True)
+    # PyTorch's kernels on both sides: the mirroring itself, to float rounding (the runtimes: test_nnunet_runtimes.py)
+    plain = NnUNetEngine(png_model, device="cpu", folds=[0], tta=False, runtime="torch")
+    mirrored = NnUNetEngine(png_model, device="cpu", folds=[0], tta=True, runtime="torch")
     assert mirrored.info()["tta"] is True and plain.info()["tta"] is False
     assert mirrored.mirror_axes == (0, 1)
     hu, truth = held_out(2, 256, start=6)
@@ -366,9 +367,12 @@ def test_tta_is_the_mean_of_the_mirrored_predictions(png_model):
 
 
 @pytest.mark.slow
-def test_cpu_worker_threads_give_pytorchs_own_numbers(png_engine):
+def test_cpu_worker_threads_give_pytorchs_own_numbers(png_model):
     """Tiles shared out to single-threaded forwards, one per core, give PyTorch's own multi-threaded
     forward's numbers up to float rounding (its kernels may split sums by thread count)."""
+    from LegSegNetLib.engines.nnunet import NnUNetEngine
+
+    png_engine = NnUNetEngine(png_model, device="cpu", folds=[0], runtime="torch")
     if png_engine._workers is None:
         pytest.skip("one CPU core: no worker threads")
     x = torch.randn(5, 1, *png_engine.patch_size, generator=torch.Generator().manual_seed(0))
@@ -381,18 +385,22 @@ def test_cpu_worker_threads_give_pytorchs_own_numbers(png_engine):
 
 
 @pytest.mark.slow
-def test_slices_without_body_never_reach_the_network(png_engine):
+def test_slices_without_body_never_reach_the_network(png_engine, monkeypatch):
     hu, truth = held_out(2, 256)
     slab = np.concatenate(
         [np.full((1, 256, 256), -1000, np.int16), hu.astype(np.int16), np.full((1, 256, 256), -600, np.int16)]
     )
     seen = []
-    hook = png_engine.networks[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
-    try:
-        progress = Progress()
-        labels = png_engine.segment(slab, (1.0, FOV_MM / 256, FOV_MM / 256), progress)
-    finally:
-        hook.remove()
+    forward_tiles = png_engine._forward_tiles  # where every runtime gets its tiles
+
+    def counted(network, batch):
+        seen.append(batch.shape[0])
+        return forward_tiles(network, batch)
+
+    monkeypatch.setattr(png_engine, "_forward_tiles", counted)
+    progress = Progress()
+    labels = png_engine.segment(slab, (1.0, FOV_MM / 256, FOV_MM / 256), progress)
+    monkeypatch.undo()
     assert not labels[0].any() and not labels[-1].any()
     assert progress.done == progress.total == 4
     prepared = png_engine.prepare(hu, (1.0, 1.0, 1.0))

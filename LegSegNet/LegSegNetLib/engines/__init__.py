@@ -62,7 +62,7 @@ def make_engine(name: str = "auto", **options) -> Engine:
 
     Options (all optional): model (folder or installed name), device, folds, tta, batch_size, checkpoint
     ("best", "final", or None: the model folder's default), progress (for notes such as a CPU fallback),
-    store (a models.ModelStore).
+    store (a models.ModelStore), runtime and precision (nnU-Net: see engines/nnunet.py RUNTIMES, PRECISIONS).
     """
     progress = options.get("progress")
     name = choose_engine(name, options.get("model"), options.get("store"), progress)
@@ -84,6 +84,8 @@ def make_engine(name: str = "auto", **options) -> Engine:
         checkpoint=options.get("checkpoint"),
         progress=progress,
         store=options.get("store"),
+        runtime=options.get("runtime"),
+        precision=options.get("precision"),
     )
 
 

@@ -13,7 +13,9 @@ per chunk of slices:
    SimpleITK reader makes of the scan stored LPS; then nnU-Net's own preprocessor (the plans' transpose,
    crop, normalisation and resampling).
 2. Sliding window exactly as nnU-Net's predictor does it (padding, tile positions, Gaussian weights,
-   optional mirroring, half-precision accumulation), but with the tiles of many slices in one batch.
+   optional mirroring, half-precision accumulation), but with the tiles of many slices in one batch. The
+   network runs on PyTorch, or on the CPU on OpenVINO when installed (openvino_network.py: same numbers to
+   float rounding, faster); bfloat16 only when asked for (`precision`).
 3. Folds: each fold's logits go through nnU-Net's own export (resampling back to the crop, softmax,
    crop reverted with background 1 outside); the folds' probabilities are averaged.
 4. Back to the scan: probabilities go back to the standard slab's axis order, then PNG-format
@@ -51,6 +53,14 @@ if TYPE_CHECKING:
 BODY_HU = -500.0  # a slice with no voxel above this holds no body: label 0 without the network
 DEFAULT_CPU_BATCH = 8  # slices per chunk on the CPU (their tiles are shared out to the cores)
 DEFAULT_GPU_BATCH = 32  # slices per chunk, all their tiles in one forward pass
+# what runs the network: auto = OpenVINO on the CPU when it is installed (engines/openvino_network.py), else
+# PyTorch; torch = PyTorch's own kernels (the fallback); openvino; compile = torch.compile (CUDA graphs on a GPU)
+RUNTIMES = ("auto", "torch", "openvino", "compile")
+# fp32: the reference code's numbers; bf16 (CPU only, asked for explicitly): faster on CPUs with AVX-512 BF16 or
+# AMX, labels may differ from fp32 on a few voxels; recorded in metrics.json either way
+PRECISIONS = ("fp32", "bf16")
+RUNTIME_ENV = "LEGSEGNET_NNUNET_RUNTIME"
+PRECISION_ENV = "LEGSEGNET_NNUNET_PRECISION"
 
 
 def select_device(requested: str, progress: Progress | None = None):
@@ -125,7 +135,8 @@ class NnUNetEngine:
     batch_size: slices per chunk and tiles per forward pass. checkpoint: "best", "final", or None for the
     model folder's default (final for an nnU-Net results folder, as nnUNetv2_predict; best for the published
     layout). Slabs must be in the standard in-plane orientation (`standard_orientation`, see the module
-    docstring).
+    docstring). runtime: one of RUNTIMES (None: $LEGSEGNET_NNUNET_RUNTIME, else auto); precision: one of
+    PRECISIONS (None: $LEGSEGNET_NNUNET_PRECISION, else fp32).
     """
 
     name = "nnunet"
@@ -142,6 +153,8 @@ class NnUNetEngine:
         progress: Progress | None = None,
         tile_step_size: float | None = None,
         store: ModelStore | None = None,
+        runtime: str | None = None,
+        precision: str | None = None,
     ) -> None:
         torch = _import_torch()
         from ..models.folder import ModelFolder
@@ -154,11 +167,13 @@ class NnUNetEngine:
             self.model = resolve_model(model_folder, store)
         self.device = select_device(device, progress)
         on_cpu = self.device.type == "cpu"
+        self.runtime, self.precision = _runtime_and_precision(runtime, precision, self.device)
         self.threads = cpu_threads() if on_cpu else torch.get_num_threads()
         self._workers = None
+        self._runners: dict = {}  # id(torch network) -> what runs it instead (OpenVINO, torch.compile)
         if on_cpu:
             torch.set_num_threads(self.threads)
-            if self.threads > 1:
+            if self.threads > 1 and self.runtime == "torch":
                 # one tile per core, each forward single-threaded: PyTorch's numbers up to float rounding,
                 # and faster than splitting one tile's forward across cores as the reference code does
                 from concurrent.futures import ThreadPoolExecutor
@@ -177,6 +192,7 @@ class NnUNetEngine:
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, not {batch_size}")
         self.prefetch = not on_cpu  # prepare the next chunk while the accelerator works
+        self.pin_memory = self.device.type == "cuda"  # page-locked host tiles: copies overlap the GPU's work
         self.input_format = self.model.input_format
         # called with each chunk's class probabilities (k, C, rows, cols) on the device, before the argmax
         # (the batch's confidence summary); None: nobody is watching
@@ -186,6 +202,24 @@ class NnUNetEngine:
         if axes_note and progress is not None:
             progress.note(axes_note)
         self._load(folds, checkpoint, progress)
+        self._prepare_runtime()
+
+    def _prepare_runtime(self) -> None:
+        """Hands each network to the runtime chosen (nothing to do for PyTorch's own kernels)."""
+        if self.runtime == "openvino":
+            from .openvino_network import OpenVINONetwork
+
+            shape = (1, self.num_inputs, *self.patch_size)
+            for network, path in zip(self.networks, self.checkpoint_files):
+                stat = os.stat(path)
+                # the export cache's key: which weights (file, size, time), what network, which tile
+                identity = f"{os.path.realpath(path)} {stat.st_size} {stat.st_mtime_ns} {network!r}"
+                self._runners[id(network)] = OpenVINONetwork(network, shape, self.threads, self.precision, identity)
+        elif self.runtime == "compile":
+            torch = self._torch
+            mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on a GPU
+            for network in self.networks:
+                self._runners[id(network)] = torch.compile(network, mode=mode, dynamic=False)
 
     # ------------------------------------------------------------------ loading
     def _load(self, folds: Sequence[int] | None, checkpoint: str, progress: Progress | None) -> None:
@@ -221,6 +255,7 @@ class NnUNetEngine:
         self.patch_size = tuple(int(p) for p in self.configuration.patch_size)
         self.preprocessor = self.configuration.preprocessor_class(verbose=False)
         num_inputs = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {"0": ""})))
+        self.num_inputs = num_inputs
 
         if list(self.plans_manager.transpose_forward)[0] != 0:
             # nnU-Net's 2D configuration slices along the first axis after this transpose; for such a model
@@ -255,9 +290,15 @@ class NnUNetEngine:
                     f"{path} was trained for nnU-Net's '{config_name}' configuration, not '2d'; "
                     "give the 2D model's folder"
                 )
-            network = self._build_network(ckpt.get("trainer_name"), num_inputs, progress)
+            # built without memory or random initialisation (half a second for the published network), the
+            # checkpoint's tensors then taken as they are; a network with state the checkpoint lacks is rebuilt
+            with self._torch.device("meta"):
+                network = self._build_network(ckpt.get("trainer_name"), num_inputs, progress)
             try:
-                network.load_state_dict(ckpt["network_weights"])
+                network.load_state_dict(ckpt["network_weights"], assign=True)
+                if any(t.is_meta for t in itertools.chain(network.parameters(), network.buffers())):
+                    network = self._build_network(ckpt.get("trainer_name"), num_inputs, progress)
+                    network.load_state_dict(ckpt["network_weights"])
             except (RuntimeError, KeyError, TypeError) as exc:
                 raise InputError(
                     f"{path} does not fit the network that plans.json describes ({first_line(exc)}); "
@@ -312,7 +353,7 @@ class NnUNetEngine:
                     self.configuration.network_arch_init_kwargs_req_import,
                     num_inputs,
                     self.num_classes,
-                    allow_init=True,
+                    allow_init=False,  # the checkpoint's weights replace any initialisation
                     deep_supervision=False,
                 )
             if "plans_manager" in inspect.signature(builder).parameters:
@@ -344,6 +385,8 @@ class NnUNetEngine:
             "checkpoint": self.checkpoint,
             "tta": self.tta,
             "device": str(self.device),
+            "runtime": self.runtime,
+            "precision": self.precision,
             "input_format": self.input_format,
             "slice_axes": self.slice_axes,
         }
@@ -526,18 +569,27 @@ class NnUNetEngine:
             tiles.extend((index, r, c) for r, c in self._tile_positions(image))
 
         device = self.device
+        if device.type != "cpu":
+            # each padded slice goes to the device once (page-locked, copied while the device works) and its
+            # tiles are cut there: overlapping tiles are not copied twice
+            padded = [p.pin_memory().to(device, non_blocking=True) if self.pin_memory else p.to(device) for p in padded]
         # nnU-Net accumulates in float16. Float32 buffers rounded to float16 after every addition give the
         # same numbers and are much faster on CPUs; a slice covered by one tile needs one rounding only.
         tiles_per_slice = np.bincount([i for i, _, _ in tiles], minlength=len(padded))
         accumulated: list = [None] * len(padded)
         gaussian = self.gaussian.float()
-        autocast = torch.autocast("cuda", enabled=True) if device.type == "cuda" else _null_context()
+        if device.type == "cuda":
+            autocast = torch.autocast("cuda", enabled=True)  # nnU-Net's float16 autocast on a GPU
+        else:
+            autocast = _null_context()
         tile_batch = max(1, self.batch_size)
         with torch.inference_mode(), autocast:
             for start in range(0, len(tiles), tile_batch):
                 group = tiles[start : start + tile_batch]
-                batch = torch.stack([padded[i][:, r : r + p0, c : c + p1] for i, r, c in group]).to(device)
-                weighted = self._forward(network, batch).float() * gaussian
+                batch = torch.stack([padded[i][:, r : r + p0, c : c + p1] for i, r, c in group])
+                if self.runtime == "compile" and len(group) < tile_batch:  # one shape: no recompiling
+                    batch = torch.cat([batch, batch.new_zeros((tile_batch - len(group), *batch.shape[1:]))])
+                weighted = self._forward(network, batch)[: len(group)].float() * gaussian
                 first_addition = weighted.half().float()  # half(0 + x)
                 for (i, r, c), tile_logits, rounded in zip(group, weighted, first_addition):
                     if tiles_per_slice[i] == 1:
@@ -605,14 +657,51 @@ class NnUNetEngine:
 
     def _forward_tiles(self, network, batch):
         torch = self._torch
-        prediction = network(batch).float()
+        run = self._runners.get(id(network), network)
+        if self.precision == "bf16" and not self._runners:  # PyTorch's CPU kernels in bfloat16 (autocast is per thread)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self._forward_mirrored(run, batch)
+        return self._forward_mirrored(run, batch)
+
+    def _forward_mirrored(self, run, batch):
+        torch = self._torch
+        prediction = run(batch).float()
         if self.tta and self.mirror_axes:
             axes = [a + 2 for a in self.mirror_axes]
             combinations = [c for k in range(len(axes)) for c in itertools.combinations(axes, k + 1)]
             for flip in combinations:
-                prediction += torch.flip(network(torch.flip(batch, flip)).float(), flip)
+                prediction += torch.flip(run(torch.flip(batch, flip)).float(), flip)
             prediction /= len(combinations) + 1
         return prediction
+
+
+def _runtime_and_precision(runtime: str | None, precision: str | None, device) -> tuple[str, str]:
+    """The runtime and precision asked for (arguments, else $LEGSEGNET_NNUNET_RUNTIME / _PRECISION, else auto
+    and fp32), checked against the device; auto is OpenVINO on the CPU when it is installed, else PyTorch."""
+    from . import openvino_network
+
+    runtime = (runtime or os.environ.get(RUNTIME_ENV) or "auto").lower()
+    precision = (precision or os.environ.get(PRECISION_ENV) or "fp32").lower()
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown nnU-Net runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    on_cpu = device.type == "cpu"
+    if runtime == "auto":
+        runtime = "openvino" if on_cpu and openvino_network.available() else "torch"
+    if runtime == "openvino":
+        if not on_cpu:
+            raise InputError(f"the OpenVINO runtime runs nnU-Net on the CPU, not on {device.type}; use --device cpu")
+        if not openvino_network.available():
+            raise InputError(
+                "the OpenVINO runtime needs the packages openvino and onnx (pip install openvino onnx); "
+                "or use the torch runtime"
+            )
+    if precision == "bf16" and not on_cpu:
+        raise InputError(f"bf16 precision is for the CPU; on {device.type} nnU-Net's own float16 autocast is used")
+    if device.type == "cuda":
+        precision = "fp16-autocast"  # nnU-Net's own mixed precision on a CUDA GPU
+    return runtime, precision
 
 
 def _one_thread() -> None:
