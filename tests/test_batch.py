@@ -626,3 +626,25 @@ def test_bad_arguments_exit_2_with_one_error_line_and_write_nothing(tmp_path, ar
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
     assert not out.exists()
+
+
+def test_checkpoint_and_precision_reach_the_workers_engine_and_the_resume_key(tmp_path, png_model):
+    """segment's --checkpoint and --precision mean the same in a batch: the workers' engine gets them, a model
+    lacking the checkpoint is refused before any scan is submitted, and changing either redoes the scans."""
+    from LegSegNetLib.batch.settings import resolve
+    from LegSegNetLib.core.errors import InputError
+
+    def settings(model=png_model, **options):
+        return resolve("nnunet", str(model), "cpu", [0], None, None, None, False, **options)
+
+    plain, chosen = settings(), settings(checkpoint="final", precision="bf16")
+    engine = chosen.make_engine()
+    assert (engine.info()["checkpoint"], engine.info()["precision"]) == ("final", "bf16")
+    assert engine.checkpoint_files == [str(png_model / "fold_0" / "checkpoint_final.pth")]
+    assert len({plain.key(None), chosen.key(None), settings(checkpoint="final").key(None)}) == 3
+    assert plain.engine_key() != chosen.engine_key()  # a worker does not reuse the other settings' engine
+
+    lacking = shutil.copytree(png_model, tmp_path / "model")
+    (lacking / "fold_0" / "checkpoint_final.pth").unlink()
+    with pytest.raises(InputError, match="checkpoint_final"):
+        settings(lacking, checkpoint="final")

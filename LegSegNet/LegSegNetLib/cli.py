@@ -59,13 +59,6 @@ def build_parser(prog: str = "legsegnet") -> argparse.ArgumentParser:
     seg.add_argument("-o", "--outdir", required=True, help="output folder (created; files replaced atomically)")
     _add_engine_options(seg)
     seg.add_argument(
-        "--precision",
-        default=None,
-        choices=["fp32", "bf16"],
-        help="nnU-Net on the CPU: bf16 is faster on CPUs with AVX-512 BF16 or AMX, and its labels may differ "
-        "from fp32's on a few voxels (default fp32, or $LEGSEGNET_NNUNET_PRECISION); recorded in metrics.json",
-    )
-    seg.add_argument(
         "--dicom",
         action="store_true",
         help="DICOM series input only: also write seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report)",
@@ -151,6 +144,13 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         choices=["best", "final"],
         help="nnU-Net checkpoint of each fold (default: final for an nnU-Net results folder, as "
         "nnUNetv2_predict; best for the published layout)",
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="nnU-Net on the CPU: bf16 is faster on CPUs with AVX-512 BF16 or AMX, and its labels may differ "
+        "from fp32's on a few voxels (default fp32, or $LEGSEGNET_NNUNET_PRECISION); recorded in metrics.json",
     )
 
 
@@ -414,6 +414,7 @@ def engine_options(args: argparse.Namespace) -> dict:
         "tta": args.tta,
         "batch_size": args.batch_size,
         "checkpoint": args.checkpoint,
+        "precision": args.precision,
     }
 
 
@@ -435,13 +436,6 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
     from . import pipeline
 
     if args.command == "segment":
-        extra = {}
-        if args.precision:
-            import functools
-
-            from .engines import make_engine
-
-            extra["engine_factory"] = functools.partial(make_engine, precision=args.precision)
         return pipeline.segment(
             args.input,
             args.outdir,
@@ -450,7 +444,6 @@ def run_command(args: argparse.Namespace, progress: Progress) -> dict:
             dicom=args.dicom,
             progress=progress,
             **engine_options(args),
-            **extra,
         )
     if args.command == "quantify":
         return pipeline.quantify_files(

@@ -44,6 +44,7 @@ def segment(
     tta: bool | None = None,
     batch_size: int | None = None,
     checkpoint: str | None = None,
+    precision: str | None = None,
     dicom: bool = False,
     progress: Progress | None = None,
     engine_factory: Callable[..., Engine] = make_engine,
@@ -76,6 +77,7 @@ def segment(
             tta=tta,
             batch_size=batch_size,
             checkpoint=checkpoint,
+            precision=precision,
             progress=progress,
         )
         progress.note(f"engine: {chosen.name}")

@@ -61,6 +61,8 @@ def run_batch(args) -> int:
         args.slices,
         args.auto_range,
         dicom=args.dicom,
+        checkpoint=args.checkpoint,
+        precision=args.precision,
     )
     outdir = Path(args.outdir).expanduser().absolute()
     if outdir.exists() and not outdir.is_dir():

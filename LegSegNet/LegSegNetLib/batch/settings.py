@@ -4,8 +4,8 @@
 and a model name becomes its folder, so every worker loads the same model and a bad model is refused (exit 2)
 before any scan is submitted. What counts for resume is `key(slices)`: the resolved engine, the model's
 identity (its folder and the size and modification time of plans.json, dataset.json and each checkpoint), the
-device, folds, test-time augmentation, the scan's slice range or --auto-range, and --dicom. --batch-size, the number of
-workers and where they run do not change results and are not part of it.
+device, folds, test-time augmentation, checkpoint, precision, the scan's slice range or --auto-range, and
+--dicom. --batch-size, the number of workers and where they run do not change results and are not part of it.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ class BatchSettings:
     slices: str | None = None  # applies to scans without their own (manifest) range
     auto_range: bool = False
     dicom: bool = False  # seg.dcm and sr.dcm for the DICOM scans
+    checkpoint: str | None = None  # nnU-Net: "best", "final", None (the model folder's default)
+    precision: str | None = None  # nnU-Net: "fp32", "bf16", None (fp32 unless $LEGSEGNET_NNUNET_PRECISION)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,14 +64,25 @@ class BatchSettings:
             "slices": slices,
             "auto_range": auto,
         }
-        if self.dicom:  # only then: batches run before --dicom existed keep their keys
-            relevant["dicom"] = True
+        # only when given: batches run before these options existed keep their keys
+        optional = {"dicom": self.dicom or None, "checkpoint": self.checkpoint, "precision": self.precision}
+        relevant.update({name: value for name, value in optional.items() if value is not None})
         text = json.dumps(relevant, sort_keys=True)
         return "v1:" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def engine_key(self) -> tuple:
         """What a worker's cached engine must match to be reused."""
-        return (self.engine, self.model, self.model_identity, self.device, self.folds, self.tta, self.batch_size)
+        return (
+            self.engine,
+            self.model,
+            self.model_identity,
+            self.device,
+            self.folds,
+            self.tta,
+            self.batch_size,
+            self.checkpoint,
+            self.precision,
+        )
 
     def make_engine(self, progress=None):
         return make_engine(
@@ -79,12 +92,24 @@ class BatchSettings:
             folds=list(self.folds) if self.folds else None,
             tta=self.tta,
             batch_size=self.batch_size,
+            checkpoint=self.checkpoint,
+            precision=self.precision,
             progress=progress,
         )
 
 
 def resolve(
-    engine: str, model: str | None, device: str, folds, tta, batch_size, slices, auto_range, dicom: bool = False
+    engine: str,
+    model: str | None,
+    device: str,
+    folds,
+    tta,
+    batch_size,
+    slices,
+    auto_range,
+    dicom: bool = False,
+    checkpoint: str | None = None,
+    precision: str | None = None,
 ) -> BatchSettings:
     """The batch's settings with `auto` and the model resolved; InputError (exit 2) for a bad model or, with
     `dicom`, when highdicom is missing."""
@@ -105,8 +130,7 @@ def resolve(
     from ..models.store import resolve_model
 
     folder = resolve_model(model)
-    if folds is not None:  # refuse folds the model lacks now, not once per scan on the workers
-        folder.checkpoints(folds, "best")
+    folder.checkpoints(folds, checkpoint)  # refuse folds or checkpoints the model lacks now, not once per scan
     return BatchSettings(
         engine="nnunet",
         model=str(Path(folder.path).absolute()),
@@ -120,6 +144,8 @@ def resolve(
         slices=slices,
         auto_range=auto_range,
         dicom=dicom,
+        checkpoint=checkpoint,
+        precision=precision,
     )
 
 
