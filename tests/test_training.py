@@ -452,7 +452,9 @@ def test_training_from_scratch_on_hu_slices_with_an_in_process_stop_and_resume(t
     marker = json.loads(next(run_dir.rglob(nnunet_trainer.RESUME_FILE)).read_text())
     assert (marker["epoch"], marker["iteration"]) == (0, 2)
     splits = json.loads((run_dir / "splits_final.json").read_text())
-    assert len(splits) == 3  # three patients: three patient-level folds
+    held = json.loads((run_dir / training_runs.RUN_FILE).read_text())["held_out_patients"]
+    assert len(splits) == 2 and len(held) == 1  # three patients, one held out by default: two patient-level folds
+    assert len({case.rsplit("_s", 1)[0] for fold in splits for case in fold["train"] + fold["val"]}) == 2
 
     progress = Progress()
     result = train(data, TrainOptions(name="scratch", device="cpu"), resume=True, store=store, progress=progress)
@@ -460,7 +462,7 @@ def test_training_from_scratch_on_hu_slices_with_an_in_process_stop_and_resume(t
     info = store.get("scratch")
     assert info.input_format == "hu" and info.round == 1 and result.training_round == 1
     record = json.loads((info.path / "training.json").read_text())
-    assert record["fine_tuned"] is False and record["epochs"] == 2 and record["patients"] == 3
+    assert record["fine_tuned"] is False and record["epochs"] == 2 and len(record["held_out"]["patients"]) == 1
     plans = json.loads((info.path / "plans.json").read_text())
     assert plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] == [8, 16, 32, 64]
     assert not (run_dir / "nnUNet_preprocessed").exists()  # bulky copies removed after installation
