@@ -85,6 +85,12 @@ class BatchSettings:
         )
 
     def make_engine(self, progress=None):
+        if self.engine == "threshold":
+            from ..engines.threshold import ThresholdEngine
+
+            # one scan per worker and a worker per core: the engine's own look-ahead threads would only make
+            # the workers take cores from each other
+            return ThresholdEngine(threads=1)
         return make_engine(
             self.engine,
             model=self.model,
