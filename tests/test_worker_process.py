@@ -71,6 +71,7 @@ def test_segment_command_passes_every_option():
         tta=False,
         batch_size=4,
         checkpoint="final",
+        precision="bf16",
     )
     assert command[:5] == ["py", "-m", "LegSegNetLib.worker", "segment", "in.nrrd"]
     for pair in (
@@ -82,6 +83,7 @@ def test_segment_command_passes_every_option():
         ["--folds", "0,2"],
         ["--batch-size", "4"],
         ["--checkpoint", "final"],
+        ["--precision", "bf16"],
     ):
         i = command.index(pair[0])
         assert command[i : i + 2] == pair
@@ -98,6 +100,7 @@ def test_segment_command_passes_every_option():
         "tta": False,
         "batch_size": 4,
         "checkpoint": "final",
+        "precision": "bf16",
     }
     assert "--checkpoint" not in segment_command(["py"], "in.nrrd", "out")  # default: the model folder's own
 

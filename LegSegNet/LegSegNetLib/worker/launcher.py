@@ -485,6 +485,7 @@ def segment_command(
     tta: bool | None = None,
     batch_size: int | None = None,
     checkpoint: str | None = None,
+    precision: str | None = None,
 ) -> list[str]:
     """The worker's command line for `segment` (same options as `legsegnet segment`)."""
     command = worker_command(python, "segment", input_path, "-o", outdir, "--engine", engine, "--device", device)
@@ -500,4 +501,6 @@ def segment_command(
         command += ["--batch-size", str(int(batch_size))]
     if checkpoint:
         command += ["--checkpoint", checkpoint]
+    if precision:
+        command += ["--precision", precision]
     return command
