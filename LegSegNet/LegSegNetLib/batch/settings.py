@@ -85,12 +85,6 @@ class BatchSettings:
         )
 
     def make_engine(self, progress=None):
-        if self.engine == "threshold":
-            from ..engines.threshold import ThresholdEngine
-
-            # one scan per worker and a worker per core: the engine's own look-ahead threads would only make
-            # the workers take cores from each other
-            return ThresholdEngine(threads=1)
         return make_engine(
             self.engine,
             model=self.model,
@@ -100,6 +94,9 @@ class BatchSettings:
             batch_size=self.batch_size,
             checkpoint=self.checkpoint,
             precision=self.precision,
+            # one scan per worker and a worker per core: the threshold engine's look-ahead threads would only
+            # make the workers take cores from each other
+            threads=1,
             progress=progress,
         )
 

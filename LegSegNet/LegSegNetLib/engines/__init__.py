@@ -62,7 +62,8 @@ def make_engine(name: str = "auto", **options) -> Engine:
 
     Options (all optional): model (folder or installed name), device, folds, tta, batch_size, checkpoint
     ("best", "final", or None: the model folder's default), progress (for notes such as a CPU fallback),
-    store (a models.ModelStore), runtime and precision (nnU-Net: see engines/nnunet.py RUNTIMES, PRECISIONS).
+    store (a models.ModelStore), runtime and precision (nnU-Net: see engines/nnunet.py RUNTIMES, PRECISIONS),
+    threads (threshold: look-ahead threads, None: its default).
     """
     progress = options.get("progress")
     name = choose_engine(name, options.get("model"), options.get("store"), progress)
@@ -72,7 +73,7 @@ def make_engine(name: str = "auto", **options) -> Engine:
         device = options.get("device")
         if device not in (None, "auto", "cpu") and progress is not None:
             progress.note(f"the threshold engine runs on the CPU; --device {device} applies to nnU-Net only")
-        return ThresholdEngine()
+        return ThresholdEngine(threads=options.get("threads"))
     from .nnunet import NnUNetEngine
 
     return NnUNetEngine(
