@@ -371,6 +371,57 @@ def test_a_worker_killed_mid_scan_is_restarted_and_the_batch_goes_on(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- clusters
+def process_group(pgid: int) -> set[int]:
+    """The live processes (not zombies) of a process group, read from /proc."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        state, _parent, group = stat[stat.rindex(")") + 2 :].split()[:3]
+        if int(group) == pgid and state != "Z":
+            members.add(int(entry.name))
+    return members
+
+
+def nothing_to_do_or_no_scans(tmp_path: Path, case: str) -> tuple[Path, Path]:
+    """(inputs, OUTDIR) of a batch with nothing left to do (run once already), or of a folder without scans."""
+    data = tmp_path / "data"
+    write_phantom(data / "a.nii.gz", seed=3, shape=(4, 64, 64))
+    out = tmp_path / "out"
+    if case == "nothing-to-do":
+        assert batch(data, "-o", out, "--engine", "threshold", "--workers", "1").returncode == 0
+        return data, out
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty", out
+
+
+@pytest.mark.parametrize("case", ["nothing-to-do", "no-scans-found"])
+def test_a_quick_resume_or_discovery_failure_starts_no_cluster(tmp_path, case):
+    """A resumed batch with nothing left to do, or one that finds no scans, starts no worker process at all
+    (resuming a finished study of thousands of scans must not wait for a cluster)."""
+    data, out = nothing_to_do_or_no_scans(tmp_path, case)
+    proc = start_batch(data, "-o", out, "--engine", "threshold", "--workers", "2")
+    started = set()  # the processes the command started, seen while it runs
+    while proc.poll() is None:
+        started |= process_group(proc.pid) - {proc.pid}
+        time.sleep(0.005)
+    stdout, stderr = proc.communicate()
+
+    assert not started and not process_group(proc.pid), started
+    if case == "nothing-to-do":
+        assert proc.returncode == 0, stderr
+        assert "0 to do, 1 done earlier" in stderr and "1 scan(s): 1 ok, 0 failed" in stdout
+    else:
+        assert proc.returncode == 2
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: no scans found"), stderr
+        assert not out.exists()
+
+
 @pytest.mark.slow
 def test_batch_on_a_dask_cluster_of_separate_processes(tmp_path):
     from distributed import Client

@@ -8,6 +8,7 @@
     qc.py         the QC flags of one scan (see the README for their definitions)
     results.py    per-scan folders and status.json, stale-work clean-up, cohort.csv's columns and rows
     cluster.py    a Dask client: embedded local cluster, an existing scheduler, or Slurm (dask-jobqueue)
+    preload.py    what each local worker imports as it starts
     runner.py     the command: decide what to do, submit, report progress, rebuild cohort.csv, exit status
     options.py    the command line options
 

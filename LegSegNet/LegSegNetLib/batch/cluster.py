@@ -26,6 +26,13 @@ from ..scan.memory import available_memory_bytes
 # the CPU), with headroom; used to choose the default number of local workers.
 WORKER_MEMORY_BYTES = {"threshold": 2 << 30, "nnunet": 4 << 30}
 SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 0}  # the batch itself reruns a lost scan once
+# The local workers' Dask settings (the nannies hand the config they were made under to their workers): no
+# statistical profiler sampling every thread's stack every 10 ms beside the scan (nobody reads its profiles;
+# on a core shared by two workers it only takes time from the scans)
+LOCAL_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+# imported by each local worker as it starts (Dask's `preload`): what a scan needs, so the first scan does not
+# wait for it
+WORKER_PRELOAD = "LegSegNetLib.batch.preload"
 SCAN_RESOURCE = {"scan": 1}  # what a worker offers and a scan task needs: one scan per worker at a time
 CONNECT_TIMEOUT = "10s"  # connection attempts are retried until then (a scheduler still starting)
 
@@ -97,7 +104,7 @@ def _local(args, engine: str) -> Connection:
         "LEGSEGNET_CPU_THREADS": str(max(1, cores // workers)),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }
-    with dask.config.set(SCHEDULER_CONFIG):
+    with dask.config.set({**SCHEDULER_CONFIG, **LOCAL_WORKER_CONFIG}):
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -107,6 +114,7 @@ def _local(args, engine: str) -> Connection:
             silence_logs=logging.CRITICAL,
             env=env,
             resources=SCAN_RESOURCE,
+            preload=[WORKER_PRELOAD],
         )
         client = Client(cluster)
     if gpus > 1:

@@ -67,16 +67,16 @@ def run_batch(args) -> int:
     outdir = Path(args.outdir).expanduser().absolute()
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"the output path {outdir} is a file; give a folder for the batch's results")
-    found = inputs.find_scans(list(args.inputs), args.manifest)
-    if not found.scans:
-        raise InputError(
-            f"no scans found in {', '.join(args.inputs) or args.manifest} ({found.skipped_files} other file(s) "
-            "skipped); give NIfTI/NRRD/MetaImage files or folders holding DICOM series"
-        )
-    report = Reporter(quiet=args.quiet)
-    created = not outdir.exists()
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C: workers closed, cohort kept
     try:
+        found = inputs.find_scans(list(args.inputs), args.manifest)
+        if not found.scans:
+            raise InputError(
+                f"no scans found in {', '.join(args.inputs) or args.manifest} ({found.skipped_files} other file(s) "
+                "skipped); give NIfTI/NRRD/MetaImage files or folders holding DICOM series"
+            )
+        report = Reporter(quiet=args.quiet)
+        created = not outdir.exists()
         with _locked(outdir):
             stale = results.remove_stale_work(outdir)
             _clear_running_markers(outdir)
@@ -168,9 +168,10 @@ def _run(connection, settings, outdir: Path, todo: list, rows: dict, scans: list
     while waiting or in_flight:
         # no more scans in flight than live workers: a scan never waits on a busy worker, so a worker that
         # dies takes no other scan with it (and a restarted worker gets work as soon as it is back)
-        capacity = max(1, len(client.nthreads()))
-        while waiting and len(in_flight) < capacity:
-            submit(waiting.popleft())
+        if waiting:  # (asking the scheduler is a round trip: not once the last scans are in flight)
+            capacity = max(1, len(client.nthreads()))
+            while waiting and len(in_flight) < capacity:
+                submit(waiting.popleft())
         try:
             wait(list(in_flight), timeout=WAIT_S, return_when="FIRST_COMPLETED")
         except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11 on
