@@ -25,16 +25,12 @@ from .scan.ct_volume import CTVolume
 if TYPE_CHECKING:
     from .anatomy.label_checks import LabelCheck
 
-# What the steps after reading import (scipy for the anatomy, matplotlib for the figures), loaded on a worker thread
-# while the scan's voxels are read: the reader's native calls release the GIL (a DICOM folder's headers are parsed in
-# Python before, and an import beside that would only slow it down). The steps import them as usual; one that fails
-# (Slicer has no matplotlib) is left to them to report.
-PRELOADED = (
-    f"{__package__}.anatomy.axial_range",
-    f"{__package__}.anatomy.label_checks",
-    "matplotlib.figure",
-    "matplotlib.backends.backend_agg",
-)
+# What the steps after reading import (scipy for the anatomy), loaded on a worker thread while the scan's voxels are
+# read: the reader's native calls release the GIL (a DICOM folder's headers are parsed in Python before, and an import
+# beside that would only slow it down). The steps import them as usual; one that fails is left to them to report.
+# (matplotlib is left to the overlay's thread: loaded during the read, it would add to the read's peak memory, and it
+# does not fit in the time the voxels take.)
+PRELOADED = (f"{__package__}.anatomy.axial_range", f"{__package__}.anatomy.label_checks")
 
 
 def segment(
