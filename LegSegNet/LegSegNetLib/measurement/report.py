@@ -81,15 +81,17 @@ def write_outputs(
         ("profile.csv", lambda p: _write_csv(p, *profile_table(measurements, slice_uncertainty))),
     ]
     if _have_matplotlib():
-        writers += [
-            (
-                "overlay.png",
-                (lambda p: p.write_bytes(overlay.png()))
-                if overlay is not None and overlay.drawing
-                else (lambda p: write_overlay_png(p, volume, labels_slab, first, measurements.z_mm)),
-            ),
-            ("profile.png", lambda p: write_profile_png(p, measurements)),
-        ]
+        if overlay is not None and overlay.drawing:  # profile.png is drawn on its thread too, while labels are written
+            profile = overlay.then_draw(write_profile_png, measurements)
+            writers += [
+                ("overlay.png", lambda p: p.write_bytes(overlay.png())),
+                ("profile.png", lambda p: p.write_bytes(profile.result())),
+            ]
+        else:
+            writers += [
+                ("overlay.png", lambda p: write_overlay_png(p, volume, labels_slab, first, measurements.z_mm)),
+                ("profile.png", lambda p: write_profile_png(p, measurements)),
+            ]
     else:  # Slicer does not ship matplotlib; the numbers matter more than the pictures there
         progress.note("matplotlib is not installed: overlay.png and profile.png were not drawn")
     writers += [(name, lambda p, data=data: p.write_bytes(data)) for name, data in (extra_files or {}).items()]
@@ -228,7 +230,8 @@ def _have_matplotlib() -> bool:
 class OverlayAhead:
     """overlay.png drawn on a worker thread from the CT and the labels while the caller goes on (measures): the
     figure needs nothing else. Use as a context manager (leaving it waits for the drawing) and hand it to
-    `write_outputs`, which takes the PNG from it. Without matplotlib it draws nothing."""
+    `write_outputs`, which takes the PNG from it and has profile.png drawn on the same thread (`then_draw`). Without
+    matplotlib it draws nothing."""
 
     def __init__(self, volume: CTVolume, labels_slab: np.ndarray, first: int) -> None:
         self._pool: ThreadPoolExecutor | None = None
@@ -236,7 +239,7 @@ class OverlayAhead:
         if _have_matplotlib():
             z_mm = volume.slice_z_mm(first, first + labels_slab.shape[0] - 1)
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legsegnet-overlay")
-            self._png = self._pool.submit(_overlay_png_bytes, volume, labels_slab, first, z_mm)
+            self._png = self._pool.submit(_png_bytes, write_overlay_png, volume, labels_slab, first, z_mm)
 
     @property
     def drawing(self) -> bool:
@@ -247,6 +250,12 @@ class OverlayAhead:
         if self._png is None:
             raise RuntimeError("matplotlib is not installed: no overlay was drawn")
         return self._png.result()
+
+    def then_draw(self, write_png: Callable[..., None], *args) -> Future:
+        """The PNG bytes of `write_png(file, *args)`, drawn on the same thread after the overlay."""
+        if self._pool is None:
+            raise RuntimeError("matplotlib is not installed: no figure can be drawn")
+        return self._pool.submit(_png_bytes, write_png, *args)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -259,9 +268,9 @@ class OverlayAhead:
         self.close()
 
 
-def _overlay_png_bytes(volume: CTVolume, labels_slab: np.ndarray, first: int, z_mm: np.ndarray) -> bytes:
+def _png_bytes(write_png: Callable[..., None], *args) -> bytes:
     buffer = io.BytesIO()
-    write_overlay_png(buffer, volume, labels_slab, first, z_mm)
+    write_png(buffer, *args)
     return buffer.getvalue()
 
 
@@ -348,7 +357,7 @@ def _crop_box(labelled: np.ndarray) -> tuple[slice, slice]:
     )
 
 
-def write_profile_png(path: Path, measurements: Measurements) -> None:
+def write_profile_png(path: Path | BinaryIO, measurements: Measurements) -> None:
     """Tissue cross-sectional area against the slices' z position (superior to the right)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
