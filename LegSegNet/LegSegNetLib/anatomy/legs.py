@@ -47,16 +47,21 @@ def split_legs(body: np.ndarray, spacing: tuple[float, float, float], order_axis
 def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: int | None) -> np.ndarray:
     spacing_rc = (float(spacing[1]), float(spacing[2]))
     out = np.zeros(body.shape, dtype=np.uint8)
-    # The slices' components are found in chunks of slices, and their labels kept in two bytes a voxel where they fit
-    # (ndimage labels a slab in four).
+    # The slices' components are found in chunks of slices, numbered within each chunk, so that their labels fit in two
+    # bytes a voxel (ndimage would label the slab in four); from a chunk with more components on, in four.
     chunks = _slice_chunks(body, CHUNK_VOXELS)
+    component_labels = np.empty(body.shape, dtype=np.uint16)
     # per slice: the legs found, each as (component id within the chunk, centre (r, c) in pixels, radius mm, cut)
     per_slice: list[list[dict]] = []
     found: list[_Components] = []
     for z0, z1 in chunks:
-        components = _Components.of(body[z0:z1], spacing_rc)
+        try:
+            components = _Components.of(body[z0:z1], spacing_rc, component_labels[z0:z1])
+        except RuntimeError:  # more components than two bytes number
+            component_labels = np.empty(body.shape, dtype=np.int32)
+            components = _Components.of(body[z0:z1], spacing_rc, component_labels[z0:z1])
         per_slice += [components.legs(k, spacing_rc) for k in range(z1 - z0)]
-        found.append(components.compact())
+        found.append(components)
 
     two = [k for k, legs in enumerate(per_slice) if len(legs) == 2]
     any_legs = [k for k, legs in enumerate(per_slice) if legs]
@@ -126,8 +131,9 @@ class _Components(NamedTuple):
     of_slice: list[list[int]]
 
     @classmethod
-    def of(cls, body: np.ndarray, spacing_rc: tuple[float, float]) -> _Components:
-        labels, n = anatomy.label_slices(body)
+    def of(cls, body: np.ndarray, spacing_rc: tuple[float, float], labels: np.ndarray) -> _Components:
+        """The components of `body`, labelled into `labels` (RuntimeError when its type cannot number them all)."""
+        n = anatomy.label_slices(body, output=labels)[1]
         area = np.bincount(labels.ravel(), minlength=n + 1) * (spacing_rc[0] * spacing_rc[1])
         objects = ndi.find_objects(labels)
         of_slice: list[list[int]] = [[] for _ in range(body.shape[0])]
@@ -135,10 +141,6 @@ class _Components(NamedTuple):
             if obj is not None:
                 of_slice[obj[0].start].append(i)
         return cls(labels, n, area, objects, of_slice)
-
-    def compact(self) -> _Components:
-        """The same with its labels in two bytes a voxel when they fit."""
-        return self._replace(labels=self.labels.astype(np.uint16)) if self.n <= 0xFFFF else self
 
     def legs(self, k: int, spacing_rc: tuple[float, float]) -> list[dict]:
         """The legs found on slice k of the chunk."""
