@@ -40,13 +40,13 @@ def split_legs(body: np.ndarray, spacing: tuple[float, float, float], order_axis
     if box is None:
         return out
     # work on the body's bounding box only: a whole 512 x 512 scan is mostly air
-    out[:, box[0], box[1]] = _split(body[:, box[0], box[1]], spacing, order_axis)
+    _split(body[:, box[0], box[1]], spacing, order_axis, out[:, box[0], box[1]])
     return out
 
 
-def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: int | None) -> np.ndarray:
+def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: int | None, out: np.ndarray) -> None:
+    """The leg ids of `body` into `out` (zeros of its shape)."""
     spacing_rc = (float(spacing[1]), float(spacing[2]))
-    out = np.zeros(body.shape, dtype=np.uint8)
     # The slices' components are found in chunks of slices, numbered within each chunk, so that their labels fit in two
     # bytes a voxel (ndimage would label the slab in four); from a chunk with more components on, in four.
     chunks = _slice_chunks(body, CHUNK_VOXELS)
@@ -85,7 +85,7 @@ def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: in
 
     if k_legs == 1:
         np.greater(body, 0, out=out, casting="unsafe")
-        return out
+        return
     for (z0, z1), components in zip(chunks, found):
         # whole components take one leg id through a lookup table; only merged legs are cut pixel by pixel
         labels = components.labels
@@ -117,7 +117,6 @@ def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: in
         for k, legs, leg_ids in merged_slices:
             rows, cols = np.nonzero(labels[k])
             out[z0 + k][rows, cols] = _nearest(rows, cols, legs, leg_ids, spacing_rc)
-    return out
 
 
 class _Components(NamedTuple):
