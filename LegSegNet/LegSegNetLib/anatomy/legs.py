@@ -20,7 +20,7 @@ from . import primitives as anatomy
 MIN_LEG_MM2 = 400.0  # smaller body parts are never a leg on their own (toes, markers, stray voxels)
 SADDLE_RATIO = 0.8  # a waist narrower than this fraction of the smaller lobe's radius separates two legs
 MIN_LOBE_RATIO = 0.35  # the second lobe's inscribed radius relative to the first
-CHUNK_VOXELS = 2_000_000  # slices whose components are found together (their labels take 4 bytes a voxel)
+CHUNK_VOXELS = 500_000  # slices whose components are found together (ndimage's labels, a count's copy: 8 bytes a voxel)
 
 
 def split_legs(body: np.ndarray, spacing: tuple[float, float, float], order_axis: int | None = None) -> np.ndarray:

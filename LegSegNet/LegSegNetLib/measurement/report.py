@@ -74,18 +74,30 @@ def write_outputs(
     run_info = {**run_info, "legsegnet_version": run_info.get("legsegnet_version", __version__)}
     metrics = json_safe({**run_info, **measurements.to_dict()})
 
+    figures_ahead = overlay is not None and overlay.drawing and _have_matplotlib()
+    profile: list[Future] = []  # profile.png, drawn on the overlay's thread when `figures_ahead`
+
+    def write_labels(path: Path) -> None:
+        # The label image is made once the overlay is drawn, and profile.png drawn while the image is compressed
+        # (SimpleITK releases the GIL): a figure drawn beside the making of the image would raise the peak memory.
+        if figures_ahead and overlay is not None:
+            overlay.png()  # (drawn by now unless the machine is busy)
+        image = volume.labels_to_image(np.asarray(labels_slab, dtype=np.uint8), first)
+        if figures_ahead and overlay is not None:
+            profile.append(overlay.then_draw(write_profile_png, measurements))
+        write_label_image(path, image)
+
     writers: list[tuple[str, Callable[[Path], None]]] = [
-        ("labels.nii.gz", lambda p: _write_labels(p, volume, labels_slab, first)),
+        ("labels.nii.gz", write_labels),
         ("metrics.json", lambda p: _write_text(p, json.dumps(metrics, indent=2, allow_nan=False) + "\n")),
         ("metrics.csv", lambda p: _write_csv(p, [_csv_run_info(run_info) | measurements.csv_row()])),
         ("profile.csv", lambda p: _write_csv(p, *profile_table(measurements, slice_uncertainty))),
     ]
     if _have_matplotlib():
-        if overlay is not None and overlay.drawing:  # profile.png is drawn on its thread too, while labels are written
-            profile = overlay.then_draw(write_profile_png, measurements)
+        if figures_ahead:
             writers += [
                 ("overlay.png", lambda p: p.write_bytes(overlay.png())),
-                ("profile.png", lambda p: p.write_bytes(profile.result())),
+                ("profile.png", lambda p: p.write_bytes(profile[0].result())),
             ]
         else:
             writers += [
@@ -126,10 +138,6 @@ def write_file_set(
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _write_labels(path: Path, volume: CTVolume, labels_slab: np.ndarray, first: int) -> None:
-    write_label_image(path, volume.labels_to_image(np.asarray(labels_slab, dtype=np.uint8), first))
-
-
 def write_label_image(path: Path, image: sitk.Image) -> None:
     """Write a label image as compressed NIfTI (`labels.nii.gz`), or raise OSError.
 
