@@ -81,19 +81,6 @@ def test_small_pieces_go_to_the_nearest_leg():
     assert np.all(ids[k, r - 6 : r - 3, c : c + 3] == 2)
 
 
-def test_slices_with_more_pieces_than_two_bytes_number():
-    """The components are labelled in two bytes a voxel; a chunk of slices with more of them (here 40,000 specks a
-    slice on slices without legs, after the leg slices) is labelled in four, and the ids are the same."""
-    body = np.zeros((16, 400, 400), dtype=bool)
-    body[:12, 100:250, 40:160] = body[:12, 100:250, 240:360] = True  # two legs, centred on columns 99.5 and 299.5
-    body[12:, ::2, ::2] = True  # specks, on slices without legs (they get no leg id)
-    ids = split_legs(body, (1.0, 1.0, 1.0))
-    columns = np.broadcast_to(np.arange(400), body.shape)
-    expected = np.where(body, np.where(columns < 200, 1, 2), 0)
-    expected[12:] = 0
-    assert np.array_equal(ids, expected)
-
-
 def test_empty_and_bad_input():
     assert not split_legs(np.zeros((3, 20, 20), bool), (1.0, 1.0, 1.0)).any()
     with pytest.raises(ValueError, match="3D"):

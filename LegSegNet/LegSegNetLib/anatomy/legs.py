@@ -10,8 +10,6 @@ A slice with one leg (one leg above an amputation level, or one leg only) takes 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -20,7 +18,6 @@ from . import primitives as anatomy
 MIN_LEG_MM2 = 400.0  # smaller body parts are never a leg on their own (toes, markers, stray voxels)
 SADDLE_RATIO = 0.8  # a waist narrower than this fraction of the smaller lobe's radius separates two legs
 MIN_LOBE_RATIO = 0.35  # the second lobe's inscribed radius relative to the first
-CHUNK_VOXELS = 500_000  # slices whose components are found together (ndimage's labels, a count's copy: 8 bytes a voxel)
 
 
 def split_legs(body: np.ndarray, spacing: tuple[float, float, float], order_axis: int | None = None) -> np.ndarray:
@@ -40,28 +37,43 @@ def split_legs(body: np.ndarray, spacing: tuple[float, float, float], order_axis
     if box is None:
         return out
     # work on the body's bounding box only: a whole 512 x 512 scan is mostly air
-    _split(body[:, box[0], box[1]], spacing, order_axis, out[:, box[0], box[1]])
+    out[:, box[0], box[1]] = _split(body[:, box[0], box[1]], spacing, order_axis)
     return out
 
 
-def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: int | None, out: np.ndarray) -> None:
-    """The leg ids of `body` into `out` (zeros of its shape)."""
+def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: int | None) -> np.ndarray:
     spacing_rc = (float(spacing[1]), float(spacing[2]))
-    # The slices' components are found in chunks of slices, numbered within each chunk, so that their labels fit in two
-    # bytes a voxel (ndimage would label the slab in four); from a chunk with more components on, in four.
-    chunks = _slice_chunks(body, CHUNK_VOXELS)
-    component_labels = np.empty(body.shape, dtype=np.uint16)
-    # per slice: the legs found, each as (component id within the chunk, centre (r, c) in pixels, radius mm, cut)
+    out = np.zeros(body.shape, dtype=np.uint8)
+    labels, n = anatomy.label_slices(body)
+    pixel_area = spacing_rc[0] * spacing_rc[1]
+    area = _count_labels(labels, n) * pixel_area
+    objects = ndi.find_objects(labels)
+    components_of_slice: list[list[int]] = [[] for _ in range(body.shape[0])]
+    for i, obj in enumerate(objects, start=1):
+        if obj is not None:
+            components_of_slice[obj[0].start].append(i)
+
+    # per slice: the legs found, each as (component id, centre (r, c) in pixels, radius mm, optional cut)
     per_slice: list[list[dict]] = []
-    found: list[_Components] = []
-    for z0, z1 in chunks:
-        try:
-            components = _Components.of(body[z0:z1], spacing_rc, component_labels[z0:z1])
-        except RuntimeError:  # more components than two bytes number
-            component_labels = np.empty(body.shape, dtype=np.int32)
-            components = _Components.of(body[z0:z1], spacing_rc, component_labels[z0:z1])
-        per_slice += [components.legs(k, spacing_rc) for k in range(z1 - z0)]
-        found.append(components)
+    for k in range(body.shape[0]):
+        ids = np.array(components_of_slice[k], dtype=np.int64)
+        if ids.size == 0:
+            per_slice.append([])
+            continue
+        largest = area[ids].max()
+        big = sorted((i for i in ids if area[i] >= max(MIN_LEG_MM2, 0.15 * largest)), key=lambda i: -area[i])[:2]
+        legs: list[dict] = []
+        if len(big) == 2:
+            for i in big:
+                legs.append({"component": i, "centre": _centroid(labels, i, objects[i - 1])})
+        elif len(big) == 1:
+            lobes = _two_lobes(labels[k], big[0], objects[big[0] - 1], spacing_rc)
+            if lobes is None:
+                legs.append({"component": big[0], "centre": _centroid(labels, big[0], objects[big[0] - 1])})
+            else:
+                for centre, radius in lobes:
+                    legs.append({"component": big[0], "centre": centre, "radius": radius, "lobes": lobes})
+        per_slice.append(legs)
 
     two = [k for k, legs in enumerate(per_slice) if len(legs) == 2]
     any_legs = [k for k, legs in enumerate(per_slice) if legs]
@@ -84,88 +96,51 @@ def _split(body: np.ndarray, spacing: tuple[float, float, float], order_axis: in
         axis = 1 if order_axis is None else int(order_axis) - 1
 
     if k_legs == 1:
-        np.greater(body, 0, out=out, casting="unsafe")
-        return
-    for (z0, z1), components in zip(chunks, found):
-        # whole components take one leg id through a lookup table; only merged legs are cut pixel by pixel
-        labels = components.labels
-        leg_of_component = np.zeros(components.n + 1, dtype=np.uint8)
-        merged_slices = []
-        for k in range(z0, z1):
-            legs = per_slice[k]
-            if not legs:
-                continue
-            if len(legs) == 2:
-                leg_ids = (1, 2)
-            else:  # one leg in a two-leg scan (or legs not told apart here): the nearest track
-                near = two_arr[np.argmin(np.abs(two_arr - k))]
-                c = np.array(legs[0]["centre"])
-                d = [np.hypot(*(c - np.array(tracks[near][j]))) for j in (0, 1)]
-                leg_ids = (1 if d[0] <= d[1] else 2,)
-            if "lobes" in legs[0]:
-                merged_slices.append((k - z0, legs, leg_ids))
-                continue
-            for i in components.of_slice[k - z0]:
-                if len(legs) == 1 or i in (legs[0]["component"], legs[1]["component"]):
-                    leg_of_component[i] = leg_ids[0] if len(legs) == 1 or i == legs[0]["component"] else leg_ids[1]
-                else:  # a small piece (marker, toe, stray voxels): the leg whose centre is nearest
-                    centre = _centroid(labels, i, components.objects[i - 1])
-                    leg_of_component[i] = _nearest(
-                        np.array([centre[0]]), np.array([centre[1]]), legs, leg_ids, spacing_rc
-                    )[0]
-        out[z0:z1] = leg_of_component[labels]
-        for k, legs, leg_ids in merged_slices:
-            rows, cols = np.nonzero(labels[k])
-            out[z0 + k][rows, cols] = _nearest(rows, cols, legs, leg_ids, spacing_rc)
+        np.greater(labels, 0, out=out, casting="unsafe")
+        return out
+    # whole components take one leg id through a lookup table; only merged legs are cut pixel by pixel
+    leg_of_component = np.zeros(n + 1, dtype=np.uint8)
+    merged_slices = []
+    for k, legs in enumerate(per_slice):
+        if not legs:
+            continue
+        if len(legs) == 2:
+            leg_ids = (1, 2)
+        else:  # one leg in a two-leg scan (or legs not told apart here): the nearest track
+            near = two_arr[np.argmin(np.abs(two_arr - k))]
+            c = np.array(legs[0]["centre"])
+            d = [np.hypot(*(c - np.array(tracks[near][j]))) for j in (0, 1)]
+            leg_ids = (1 if d[0] <= d[1] else 2,)
+        if "lobes" in legs[0]:
+            merged_slices.append((k, legs, leg_ids))
+            continue
+        for i in components_of_slice[k]:
+            if len(legs) == 1 or i in (legs[0]["component"], legs[1]["component"]):
+                leg_of_component[i] = leg_ids[0] if len(legs) == 1 or i == legs[0]["component"] else leg_ids[1]
+            else:  # a small piece (marker, toe, stray voxels): the leg whose centre is nearest
+                centre = _centroid(labels, i, objects[i - 1])
+                leg_of_component[i] = _nearest(np.array([centre[0]]), np.array([centre[1]]), legs, leg_ids, spacing_rc)[
+                    0
+                ]
+    for z0, z1 in _slice_chunks(labels):  # numpy indexes with a (larger) intp copy of the index array: in pieces
+        out[z0:z1] = leg_of_component[labels[z0:z1]]
+    for k, legs, leg_ids in merged_slices:
+        rows, cols = np.nonzero(labels[k])
+        out[k][rows, cols] = _nearest(rows, cols, legs, leg_ids, spacing_rc)
+    return out
 
 
-class _Components(NamedTuple):
-    """The in-plane components of a chunk of slices: labels (unique within the chunk), their count, areas (mm2) and
-    bounding boxes, and the ids on each slice."""
-
-    labels: np.ndarray
-    n: int
-    area: np.ndarray
-    objects: list
-    of_slice: list[list[int]]
-
-    @classmethod
-    def of(cls, body: np.ndarray, spacing_rc: tuple[float, float], labels: np.ndarray) -> _Components:
-        """The components of `body`, labelled into `labels` (RuntimeError when its type cannot number them all)."""
-        n = anatomy.label_slices(body, output=labels)[1]
-        area = np.bincount(labels.ravel(), minlength=n + 1) * (spacing_rc[0] * spacing_rc[1])
-        objects = ndi.find_objects(labels)
-        of_slice: list[list[int]] = [[] for _ in range(body.shape[0])]
-        for i, obj in enumerate(objects, start=1):
-            if obj is not None:
-                of_slice[obj[0].start].append(i)
-        return cls(labels, n, area, objects, of_slice)
-
-    def legs(self, k: int, spacing_rc: tuple[float, float]) -> list[dict]:
-        """The legs found on slice k of the chunk."""
-        ids = np.array(self.of_slice[k], dtype=np.int64)
-        if ids.size == 0:
-            return []
-        area, objects = self.area, self.objects
-        largest = area[ids].max()
-        big = sorted((i for i in ids if area[i] >= max(MIN_LEG_MM2, 0.15 * largest)), key=lambda i: -area[i])[:2]
-        legs: list[dict] = []
-        if len(big) == 2:
-            for i in big:
-                legs.append({"component": i, "centre": _centroid(self.labels, i, objects[i - 1])})
-        elif len(big) == 1:
-            lobes = _two_lobes(self.labels[k], big[0], objects[big[0] - 1], spacing_rc)
-            if lobes is None:
-                legs.append({"component": big[0], "centre": _centroid(self.labels, big[0], objects[big[0] - 1])})
-            else:
-                for centre, radius in lobes:
-                    legs.append({"component": big[0], "centre": centre, "radius": radius, "lobes": lobes})
-        return legs
+def _slice_chunks(labels: np.ndarray, voxels: int = 1 << 20) -> list[tuple[int, int]]:
+    step = max(1, voxels // max(1, labels[0].size if labels.shape[0] else 1))
+    return [(z0, min(labels.shape[0], z0 + step)) for z0 in range(0, labels.shape[0], step)]
 
 
-def _slice_chunks(mask: np.ndarray, voxels: int) -> list[tuple[int, int]]:
-    step = max(1, voxels // max(1, mask[0].size if mask.shape[0] else 1))
-    return [(z0, min(mask.shape[0], z0 + step)) for z0 in range(0, mask.shape[0], step)]
+def _count_labels(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxels per label 0..n, counted in pieces (bincount makes an intp copy of what it counts)."""
+    counts = np.zeros(n + 1, dtype=np.int64)
+    for z0, z1 in _slice_chunks(labels):
+        counts += np.bincount(labels[z0:z1].ravel(), minlength=n + 1)
+    return counts
 
 
 def _centroid(labels: np.ndarray, i: int, obj: tuple[slice, slice, slice]) -> tuple[float, float]:

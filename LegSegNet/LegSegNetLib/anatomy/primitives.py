@@ -27,13 +27,9 @@ BONE_SEED_HU = 500.0  # dense bone; contrast-filled vessels (~150-450 HU) and te
 SOFT_TISSUE_HU = 40.0
 
 
-def label_slices(mask: np.ndarray, connectivity: int = 8, output: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Connected components within each slice (labels are unique across the whole slab); int32 labels, or written
-    into `output` (RuntimeError when its type cannot number them all)."""
-    structure = INPLANE_8 if connectivity == 8 else INPLANE_4
-    if output is None:
-        return ndi.label(mask, structure=structure)
-    return output, ndi.label(mask, structure=structure, output=output)
+def label_slices(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
+    """Connected components within each slice (labels are unique across the whole slab)."""
+    return ndi.label(mask, structure=INPLANE_8 if connectivity == 8 else INPLANE_4)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
