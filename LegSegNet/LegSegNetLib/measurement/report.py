@@ -74,36 +74,22 @@ def write_outputs(
     run_info = {**run_info, "legsegnet_version": run_info.get("legsegnet_version", __version__)}
     metrics = json_safe({**run_info, **measurements.to_dict()})
 
-    figures_ahead = overlay is not None and overlay.drawing and _have_matplotlib()
-    profile: list[Future] = []  # profile.png, drawn on the overlay's thread when `figures_ahead`
-
-    def write_labels(path: Path) -> None:
-        # The label image is made once the overlay is drawn, and profile.png drawn while the image is compressed
-        # (SimpleITK releases the GIL): a figure drawn beside the making of the image would raise the peak memory.
-        if figures_ahead and overlay is not None:
-            overlay.png()  # (drawn by now unless the machine is busy)
-        image = volume.labels_to_image(np.asarray(labels_slab, dtype=np.uint8), first)
-        if figures_ahead and overlay is not None:
-            profile.append(overlay.then_draw(write_profile_png, measurements))
-        write_label_image(path, image)
-
     writers: list[tuple[str, Callable[[Path], None]]] = [
-        ("labels.nii.gz", write_labels),
+        ("labels.nii.gz", lambda p: _write_labels(p, volume, labels_slab, first)),
         ("metrics.json", lambda p: _write_text(p, json.dumps(metrics, indent=2, allow_nan=False) + "\n")),
         ("metrics.csv", lambda p: _write_csv(p, [_csv_run_info(run_info) | measurements.csv_row()])),
         ("profile.csv", lambda p: _write_csv(p, *profile_table(measurements, slice_uncertainty))),
     ]
     if _have_matplotlib():
-        if figures_ahead:
-            writers += [
-                ("overlay.png", lambda p: p.write_bytes(overlay.png())),
-                ("profile.png", lambda p: p.write_bytes(profile[0].result())),
-            ]
-        else:
-            writers += [
-                ("overlay.png", lambda p: write_overlay_png(p, volume, labels_slab, first, measurements.z_mm)),
-                ("profile.png", lambda p: write_profile_png(p, measurements)),
-            ]
+        writers += [
+            (
+                "overlay.png",
+                (lambda p: p.write_bytes(overlay.png()))
+                if overlay is not None and overlay.drawing
+                else (lambda p: write_overlay_png(p, volume, labels_slab, first, measurements.z_mm)),
+            ),
+            ("profile.png", lambda p: write_profile_png(p, measurements)),
+        ]
     else:  # Slicer does not ship matplotlib; the numbers matter more than the pictures there
         progress.note("matplotlib is not installed: overlay.png and profile.png were not drawn")
     writers += [(name, lambda p, data=data: p.write_bytes(data)) for name, data in (extra_files or {}).items()]
@@ -138,6 +124,10 @@ def write_file_set(
 
 
 # ---------------------------------------------------------------------------------------------- files
+def _write_labels(path: Path, volume: CTVolume, labels_slab: np.ndarray, first: int) -> None:
+    write_label_image(path, volume.labels_to_image(np.asarray(labels_slab, dtype=np.uint8), first))
+
+
 def write_label_image(path: Path, image: sitk.Image) -> None:
     """Write a label image as compressed NIfTI (`labels.nii.gz`), or raise OSError.
 
@@ -238,8 +228,7 @@ def _have_matplotlib() -> bool:
 class OverlayAhead:
     """overlay.png drawn on a worker thread from the CT and the labels while the caller goes on (measures): the
     figure needs nothing else. Use as a context manager (leaving it waits for the drawing) and hand it to
-    `write_outputs`, which takes the PNG from it and has profile.png drawn on the same thread (`then_draw`). Without
-    matplotlib it draws nothing."""
+    `write_outputs`, which takes the PNG from it. Without matplotlib it draws nothing."""
 
     def __init__(self, volume: CTVolume, labels_slab: np.ndarray, first: int) -> None:
         self._pool: ThreadPoolExecutor | None = None
@@ -247,7 +236,7 @@ class OverlayAhead:
         if _have_matplotlib():
             z_mm = volume.slice_z_mm(first, first + labels_slab.shape[0] - 1)
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="legsegnet-overlay")
-            self._png = self._pool.submit(_png_bytes, write_overlay_png, volume, labels_slab, first, z_mm)
+            self._png = self._pool.submit(_overlay_png_bytes, volume, labels_slab, first, z_mm)
 
     @property
     def drawing(self) -> bool:
@@ -258,12 +247,6 @@ class OverlayAhead:
         if self._png is None:
             raise RuntimeError("matplotlib is not installed: no overlay was drawn")
         return self._png.result()
-
-    def then_draw(self, write_png: Callable[..., None], *args) -> Future:
-        """The PNG bytes of `write_png(file, *args)`, drawn on the same thread after the overlay."""
-        if self._pool is None:
-            raise RuntimeError("matplotlib is not installed: no figure can be drawn")
-        return self._pool.submit(_png_bytes, write_png, *args)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -276,9 +259,9 @@ class OverlayAhead:
         self.close()
 
 
-def _png_bytes(write_png: Callable[..., None], *args) -> bytes:
+def _overlay_png_bytes(volume: CTVolume, labels_slab: np.ndarray, first: int, z_mm: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    write_png(buffer, *args)
+    write_overlay_png(buffer, volume, labels_slab, first, z_mm)
     return buffer.getvalue()
 
 
@@ -365,7 +348,7 @@ def _crop_box(labelled: np.ndarray) -> tuple[slice, slice]:
     )
 
 
-def write_profile_png(path: Path | BinaryIO, measurements: Measurements) -> None:
+def write_profile_png(path: Path, measurements: Measurements) -> None:
     """Tissue cross-sectional area against the slices' z position (superior to the right)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
