@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import nibabel as nib
@@ -13,7 +14,7 @@ import SimpleITK as sitk
 import writers as w
 
 from LegSegNetLib.core.errors import InputError
-from LegSegNetLib.scan import memory, volume_io
+from LegSegNetLib.scan import itk_calls, memory, volume_io
 from LegSegNetLib.scan.ct_volume import AXIAL_TOLERANCE_DEG, CTVolume
 
 
@@ -64,6 +65,22 @@ def test_dicom_series_reads_same_hu_and_geometry(tmp_path, legs):
     assert volume.image.GetPixelID() == sitk.sitkInt16
     assert_same_grid(volume.image, legs)
     assert np.array_equal(volume.hu_array(), sitk.GetArrayViewFromImage(legs))
+
+
+def test_a_callback_runs_before_the_readers_native_calls(tmp_path, legs):
+    """`pipeline.segment` imports what comes next once a DICOM series' headers are parsed and its voxels are read in
+    native code: the callback runs then, on the reading thread only, and only inside the block."""
+    w.write_dicom_series(legs, tmp_path / "series")
+    calls = []
+    with itk_calls.before_native_calls(lambda: calls.append(threading.get_ident())):
+        other = threading.Thread(target=volume_io.read_ct, args=(tmp_path / "series",))
+        other.start()
+        other.join()
+        assert calls == []  # a read on another thread is not this block's
+        volume_io.read_ct(tmp_path / "series")
+    assert calls and set(calls) == {threading.get_ident()}
+    volume_io.read_ct(tmp_path / "series")
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize(

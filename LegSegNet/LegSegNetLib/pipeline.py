@@ -19,15 +19,17 @@ from .core.progress import Progress
 from .core.text import json_safe
 from .engines import Engine, make_engine
 from .measurement import dicom_results, quantify, report
-from .scan import orientation, volume_io
+from .scan import itk_calls, orientation, volume_io
 from .scan.ct_volume import CTVolume
 
 if TYPE_CHECKING:
     from .anatomy.label_checks import LabelCheck
 
-# What the steps after reading import (scipy for the anatomy), loaded on a worker thread while the scan is read: the
-# reader's native parts release the GIL. The steps import them as usual; one that fails is left to them to report.
-# (matplotlib is left to the overlay's thread: loaded during the read, it would add to the read's peak memory.)
+# What the steps after reading import (scipy for the anatomy), loaded on a worker thread while the scan's voxels are
+# read: the reader's native calls release the GIL (a DICOM folder's headers are parsed in Python before, and an import
+# beside that would only slow it down). The steps import them as usual; one that fails is left to them to report.
+# (matplotlib is left to the overlay's thread: loaded during the read, it would add to the read's peak memory, and it
+# does not fit in the time the voxels take.)
 PRELOADED = (f"{__package__}.anatomy.axial_range", f"{__package__}.anatomy.label_checks")
 
 
@@ -57,10 +59,12 @@ def segment(
     """
     progress = progress or Progress()
     check_before_reading(outdir, [input_path], dicom=dicom)
-    preloading = _preload(PRELOADED)
+    preloading = _Preload(PRELOADED)
     try:
         progress.stage("reading")
-        volume = reader(input_path)
+        with itk_calls.before_native_calls(preloading.start):
+            volume = reader(input_path)
+        preloading.start()  # (a reader without native calls)
         _report_notes(volume, progress)
         if dicom:
             dicom_results.check_exportable(volume)
@@ -90,7 +94,7 @@ def segment(
             outdir, volume, labels, first, last, run_about, [input_path], dicom, progress, slice_uncertainty=uncertainty
         )
     finally:
-        preloading.join()  # no import is left running behind the result or an error
+        preloading.finish()  # no import is left running behind the result or an error
 
 
 def segment_slab(chosen: Engine, volume, first: int, last: int, progress: Progress):
@@ -207,19 +211,33 @@ def _check_labels(labels, volume, first: int, progress: Progress, engine_check: 
     return {"label_checks": check.to_dict()}
 
 
-def _preload(modules: tuple[str, ...]) -> threading.Thread:
-    """Import `modules` on a worker thread (see PRELOADED); join it before relying on its imports being done."""
+class _Preload:
+    """Imports `modules` on a worker thread once `start` is called (see PRELOADED); `finish` (always) waits for them,
+    or drops them when they have not started (a read that failed)."""
 
-    def run() -> None:
-        for name in modules:
+    def __init__(self, modules: tuple[str, ...]) -> None:
+        self._modules = modules
+        self._go = threading.Event()
+        self._wanted = True
+        self._thread = threading.Thread(target=self._run, name="legsegnet-preload", daemon=True)
+        self._thread.start()
+
+    def start(self) -> None:
+        self._go.set()
+
+    def finish(self) -> None:
+        if not self._go.is_set():
+            self._wanted = False
+            self._go.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        self._go.wait()
+        for name in self._modules if self._wanted else ():
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - the code that needs the module imports it again and reports it
                 pass
-
-    thread = threading.Thread(target=run, name="legsegnet-preload", daemon=True)
-    thread.start()
-    return thread
 
 
 def _report_notes(volume, progress: Progress) -> None:

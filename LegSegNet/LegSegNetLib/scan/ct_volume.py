@@ -103,13 +103,14 @@ class CTVolume:
         axes = self._numpy_axes()
         if tuple(shape[a] for a in axes[1:]) != slab_labels.shape[1:]:
             raise ValueError(f"label slab {slab_labels.shape} does not fit the volume's slab {shape}")
-        if first == 0 and n == shape[axes[0]]:
-            # every slice: the slab turned back to SimpleITK's order, copied by numpy (SimpleITK copies a strided
-            # view element by element, several times slower)
-            full = np.ascontiguousarray(np.transpose(slab_labels, np.argsort(axes)), dtype=np.uint8)
-        else:
-            full = np.zeros(shape, dtype=np.uint8)
-            np.transpose(full, axes)[first : first + n] = slab_labels
+        # The slab turned back to SimpleITK's order is copied by numpy (SimpleITK copies a strided view element by
+        # element, several times slower), and only the in-plane box holding labels: most of a scan is background.
+        full = np.zeros(shape, dtype=np.uint8)
+        labelled = np.asarray(slab_labels).max(axis=0, initial=0) > 0
+        rows, cols = np.flatnonzero(labelled.any(axis=1)), np.flatnonzero(labelled.any(axis=0))
+        if rows.size:
+            box = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            np.transpose(full, axes)[first : first + n][box] = slab_labels[box]
         out = sitk.GetImageFromArray(full)
         out.CopyInformation(self.image)
         return out

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import SimpleITK as sitk
@@ -26,12 +28,33 @@ BYTES_PER_COMPONENT = {
 }
 
 
+_native_hooks = threading.local()  # this thread's callback for `before_native_calls`
+
+
+@contextmanager
+def before_native_calls(callback: Callable[[], None]) -> Iterator[None]:
+    """Within the block, `callback` runs on this thread before each ITK call of the readers (`call_quietly`).
+
+    SimpleITK releases the GIL in its calls, so that is when work on another thread stops slowing a read down:
+    a DICOM folder's headers are parsed in Python first, its voxels then read in native code.
+    """
+    previous = getattr(_native_hooks, "callback", None)
+    _native_hooks.callback = callback
+    try:
+        yield
+    finally:
+        _native_hooks.callback = previous
+
+
 def call_quietly(call: Callable[[], T]) -> tuple[T | None, RuntimeError | None, str]:
     """Run an ITK call with the native libraries' chatter kept off the terminal.
 
     ITK, GDCM and MetaIO write warnings straight to file descriptor 2, but the CLI promises a single
     `error:` line; so fd 2 points at a temporary file meanwhile. Returns (result, ITK error, chatter).
     """
+    hook = getattr(_native_hooks, "callback", None)
+    if hook is not None:
+        hook()
     warnings_were_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     result, error, chatter = None, None, ""
