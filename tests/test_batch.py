@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -304,6 +305,20 @@ def test_changed_settings_or_input_redo_only_those_scans_and_failures_wait_for_r
     changed = run_ids("--slices", "2:7", "--retry-failed")
     assert changed["b"] != ranged["b"] and changed["bad"] != ranged["bad"] and changed["a"] == ranged["a"]
     assert "truncated" in cohort(out)["bad"]["error"]
+
+
+def test_the_largest_scans_start_first_and_equal_ones_keep_their_order(tmp_path):
+    """A long scan found last would otherwise run alone at the end while the other workers wait. With one worker
+    the scans finish in the order they were submitted: the largest input first, then the rest as found."""
+    data = tmp_path / "data"
+    write_phantom(data / "a.nii.gz", seed=1, shape=(4, 64, 64))
+    write_phantom(data / "b.nii.gz", seed=1, shape=(4, 64, 64))  # a's size exactly: the stable order decides
+    long_phantom(data / "z.nii.gz", 60)
+    done = batch(data, "-o", tmp_path / "out", "--engine", "threshold", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    finished = re.findall(r"\[\d+/3\] ok\s+(\S+)", done.stderr)
+    assert finished == ["z", "a", "b"], done.stderr
+    assert list(cohort(tmp_path / "out")) == ["a", "b", "z"]  # cohort.csv keeps the order the scans were found in
 
 
 def test_manifest_names_ids_patients_and_slice_ranges(tmp_path):

@@ -55,6 +55,7 @@ class ScanSpec:
     slices: str | None = None  # FIRST:LAST from the manifest
     files: tuple[str, ...] = ()  # every file the scan reads, for the fingerprint
     fingerprint: str = ""
+    input_bytes: int = 0  # the size of those files: the batch starts the largest scans first
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -100,24 +101,29 @@ def find_scans(inputs: list[str], manifest: str | None = None) -> Discovery:
     if manifest is not None:
         found.extend(_read_manifest(Path(manifest).expanduser()))
     found = _drop_repeats(found)
-    scans = [
-        ScanSpec(
-            id=scan_id,
-            source=str(f.source),
-            series_uid=f.series_uid,
-            patient=f.patient,
-            slices=f.slices,
-            files=tuple(str(p) for p in f.files),
-            fingerprint=content_fingerprint(f.files, f.source),
+    scans = []
+    for scan_id, f in zip(_settle_ids(found), found):
+        fingerprint, size = content_fingerprint(f.files, f.source)
+        scans.append(
+            ScanSpec(
+                id=scan_id,
+                source=str(f.source),
+                series_uid=f.series_uid,
+                patient=f.patient,
+                slices=f.slices,
+                files=tuple(str(p) for p in f.files),
+                fingerprint=fingerprint,
+                input_bytes=size,
+            )
         )
-        for scan_id, f in zip(_settle_ids(found), found)
-    ]
     return Discovery(scans=scans, skipped_files=skipped)
 
 
-def content_fingerprint(files: list[Path], source: Path) -> str:
-    """Name (relative to the scan's source), size, mtime and header hash of every file, hashed together."""
+def content_fingerprint(files: list[Path], source: Path) -> tuple[str, int]:
+    """Name (relative to the scan's source), size, mtime and header hash of every file, hashed together; and the
+    files' total size."""
     digest = hashlib.sha256()
+    total = 0
     anchor = source if source.is_dir() else source.parent
     for path in sorted(files):
         try:
@@ -133,8 +139,9 @@ def content_fingerprint(files: list[Path], source: Path) -> str:
             digest.update(b"missing\0")
             continue
         digest.update(f"{info.st_size}:{info.st_mtime_ns}\0".encode())
+        total += info.st_size
         digest.update(hashlib.sha256(head).digest())
-    return "v1:" + digest.hexdigest()[:32]
+    return "v1:" + digest.hexdigest()[:32], total
 
 
 def safe_id(text: str) -> str:

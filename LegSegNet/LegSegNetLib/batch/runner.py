@@ -145,7 +145,9 @@ def _run(connection, settings, outdir: Path, todo: list, rows: dict, scans: list
     client = connection.client
     run_id = uuid.uuid4().hex[:12]
     settings_dict = settings.to_dict()
-    waiting = deque(todo)
+    # the largest scans first (input bytes, a stable sort): a long scan started last would run alone at the end
+    # while the other workers idle
+    waiting = deque(sorted(todo, key=lambda scan: -scan.input_bytes))
     in_flight: dict = {}  # future -> scan
     tries: dict[str, int] = {}  # scan id -> submissions so far
     report.start(len(todo))
