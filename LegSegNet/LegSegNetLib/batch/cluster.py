@@ -32,7 +32,7 @@ SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 0}  # the batch it
 LOCAL_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 # imported by each local worker as it starts (Dask's `preload`): what a scan needs, so the first scan does not
 # wait for it
-WORKER_PRELOAD = "LegSegNetLib.batch.preload"
+WORKER_PRELOAD = f"{__package__}.preload"
 SCAN_RESOURCE = {"scan": 1}  # what a worker offers and a scan task needs: one scan per worker at a time
 CONNECT_TIMEOUT = "10s"  # connection attempts are retried until then (a scheduler still starting)
 
